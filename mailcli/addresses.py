@@ -1,0 +1,62 @@
+"""Email address validation and normalisation (email-validator, no DNS lookups)."""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+
+from email_validator import EmailNotValidError, validate_email
+
+
+class AddressError(ValueError):
+    """An address that cannot be sent to."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """A display name and a validated, normalised addr-spec."""
+
+    name: str
+    addr: str
+
+    @property
+    def domain(self) -> str:
+        """The domain part, as written (may be internationalised)."""
+        return self.addr.rpartition("@")[2]
+
+    @property
+    def key(self) -> str:
+        """The identity used to send each address once: case-insensitive, as listmonk does."""
+        return address_key(self.addr)
+
+    def __str__(self) -> str:
+        return email.utils.formataddr((self.name, self.addr)) if self.name else self.addr
+
+
+def address_key(addr: str) -> str:
+    """Normalised identity of an address: two spellings of one mailbox give one key."""
+    return addr.casefold()
+
+
+def normalize_address(addr: str) -> str:
+    """Validate a bare addr-spec and return its normalised form; raise AddressError."""
+    text = addr.strip()
+    if not text:
+        raise AddressError("empty address")
+    if any(c in text for c in "\r\n\0"):
+        raise AddressError(f"address {text!r} contains a control character")
+    try:
+        return validate_email(text, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise AddressError(f"invalid address {text!r}: {exc}") from None
+
+
+def parse_mailbox(text: str) -> Mailbox:
+    """Parse `Name <addr>` or a bare address into a Mailbox; raise AddressError."""
+    if any(c in text for c in "\r\n\0"):
+        raise AddressError("address contains a line break or control character")
+    parsed = email.utils.getaddresses([text])
+    if len(parsed) != 1 or not parsed[0][1]:
+        raise AddressError(f"expected one address like 'Name <user@example.com>', got {text!r}")
+    name, addr = parsed[0]
+    return Mailbox(name=name.strip(), addr=normalize_address(addr))

@@ -1,0 +1,452 @@
+"""Campaign files: YAML in, frozen and validated `Campaign` objects out.
+
+This is the only place that looks at the YAML. Every problem is a `ConfigError` (exit 78) naming the
+file and line; everything downstream trusts the objects it gets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import yaml
+
+from mailcli.addresses import AddressError, parse_mailbox
+from mailcli.errors import ConfigError, InputFileError
+from mailcli.yamlconf import Section, describe, load_mapping
+
+T = TypeVar("T")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field-name: printable ASCII except ':'
+# Headers mailcli writes itself; setting them through `headers:` would make them appear twice.
+RESERVED_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "From", "To", "Cc", "Bcc", "Reply-To", "Subject", "Date", "Message-ID", "MIME-Version",
+        "Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "List-Unsubscribe",
+        "List-Unsubscribe-Post", "List-Id", "DKIM-Signature", "Sender", "Return-Path",
+    )
+)
+SECURITY_MODES = ("starttls", "tls", "none")
+_RATE_RE = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*"
+    r"(s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours)\s*$"
+)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `count` messages in any window of `per_s` seconds."""
+
+    count: float
+    per_s: float
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds between two messages when sending evenly at this rate."""
+        return self.per_s / self.count
+
+    def __str__(self) -> str:
+        count = f"{self.count:g}"
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.per_s)
+        return f"{count}/{unit}" if unit else f"{count}/{self.per_s:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """How often a 4xx reply is retried within one run, and the first backoff delay."""
+
+    attempts: int = 3
+    delay_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientsSource:
+    """Where the recipient list lives and how to read it."""
+
+    path: Path
+    email_column: str = "email"
+    name_column: str | None = None
+    encoding: str = "utf-8"
+    delimiter: str = ","
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    """SMTP settings given in a campaign file; every field is optional."""
+
+    profile: str | None = None
+    host: str | None = None
+    port: int | None = None
+    security: str | None = None
+    username: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    """DKIM signing settings (RFC 6376)."""
+
+    domain: str
+    selector: str
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file to attach: a fixed path, or a Jinja template rendered per recipient."""
+
+    source: str
+    path: Path | None  # resolved now when the path is static, None when templated
+    line: int
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A loaded, validated campaign file."""
+
+    path: Path
+    name: str
+    sender: str | None
+    subject: str
+    recipients: RecipientsSource
+    state_path: Path
+    reply_to: str | None = None
+    text: Path | None = None
+    html: Path | None = None
+    markdown: Path | None = None
+    vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    attachments: tuple[Attachment, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    unsubscribe: str | None = None
+    list_id: str | None = None
+    inline_images: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
+    dkim: DkimConfig | None = None
+    smtp: SmtpConfig = SmtpConfig()
+    rate: Rate | None = None
+    retry: Retry = Retry()
+
+    @property
+    def folder(self) -> Path:
+        """The folder holding the campaign file; every relative path starts here."""
+        return self.path.parent
+
+
+def parse_rate(text: str) -> Rate:
+    """Parse `10/s`, `600/min`, `5000/h` (or `5/10s`) into a `Rate`; raise ValueError."""
+    m = _RATE_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid rate {text!r}: expected e.g. '10/s', '600/min' or '5000/h'")
+    count = float(m.group(1))
+    per = float(m.group(2)) if m.group(2) else 1.0
+    unit = m.group(3)[0]
+    seconds = per * {"s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    if count <= 0 or seconds <= 0:
+        raise ValueError(f"invalid rate {text!r}: count and period must be positive")
+    return Rate(count=count, per_s=seconds)
+
+
+def parse_duration(value: object) -> float:
+    """Parse `30s`, `2m`, `1h`, `500ms` or a bare number of seconds; raise ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.match(str(value))
+        if not m:
+            raise ValueError(f"invalid duration {value!r}: expected e.g. '30s', '2m' or '1h'")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
+    if seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: must not be negative")
+    return seconds
+
+
+def is_template(text: str) -> bool:
+    """True when a string holds Jinja syntax and must be rendered per recipient."""
+    return "{{" in text or "{%" in text
+
+
+TOP_KEYS = (
+    "name", "from", "reply_to", "subject", "text", "html", "markdown", "recipients", "vars",
+    "attachments", "headers", "unsubscribe", "list_id", "inline_images", "dkim", "smtp", "rate",
+    "retry", "state",
+)
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    """Read and validate a campaign file; raise ConfigError/InputFileError naming file and line."""
+    file = Path(path)
+    return _build(load_mapping(file, "campaign file"), file.resolve())
+
+
+def _build(top: Section, file: Path) -> Campaign:
+    top.reject_unknown(TOP_KEYS)
+    folder = file.parent
+
+    name = top.text("name", required=True)
+    assert name is not None
+    if not NAME_RE.match(name):
+        raise top.error("name", "use letters, digits, '.', '_' and '-' only (it names the state file)")
+
+    sender = _address(top, "from")
+    reply_to = _address(top, "reply_to")
+    subject = top.text("subject", required=True)
+    assert subject is not None
+    _no_newlines(top, "subject", subject)
+
+    bodies = {key: _file(top, key, folder) for key in ("text", "html", "markdown")}
+    if not any(bodies.values()):
+        raise ConfigError("a campaign needs at least one of 'text', 'html' or 'markdown'",
+                          path=top.file, line=top.line)
+    if bodies["markdown"] and (bodies["text"] or bodies["html"]):
+        raise top.error("markdown", "renders both the text and the HTML part; "
+                        "use it instead of 'text'/'html', not with them")
+
+    return Campaign(
+        path=file,
+        name=name,
+        sender=sender,
+        reply_to=reply_to,
+        subject=subject,
+        text=bodies["text"],
+        html=bodies["html"],
+        markdown=bodies["markdown"],
+        recipients=_recipients(top, folder),
+        vars=MappingProxyType(_vars(top)),
+        attachments=_attachments(top, folder),
+        headers=MappingProxyType(_headers(top)),
+        unsubscribe=_unsubscribe(top),
+        list_id=_list_id(top),
+        inline_images=MappingProxyType(_inline_images(top, folder)),
+        dkim=_dkim(top, folder),
+        smtp=_smtp(top),
+        rate=_parsed(top, "rate", parse_rate),
+        retry=_retry(top),
+        state_path=_state(top, folder, name),
+    )
+
+
+def _address(top: Section, key: str) -> str | None:
+    value = top.text(key)
+    if value is None:
+        return None
+    try:
+        parse_mailbox(value)
+    except AddressError as exc:
+        raise top.error(key, str(exc)) from None
+    return value
+
+
+def _no_newlines(section: Section, key: str, value: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise section.error(key, "must be a single line (headers cannot contain line breaks)")
+
+
+def _file(section: Section, key: str, folder: Path, *, what: str = "file") -> Path | None:
+    value = section.text(key)
+    if value is None:
+        return None
+    path = (folder / value).resolve()
+    if not path.is_file():
+        line = section.items[key][0]
+        reason = "is a folder" if path.is_dir() else "not found"
+        raise InputFileError(f"'{section.where}{key}': {what} {reason}: {path}",
+                             path=section.file, line=line)
+    return path
+
+
+def _recipients(top: Section, folder: Path) -> RecipientsSource:
+    if not top.has("recipients"):
+        raise ConfigError("missing required key 'recipients'", path=top.file, line=top.line)
+    node = top.node("recipients")
+    if isinstance(node, yaml.ScalarNode):
+        path = _file(top, "recipients", folder, what="recipient list")
+        assert path is not None
+        return RecipientsSource(path=path)
+    sec = top.section("recipients")
+    assert sec is not None
+    sec.reject_unknown(("path", "email_column", "name_column", "encoding", "delimiter"))
+    path = _file(sec, "path", folder, what="recipient list")
+    if path is None:
+        raise ConfigError("missing required key 'recipients.path'", path=top.file, line=sec.line)
+    encoding = sec.text("encoding") or "utf-8"
+    try:
+        import codecs
+
+        codecs.lookup(encoding)
+    except LookupError:
+        raise sec.error("encoding", f"unknown encoding {encoding!r}") from None
+    delimiter = sec.get("delimiter", str, "a single character") or ","
+    if delimiter == "\\t":
+        delimiter = "\t"
+    if len(delimiter) != 1 or delimiter in "\r\n\"":
+        raise sec.error("delimiter", f"must be a single character, not {delimiter!r}")
+    return RecipientsSource(
+        path=path,
+        email_column=(sec.text("email_column") or "email").strip(),
+        name_column=(sec.text("name_column") or "").strip() or None,
+        encoding=encoding,
+        delimiter=delimiter,
+    )
+
+
+def _vars(top: Section) -> dict[str, Any]:
+    value = top.get("vars", dict, "a mapping", {})
+    assert value is not None
+    for key in value:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise top.error("vars", f"variable name {key!r} is not a valid identifier")
+    return value
+
+
+def _attachments(top: Section, folder: Path) -> tuple[Attachment, ...]:
+    if not top.has("attachments"):
+        return ()
+    node = top.node("attachments")
+    if not isinstance(node, yaml.SequenceNode):
+        raise top.error("attachments", "must be a list of file paths")
+    result = []
+    for item in node.value:
+        line = item.start_mark.line + 1
+        if not isinstance(item, yaml.ScalarNode) or item.tag != "tag:yaml.org,2002:str":
+            raise ConfigError("'attachments': every entry must be a file path",
+                              path=top.file, line=line)
+        source = str(item.value)
+        if is_template(source):
+            result.append(Attachment(source=source, path=None, line=line))
+            continue
+        path = (folder / source).resolve()
+        if not path.is_file():
+            raise InputFileError(f"'attachments': file not found: {path}", path=top.file, line=line)
+        result.append(Attachment(source=source, path=path, line=line))
+    return tuple(result)
+
+
+def _headers(top: Section) -> dict[str, str]:
+    sec = top.section("headers")
+    if sec is None:
+        return {}
+    headers: dict[str, str] = {}
+    for key in sec.items:
+        if not HEADER_NAME_RE.match(key):
+            raise sec.error(key, "is not a valid header name")
+        if key.lower() in RESERVED_HEADERS:
+            raise sec.error(key, "is set by mailcli itself; use the campaign key for it")
+        value = sec.value(key)
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise sec.error(key, f"must be a string, not {describe(value)}")
+        text = str(value)
+        _no_newlines(sec, key, text)
+        headers[key] = text
+    return headers
+
+
+def _unsubscribe(top: Section) -> str | None:
+    value = top.text("unsubscribe")
+    if value is None:
+        return None
+    _no_newlines(top, "unsubscribe", value)
+    if not is_template(value) and not value.startswith(("https://", "http://", "mailto:")):
+        raise top.error("unsubscribe", "must be an https:// URL or a mailto: address")
+    return value
+
+
+def _list_id(top: Section) -> str | None:
+    value = top.text("list_id")
+    if value is None:
+        return None
+    _no_newlines(top, "list_id", value)
+    if not re.search(r"<[A-Za-z0-9.-]+\.[A-Za-z0-9-]+>\s*$", value):
+        raise top.error("list_id", "must end with <list-label.domain> (RFC 2919), "
+                        "e.g. 'Acme News <news.acme.example>'")
+    return value
+
+
+def _inline_images(top: Section, folder: Path) -> dict[str, Path]:
+    sec = top.section("inline_images")
+    if sec is None:
+        return {}
+    images: dict[str, Path] = {}
+    for key in sec.items:
+        if not re.match(r"^[A-Za-z0-9._-]+$", key):
+            raise sec.error(key, "a content id may use letters, digits, '.', '_' and '-' only")
+        path = _file(sec, key, folder, what="image")
+        assert path is not None
+        images[key] = path
+    return images
+
+
+def _dkim(top: Section, folder: Path) -> DkimConfig | None:
+    sec = top.section("dkim")
+    if sec is None:
+        return None
+    sec.reject_unknown(("domain", "selector", "key"))
+    domain = sec.text("domain", required=True)
+    selector = sec.text("selector", required=True)
+    key = _file(sec, "key", folder, what="private key")
+    if key is None:
+        raise ConfigError("missing required key 'dkim.key'", path=top.file, line=sec.line)
+    assert domain is not None and selector is not None
+    return DkimConfig(domain=domain, selector=selector, key=key)
+
+
+def _smtp(top: Section) -> SmtpConfig:
+    sec = top.section("smtp")
+    if sec is None:
+        return SmtpConfig()
+    sec.reject_unknown(("profile", "host", "port", "security", "username"))
+    port = sec.get("port", int, "a port number")
+    if port is not None and not 0 < port < 65536:
+        raise sec.error("port", f"{port} is not a port number (1-65535)")
+    security = sec.text("security")
+    if security is not None and security not in SECURITY_MODES:
+        raise sec.error("security", f"must be one of {', '.join(SECURITY_MODES)}")
+    return SmtpConfig(
+        profile=sec.text("profile"),
+        host=sec.text("host"),
+        port=port,
+        security=security,
+        username=sec.text("username"),
+    )
+
+
+def _parsed(top: Section, key: str, parse: Callable[[str], T]) -> T | None:
+    if not top.has(key):
+        return None
+    value = top.value(key)
+    try:
+        return parse(str(value))
+    except ValueError as exc:
+        raise top.error(key, str(exc)) from None
+
+
+def _retry(top: Section) -> Retry:
+    sec = top.section("retry")
+    if sec is None:
+        return Retry()
+    sec.reject_unknown(("attempts", "delay"))
+    attempts = sec.get("attempts", int, "a whole number", Retry.attempts)
+    assert attempts is not None
+    if attempts < 1:
+        raise sec.error("attempts", "must be at least 1")
+    delay = Retry.delay_s
+    if sec.has("delay"):
+        try:
+            delay = parse_duration(sec.value("delay"))
+        except ValueError as exc:
+            raise sec.error("delay", str(exc)) from None
+    return Retry(attempts=attempts, delay_s=delay)
+
+
+def _state(top: Section, folder: Path, name: str) -> Path:
+    value = top.text("state")
+    if value is None:
+        return folder / ".mailcli" / f"{name}.sqlite"
+    return (folder / value).resolve()

@@ -1,0 +1,125 @@
+"""The one exception hierarchy of mailcli and the exit codes it maps to.
+
+Every error a user can cause is a `MailcliError` subclass that carries where the problem is (file and
+line, row, recipient, SMTP code) and the sysexits code the CLI exits with. Per-recipient outcomes
+(a 550 for one address) are data, not exceptions: see `mailcli.batch`.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from pathlib import Path
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the contract (sysexits, as mail tools use them)."""
+
+    OK = 0
+    REJECTED = 1
+    USAGE = 2
+    DATAERR = 65
+    NOINPUT = 66
+    SOFTWARE = 70
+    UNAVAILABLE = 69
+    TEMPFAIL = 75
+    NOPERM = 77
+    CONFIG = 78
+
+
+class MailcliError(Exception):
+    """Root of every error mailcli reports to a user."""
+
+    exit_code: ExitCode = ExitCode.SOFTWARE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | str | None = None,
+        line: int | None = None,
+        row: int | None = None,
+        recipient: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.row = row
+        self.recipient = recipient
+        self.hint = hint
+
+    @property
+    def location(self) -> str:
+        """`file:line`, `file row N`, or '' when the error has no place."""
+        parts: list[str] = []
+        if self.path is not None:
+            parts.append(self.path if self.line is None else f"{self.path}:{self.line}")
+        if self.row is not None:
+            parts.append(f"row {self.row}")
+        return " ".join(parts)
+
+    def __str__(self) -> str:
+        where = self.location
+        text = f"{where}: {self.message}" if where else self.message
+        return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+class UsageError(MailcliError):
+    """A bad option or argument combination."""
+
+    exit_code = ExitCode.USAGE
+
+
+class DataError(MailcliError):
+    """A template, CSV row or address problem."""
+
+    exit_code = ExitCode.DATAERR
+
+
+class InputFileError(MailcliError):
+    """An input file is missing or unreadable."""
+
+    exit_code = ExitCode.NOINPUT
+
+
+class UnavailableError(MailcliError):
+    """The SMTP server could not be reached, or TLS failed."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class TempFailError(MailcliError):
+    """Interrupted, locked, or otherwise worth running again later."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
+class AuthError(MailcliError):
+    """The SMTP server refused the credentials."""
+
+    exit_code = ExitCode.NOPERM
+
+
+class ConfigError(MailcliError):
+    """An invalid campaign file or profile."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class InvalidRowsError(DataError):
+    """Some rows cannot be sent; carries every `row N: problem` line."""
+
+    def __init__(self, problems: list[str], *, total: int) -> None:
+        shown = "\n".join(problems)
+        super().__init__(
+            f"{len(problems)} of {total} rows are invalid; nothing was sent\n{shown}",
+            hint="fix the rows, or pass --skip-invalid to send the others",
+        )
+        self.problems = problems
+
+
+def open_error(path: Path, exc: OSError, what: str) -> InputFileError:
+    """Turn an OSError from opening an input file into a one-line error naming the file."""
+    reason = exc.strerror or exc.__class__.__name__
+    return InputFileError(f"cannot read {what}: {reason}", path=path)

@@ -1,0 +1,122 @@
+"""The per-recipient pipeline shared by preview, dry-run and batch: row -> render -> build.
+
+Each row of the list comes out as exactly one `Item`: a message ready to build, a duplicate of an
+earlier row, or a problem. The list is streamed; the only state kept is the on-disk set of addresses
+already met.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mailcli.addresses import AddressError, Mailbox, parse_mailbox
+from mailcli.campaign import Campaign
+from mailcli.errors import ConfigError
+from mailcli.message import Built, BuildError, MessageBuilder
+from mailcli.recipients import Recipient, RecipientReader, RowProblem, SeenAddresses
+from mailcli.render import Content, Rendered, Renderer, RenderError
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A valid, first-seen recipient and its rendered parts."""
+
+    recipient: Recipient
+    rendered: Rendered
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A row whose address appeared on an earlier row; it is not sent again."""
+
+    row: int
+    email: str
+    first_row: int
+
+
+Item = Ready | Duplicate | RowProblem
+
+
+def campaign_content(campaign: Campaign) -> Content:
+    """The templates of a campaign, in the form the renderer takes."""
+    return Content(
+        folder=campaign.folder,
+        subject=campaign.subject,
+        text=campaign.text,
+        html=campaign.html,
+        markdown=campaign.markdown,
+        headers=campaign.headers,
+        unsubscribe=campaign.unsubscribe,
+        attachments=tuple((a.source, a.path) for a in campaign.attachments),
+    )
+
+
+class Pipeline:
+    """Turns a campaign's rows into rendered and built messages."""
+
+    def __init__(self, campaign: Campaign, *, sender: str | None = None) -> None:
+        self.campaign = campaign
+        text = sender or campaign.sender
+        if text is None:
+            raise ConfigError("no sender: set 'from' in the campaign file or in the SMTP profile",
+                              path=campaign.path)
+        try:
+            self.sender: Mailbox = parse_mailbox(text)
+        except AddressError as exc:
+            raise ConfigError(f"'from': {exc}", path=campaign.path) from None
+        self.renderer = Renderer(campaign_content(campaign))
+        self.builder = MessageBuilder(
+            self.sender,
+            reply_to=campaign.reply_to,
+            list_id=campaign.list_id,
+            inline_images=dict(campaign.inline_images),
+            dkim_config=campaign.dkim,
+        )
+        self.builder.preload([a.path for a in campaign.attachments if a.path is not None])
+        self.reader = RecipientReader(campaign.recipients)
+
+    def context(self, recipient: Recipient) -> dict[str, Any]:
+        """Template variables for one row: `vars`, then the row's columns, then `email`."""
+        return {
+            "row": recipient.fields,
+            **self.campaign.vars,
+            **recipient.fields,
+            "email": recipient.email,
+        }
+
+    def render(self, recipient: Recipient) -> Rendered:
+        """Render one row's message (raises RenderError)."""
+        return self.renderer.render(self.context(recipient))
+
+    def build(self, ready: Ready, *, smtputf8: bool = True) -> Built:
+        """Build one recipient's message bytes (raises BuildError)."""
+        return self.builder.build(ready.rendered, [ready.recipient.mailbox], smtputf8=smtputf8)
+
+    def items(self, *, render: bool = True) -> Iterator[Item]:
+        """Every row of the list, in order, as a Ready, Duplicate or RowProblem."""
+        with SeenAddresses() as seen:
+            for entry in self.reader:
+                if isinstance(entry, RowProblem):
+                    yield entry
+                    continue
+                first = seen.add(entry.email, entry.row)
+                if first is not None:
+                    yield Duplicate(entry.row, entry.email, first)
+                    continue
+                if not render:
+                    yield Ready(entry, Rendered(subject="", text=None, html=None))
+                    continue
+                try:
+                    yield Ready(entry, self.render(entry))
+                except RenderError as exc:
+                    yield RowProblem(entry.row, entry.line, str(exc), entry.email)
+
+    def check(self, ready: Ready, *, smtputf8: bool = True) -> Built | RowProblem:
+        """Build a message, turning a per-row build failure into a RowProblem."""
+        try:
+            return self.build(ready, smtputf8=smtputf8)
+        except BuildError as exc:
+            r = ready.recipient
+            return RowProblem(r.row, r.line, str(exc), r.email)

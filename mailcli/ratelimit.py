@@ -1,0 +1,44 @@
+"""Rate limiting: never more than N messages in any window of the rate's period.
+
+Messages are spaced evenly, at least `period / N` apart measured from the previous send, so that no
+window of any length holds more than its share, even after a pause or a reconnect (the limiter lives
+outside the connection).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from mailcli.campaign import Rate
+
+
+class RateLimiter:
+    """Blocks in `wait()` until the next message may go."""
+
+    def __init__(
+        self,
+        rate: Rate | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        self._last: float | None = None
+
+    def wait(self) -> float:
+        """Sleep until the next send is allowed; return the seconds slept."""
+        if self.rate is None:
+            return 0.0
+        now = self._clock()
+        slept = 0.0
+        if self._last is not None:
+            due = self._last + self.rate.interval_s
+            if due > now:
+                slept = due - now
+                self._sleep(slept)
+                now = self._clock()
+        self._last = max(now, self._last + self.rate.interval_s if self._last is not None else now)
+        return slept

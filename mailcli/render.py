@@ -1,0 +1,203 @@
+"""Rendering: sandboxed Jinja2 with StrictUndefined, Markdown to text + HTML.
+
+Templates are compiled once per campaign and rendered once per recipient. A problem that belongs to
+one recipient (an undefined variable, a header with a line break) is a `RenderError` that the batch
+records against the row; a problem with the template itself is a `DataError` that stops the run.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from markdown_it import MarkdownIt
+
+from mailcli.errors import DataError, InputFileError
+
+HTML_SHELL = (
+    '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n'
+    '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+    "</head>\n<body>\n{body}</body>\n</html>\n"
+)
+
+
+class RenderError(Exception):
+    """A problem rendering one recipient's message; recorded against that row."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """Everything personalised about one message, ready for the message builder."""
+
+    subject: str
+    text: str | None
+    html: str | None
+    headers: tuple[tuple[str, str], ...] = ()
+    unsubscribe: str | None = None
+    attachments: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """The templates of one message, as sources: what a campaign or `mailcli send` provides."""
+
+    folder: Path
+    subject: str
+    # Each body is a template file, or template source given inline (`mailcli send`).
+    text: Path | str | None = None
+    html: Path | str | None = None
+    markdown: Path | str | None = None
+    headers: Mapping[str, str] | None = None
+    unsubscribe: str | None = None
+    attachments: tuple[tuple[str, Path | None], ...] = ()  # (source, static path or None)
+
+
+def _markdown() -> MarkdownIt:
+    # Raw HTML is off: data substituted into Markdown must not be able to inject markup.
+    return MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(
+        ["table", "strikethrough"]
+    )
+
+
+class Renderer:
+    """Compiles a message's templates once and renders them for each recipient."""
+
+    def __init__(self, content: Content, globals_: Mapping[str, Any] | None = None) -> None:
+        self.content = content
+        self.folder = content.folder.resolve()
+        loader = jinja2.FileSystemLoader(str(self.folder))
+        common: dict[str, Any] = {
+            "loader": loader,
+            "undefined": jinja2.StrictUndefined,
+            "keep_trailing_newline": True,
+            "auto_reload": False,
+        }
+        # Two environments so that anything an HTML template extends or includes is escaped too,
+        # whatever its file name, and nothing in the text part is.
+        self.text_env = SandboxedEnvironment(autoescape=False, **common)
+        self.html_env = SandboxedEnvironment(autoescape=True, **common)
+        for env in (self.text_env, self.html_env):
+            env.globals.update(globals_ or {})
+        self._md = _markdown() if content.markdown else None
+        self.subject_t = self._string(content.subject, "subject")
+        self.text_t = self._template(self.text_env, content.text, "text")
+        self.html_t = self._template(self.html_env, content.html, "html")
+        self.markdown_t = self._template(self.text_env, content.markdown, "markdown")
+        self.header_ts = tuple(
+            (name, self._string(value, f"headers.{name}"))
+            for name, value in (content.headers or {}).items()
+        )
+        self.unsubscribe_t = (
+            self._string(content.unsubscribe, "unsubscribe") if content.unsubscribe else None
+        )
+        self.attachment_ts: tuple[tuple[str, Path | jinja2.Template], ...] = tuple(
+            (source, static if static is not None else self._string(source, "attachments"))
+            for source, static in content.attachments
+        )
+
+    def _string(self, source: str, what: str, env: SandboxedEnvironment | None = None
+                ) -> jinja2.Template:
+        try:
+            return (env or self.text_env).from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise DataError(f"template syntax error in '{what}': {exc.message}") from None
+
+    def _template(self, env: SandboxedEnvironment, source: Path | str | None,
+                  what: str) -> jinja2.Template | None:
+        if source is None:
+            return None
+        if isinstance(source, str):
+            return self._string(source, what, env)
+        path = source
+        try:
+            name = path.resolve().relative_to(self.folder).as_posix()
+        except ValueError:
+            raise DataError(f"template {path} is outside the campaign folder {self.folder}") from None
+        try:
+            return env.get_template(name)
+        except jinja2.TemplateSyntaxError as exc:
+            raise _syntax_error(exc, self.folder) from None
+        except jinja2.TemplateNotFound as exc:
+            raise InputFileError(f"template not found: {exc.name}", path=path) from None
+        except UnicodeDecodeError:
+            raise DataError("template is not UTF-8 text", path=path) from None
+        except OSError as exc:
+            raise InputFileError(f"cannot read template: {exc.strerror}", path=path) from None
+
+    def render(self, context: Mapping[str, Any]) -> Rendered:
+        """Render every part for one recipient; raise RenderError for a per-row problem."""
+        try:
+            subject = _header_value("subject", self.subject_t.render(context))
+            text = self.text_t.render(context) if self.text_t else None
+            html = self.html_t.render(context) if self.html_t else None
+            if self.markdown_t is not None and self._md is not None:
+                text = self.markdown_t.render(context)
+                html = HTML_SHELL.format(body=self._md.render(text))
+            headers = tuple(
+                (name, _header_value(f"header {name}", t.render(context)))
+                for name, t in self.header_ts
+            )
+            unsubscribe = None
+            if self.unsubscribe_t is not None:
+                unsubscribe = _header_value("unsubscribe", self.unsubscribe_t.render(context))
+                if not unsubscribe.startswith(("https://", "http://", "mailto:")):
+                    raise RenderError(f"unsubscribe URL {unsubscribe!r} is not https:// or mailto:")
+            attachments = tuple(
+                item if isinstance(item, Path) else self._attachment(source, item, context)
+                for source, item in self.attachment_ts
+            )
+        except RenderError:
+            raise
+        except jinja2.TemplateSyntaxError as exc:
+            raise _syntax_error(exc, self.folder) from None
+        except jinja2.UndefinedError as exc:
+            raise RenderError(f"{exc.message}{_template_place(exc)}") from None
+        except SecurityError as exc:
+            raise RenderError(f"unsafe template operation blocked: {exc}{_template_place(exc)}") \
+                from None
+        except jinja2.TemplateNotFound as exc:
+            raise RenderError(f"template not found: {exc.name}") from None
+        except Exception as exc:  # template code is user code: any failure belongs to the row
+            raise RenderError(f"template error: {exc.__class__.__name__}: {exc}"
+                              f"{_template_place(exc)}") from None
+        return Rendered(subject, text, html, headers, unsubscribe, attachments)
+
+    def _attachment(self, source: str, template: jinja2.Template,
+                    context: Mapping[str, Any]) -> Path:
+        rendered = template.render(context).strip()
+        if not rendered or "\0" in rendered:
+            raise RenderError(f"attachment {source!r} renders to an empty or invalid path")
+        path = (self.folder / rendered).resolve()
+        # resolve() follows symlinks, so a link pointing outside the folder is caught here too.
+        if not path.is_relative_to(self.folder):
+            raise RenderError(f"attachment path {rendered!r} is outside the campaign folder")
+        if not path.is_file():
+            raise RenderError(f"attachment not found: {rendered}")
+        return path
+
+
+def _header_value(what: str, value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise RenderError(f"{what} contains a line break after rendering (header injection?)")
+    return value
+
+
+def _syntax_error(exc: jinja2.TemplateSyntaxError, folder: Path) -> DataError:
+    path = Path(exc.filename) if exc.filename else (folder / (exc.name or "?"))
+    return DataError(f"template syntax error: {exc.message}", path=path, line=exc.lineno)
+
+
+def _template_place(exc: BaseException) -> str:
+    """' (in NAME line N)' from the traceback Jinja rewrites to point into templates."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        name = frame.filename
+        if name.endswith(".py") or name.startswith("<frozen"):
+            continue
+        shown = "inline template" if name == "<template>" else Path(name).name
+        return f" (in {shown}, line {frame.lineno})"
+    return ""

@@ -1,0 +1,154 @@
+"""SMTP settings: profiles in the user config file, MAILCLI_* variables, campaign keys and flags.
+
+Precedence, highest first: command-line flags, MAILCLI_* environment variables, the campaign's
+`smtp:` keys, the profile, built-in defaults. The profile is the one named by `--profile`, then by
+`MAILCLI_PROFILE`, then by the campaign's `smtp.profile`, else `default` if the config file has it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailcli.campaign import SECURITY_MODES, SmtpConfig
+from mailcli.errors import ConfigError, UsageError
+from mailcli.transport import DEFAULT_PORTS, SmtpSettings
+from mailcli.yamlconf import Section, load_mapping
+
+PROFILE_KEYS = ("host", "port", "security", "username", "from", "password_command", "timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """One named entry under `profiles:` in config.yaml."""
+
+    name: str
+    host: str | None = None
+    port: int | None = None
+    security: str | None = None
+    username: str | None = None
+    sender: str | None = None
+    password_command: str | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpOptions:
+    """The SMTP OPTIONS given on the command line (None where not given)."""
+
+    profile: str | None = None
+    host: str | None = None
+    port: int | None = None
+    security: str | None = None
+    username: str | None = None
+    timeout: float | None = None
+
+
+def config_file(env: Mapping[str, str] | None = None) -> Path:
+    """`$MAILCLI_CONFIG`, else config.yaml in the platform's user config folder."""
+    env = os.environ if env is None else env
+    if env.get("MAILCLI_CONFIG"):
+        return Path(env["MAILCLI_CONFIG"]).expanduser()
+    if sys.platform == "win32":
+        base = Path(env.get("APPDATA") or Path.home() / "AppData" / "Roaming")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "mailcli" / "config.yaml"
+
+
+def load_profile(name: str | None, env: Mapping[str, str] | None = None) -> Profile | None:
+    """The named profile (an error if it is missing), or `default` if present, or None."""
+    path = config_file(env)
+    if not path.is_file():
+        if name is not None:
+            raise ConfigError(f"profile {name!r} not found: there is no config file {path}",
+                              hint="create it with a `profiles:` mapping, or set MAILCLI_CONFIG")
+        return None
+    top = load_mapping(path, "config file")
+    top.reject_unknown(("profiles",))
+    profiles = top.section("profiles")
+    wanted = name or "default"
+    if profiles is None or wanted not in profiles.items:
+        if name is None:
+            return None
+        known = ", ".join(profiles.items) if profiles else "none"
+        raise ConfigError(f"profile {name!r} not found (profiles: {known})", path=path)
+    sec = profiles.section(wanted)
+    if sec is None:
+        raise profiles.error(wanted, "must be a mapping of SMTP settings")
+    return _profile(wanted, sec)
+
+
+def _profile(name: str, sec: Section) -> Profile:
+    sec.reject_unknown(PROFILE_KEYS)
+    port = sec.get("port", int, "a port number")
+    if port is not None and not 0 < port < 65536:
+        raise sec.error("port", f"{port} is not a port number (1-65535)")
+    security = sec.text("security")
+    if security is not None and security not in SECURITY_MODES:
+        raise sec.error("security", f"must be one of {', '.join(SECURITY_MODES)}")
+    timeout = sec.get("timeout", float, "a number of seconds")
+    if timeout is not None and timeout <= 0:
+        raise sec.error("timeout", "must be positive")
+    return Profile(
+        name=name,
+        host=sec.text("host"),
+        port=port,
+        security=security,
+        username=sec.text("username"),
+        sender=sec.text("from"),
+        password_command=sec.text("password_command"),
+        timeout=timeout,
+    )
+
+
+def resolve_smtp(
+    options: SmtpOptions,
+    campaign: SmtpConfig | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[SmtpSettings, Profile | None]:
+    """Merge flags, environment, campaign and profile into the settings to connect with."""
+    env = os.environ if env is None else env
+    campaign = campaign or SmtpConfig()
+    profile = load_profile(options.profile or env.get("MAILCLI_PROFILE") or campaign.profile, env)
+    p = profile or Profile(name="")
+
+    def pick(flag: object, var: str, camp: object, prof: object) -> object:
+        for value in (flag, env.get(var) or None, camp, prof):
+            if value is not None:
+                return value
+        return None
+
+    host = pick(options.host, "MAILCLI_HOST", campaign.host, p.host)
+    if host is None:
+        raise ConfigError(
+            "no SMTP server given",
+            hint="set --host, MAILCLI_HOST, `smtp: {host: ...}` in the campaign or a profile in "
+            f"{config_file(env)}; or try it out with --sandbox",
+        )
+    security = str(pick(options.security, "MAILCLI_SECURITY", campaign.security, p.security)
+                   or "starttls")
+    if security not in SECURITY_MODES:
+        raise UsageError(f"security must be one of {', '.join(SECURITY_MODES)}, not {security!r}")
+    port_value = pick(options.port, "MAILCLI_PORT", campaign.port, p.port)
+    try:
+        port = int(str(port_value)) if port_value is not None else DEFAULT_PORTS[security]
+    except ValueError:
+        raise UsageError(f"MAILCLI_PORT must be a port number, not {port_value!r}") from None
+    if not 0 < port < 65536:
+        raise UsageError(f"{port} is not a port number (1-65535)")
+    username = pick(options.username, "MAILCLI_USERNAME", campaign.username, p.username)
+    timeout = options.timeout or p.timeout or 30.0
+    settings = SmtpSettings(
+        host=str(host),
+        port=port,
+        security=security,
+        username=str(username) if username else None,
+        timeout=float(timeout),
+    )
+    return settings, profile
