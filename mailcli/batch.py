@@ -14,11 +14,11 @@ from typing import Any
 
 from mailcli.campaign import Campaign, Rate
 from mailcli.errors import ExitCode, UnavailableError
+from mailcli.message import Built
 from mailcli.pipeline import Duplicate, Pipeline, Ready
 from mailcli.preview import Preview
 from mailcli.ratelimit import RateLimiter
 from mailcli.recipients import RowProblem
-from mailcli.message import Built
 from mailcli.transport import ConnectionLost, Outcome, Reply, SmtpConnection
 
 # Problems kept for the report; beyond this only the count grows, so memory stays bounded.
@@ -97,8 +97,13 @@ class Summary:
                 for p in self.problems
             ],
             "failures": [
-                {"row": f.row, "email": f.email, "status": f.status, "code": f.code,
-                 "reply": f.reply}
+                {
+                    "row": f.row,
+                    "email": f.email,
+                    "status": f.status,
+                    "code": f.code,
+                    "reply": f.reply,
+                }
                 for f in self.failures
             ],
         }
@@ -218,20 +223,33 @@ def _deliver(
             if exc.handed_over:
                 # The server may have queued it; sending again could duplicate it.
                 summary.unknown += 1
-                _fail(summary, recipient.row, recipient.email, "unknown", None,
-                      f"connection lost before the reply: {exc.reason}")
+                _fail(
+                    summary,
+                    recipient.row,
+                    recipient.email,
+                    "unknown",
+                    None,
+                    f"connection lost before the reply: {exc.reason}",
+                )
                 if _reconnect(connection, sleep):
                     continue
             summary.error = f"connection to {connection.settings.endpoint} lost: {exc.reason}"
             return
-        _count(summary, recipient.row, recipient.email, outcome.reply,
-               outcome.refused.get(built.rcpt_to[0]), outcome.delivered)
+        _count(
+            summary,
+            recipient.row,
+            recipient.email,
+            outcome.reply,
+            outcome.refused.get(built.rcpt_to[0]),
+            outcome.delivered,
+        )
         if progress is not None:
             progress(summary)
 
 
-def _send_with_reconnect(connection: SmtpConnection, built: Built,
-                         sleep: Callable[[float], None]) -> Outcome:
+def _send_with_reconnect(
+    connection: SmtpConnection, built: Built, sleep: Callable[[float], None]
+) -> Outcome:
     """Send; if the connection broke before the message was handed over, reconnect and resend."""
     tries = len(RECONNECT_DELAYS)
     for attempt in range(tries):
@@ -257,8 +275,9 @@ def _reconnect(connection: SmtpConnection, sleep: Callable[[float], None]) -> bo
     return False
 
 
-def _count(summary: Summary, row: int, email: str, reply: Reply, refusal: Reply | None,
-           delivered: bool) -> None:
+def _count(
+    summary: Summary, row: int, email: str, reply: Reply, refusal: Reply | None, delivered: bool
+) -> None:
     if delivered:
         summary.sent += 1
         return
@@ -271,7 +290,8 @@ def _count(summary: Summary, row: int, email: str, reply: Reply, refusal: Reply 
         _fail(summary, row, email, "failed", deciding.code, deciding.text)
 
 
-def _fail(summary: Summary, row: int, email: str, status: str, code: int | None,
-          reply: str) -> None:
+def _fail(
+    summary: Summary, row: int, email: str, status: str, code: int | None, reply: str
+) -> None:
     if len(summary.failures) < MAX_PROBLEMS:
         summary.failures.append(Failure(row, email, status, code, reply))

@@ -27,9 +27,24 @@ HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field-name: printable AS
 RESERVED_HEADERS = frozenset(
     h.lower()
     for h in (
-        "From", "To", "Cc", "Bcc", "Reply-To", "Subject", "Date", "Message-ID", "MIME-Version",
-        "Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "List-Unsubscribe",
-        "List-Unsubscribe-Post", "List-Id", "DKIM-Signature", "Sender", "Return-Path",
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Reply-To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Content-Disposition",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Id",
+        "DKIM-Signature",
+        "Sender",
+        "Return-Path",
     )
 )
 SECURITY_MODES = ("starttls", "tls", "none")
@@ -138,6 +153,9 @@ class Campaign:
         return self.path.parent
 
 
+DEFAULT_RETRY = Retry()
+
+
 def parse_rate(text: str) -> Rate:
     """Parse `10/s`, `600/min`, `5000/h` (or `5/10s`) into a `Rate`; raise ValueError."""
     m = _RATE_RE.match(text)
@@ -174,9 +192,25 @@ def is_template(text: str) -> bool:
 
 
 TOP_KEYS = (
-    "name", "from", "reply_to", "subject", "text", "html", "markdown", "recipients", "vars",
-    "attachments", "headers", "unsubscribe", "list_id", "inline_images", "dkim", "smtp", "rate",
-    "retry", "state",
+    "name",
+    "from",
+    "reply_to",
+    "subject",
+    "text",
+    "html",
+    "markdown",
+    "recipients",
+    "vars",
+    "attachments",
+    "headers",
+    "unsubscribe",
+    "list_id",
+    "inline_images",
+    "dkim",
+    "smtp",
+    "rate",
+    "retry",
+    "state",
 )
 
 
@@ -193,7 +227,9 @@ def _build(top: Section, file: Path) -> Campaign:
     name = top.text("name", required=True)
     assert name is not None
     if not NAME_RE.match(name):
-        raise top.error("name", "use letters, digits, '.', '_' and '-' only (it names the state file)")
+        raise top.error(
+            "name", "use letters, digits, '.', '_' and '-' only (it names the state file)"
+        )
 
     sender = _address(top, "from")
     reply_to = _address(top, "reply_to")
@@ -203,11 +239,17 @@ def _build(top: Section, file: Path) -> Campaign:
 
     bodies = {key: _file(top, key, folder) for key in ("text", "html", "markdown")}
     if not any(bodies.values()):
-        raise ConfigError("a campaign needs at least one of 'text', 'html' or 'markdown'",
-                          path=top.file, line=top.line)
+        raise ConfigError(
+            "a campaign needs at least one of 'text', 'html' or 'markdown'",
+            path=top.file,
+            line=top.line,
+        )
     if bodies["markdown"] and (bodies["text"] or bodies["html"]):
-        raise top.error("markdown", "renders both the text and the HTML part; "
-                        "use it instead of 'text'/'html', not with them")
+        raise top.error(
+            "markdown",
+            "renders both the text and the HTML part; "
+            "use it instead of 'text'/'html', not with them",
+        )
 
     return Campaign(
         path=file,
@@ -257,8 +299,9 @@ def _file(section: Section, key: str, folder: Path, *, what: str = "file") -> Pa
     if not path.is_file():
         line = section.items[key][0]
         reason = "is a folder" if path.is_dir() else "not found"
-        raise InputFileError(f"'{section.where}{key}': {what} {reason}: {path}",
-                             path=section.file, line=line)
+        raise InputFileError(
+            f"'{section.where}{key}': {what} {reason}: {path}", path=section.file, line=line
+        )
     return path
 
 
@@ -286,7 +329,7 @@ def _recipients(top: Section, folder: Path) -> RecipientsSource:
     delimiter = sec.get("delimiter", str, "a single character") or ","
     if delimiter == "\\t":
         delimiter = "\t"
-    if len(delimiter) != 1 or delimiter in "\r\n\"":
+    if len(delimiter) != 1 or delimiter in '\r\n"':
         raise sec.error("delimiter", f"must be a single character, not {delimiter!r}")
     return RecipientsSource(
         path=path,
@@ -316,8 +359,9 @@ def _attachments(top: Section, folder: Path) -> tuple[Attachment, ...]:
     for item in node.value:
         line = item.start_mark.line + 1
         if not isinstance(item, yaml.ScalarNode) or item.tag != "tag:yaml.org,2002:str":
-            raise ConfigError("'attachments': every entry must be a file path",
-                              path=top.file, line=line)
+            raise ConfigError(
+                "'attachments': every entry must be a file path", path=top.file, line=line
+            )
         source = str(item.value)
         if is_template(source):
             result.append(Attachment(source=source, path=None, line=line))
@@ -364,8 +408,10 @@ def _list_id(top: Section) -> str | None:
         return None
     _no_newlines(top, "list_id", value)
     if not re.search(r"<[A-Za-z0-9.-]+\.[A-Za-z0-9-]+>\s*$", value):
-        raise top.error("list_id", "must end with <list-label.domain> (RFC 2919), "
-                        "e.g. 'Acme News <news.acme.example>'")
+        raise top.error(
+            "list_id",
+            "must end with <list-label.domain> (RFC 2919), e.g. 'Acme News <news.acme.example>'",
+        )
     return value
 
 
@@ -432,11 +478,11 @@ def _retry(top: Section) -> Retry:
     if sec is None:
         return Retry()
     sec.reject_unknown(("attempts", "delay"))
-    attempts = sec.get("attempts", int, "a whole number", Retry.attempts)
+    attempts = sec.get("attempts", int, "a whole number", DEFAULT_RETRY.attempts)
     assert attempts is not None
     if attempts < 1:
         raise sec.error("attempts", "must be at least 1")
-    delay = Retry.delay_s
+    delay = DEFAULT_RETRY.delay_s
     if sec.has("delay"):
         try:
             delay = parse_duration(sec.value("delay"))

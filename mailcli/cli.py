@@ -52,8 +52,12 @@ class MailcliGroup(TyperGroup):
         except Exception as exc:  # a bug: still one line, never a traceback
             if os.environ.get("MAILCLI_TRACEBACK"):
                 raise
-            _fail(ctx, f"internal error: {exc.__class__.__name__}: {exc} "
-                  "(set MAILCLI_TRACEBACK=1 to see where)", int(ExitCode.SOFTWARE))
+            _fail(
+                ctx,
+                f"internal error: {exc.__class__.__name__}: {exc} "
+                "(set MAILCLI_TRACEBACK=1 to see where)",
+                int(ExitCode.SOFTWARE),
+            )
         return None
 
 
@@ -63,8 +67,10 @@ def _optional_sandbox_dir(args: list[str]) -> list[str]:
     for i, arg in enumerate(args):
         if arg == "--sandbox":
             nxt = args[i + 1] if i + 1 < len(args) else None
-            takes_value = nxt is not None and not nxt.startswith("-") and not (
-                nxt.endswith((".yaml", ".yml")) and Path(nxt).is_file()
+            takes_value = (
+                nxt is not None
+                and not nxt.startswith("-")
+                and not (nxt.endswith((".yaml", ".yml")) and Path(nxt).is_file())
             )
             if not takes_value:
                 out.append(f"--sandbox={DEFAULT_OUTBOX}")
@@ -108,37 +114,61 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Mass mailing from the command line."""
 
 
 # Options shared by every command that talks SMTP.
-ProfileOpt = Annotated[str | None, typer.Option("--profile", help="SMTP profile from config.yaml.",
-                                                rich_help_panel="SMTP")]
-HostOpt = Annotated[str | None, typer.Option("--host", help="SMTP server host.",
-                                             rich_help_panel="SMTP")]
-PortOpt = Annotated[int | None, typer.Option("--port", min=1, max=65535, help="SMTP server port.",
-                                             rich_help_panel="SMTP")]
-SecurityOpt = Annotated[str | None, typer.Option("--security", help="starttls, tls or none.",
-                                                 rich_help_panel="SMTP")]
-UsernameOpt = Annotated[str | None, typer.Option("--username", help="SMTP login name.",
-                                                 rich_help_panel="SMTP")]
-TimeoutOpt = Annotated[float | None, typer.Option("--timeout", min=0.1,
-                                                  help="Seconds to wait for the server.",
-                                                  rich_help_panel="SMTP")]
-SandboxOpt = Annotated[str | None, typer.Option(
-    "--sandbox", metavar="[DIR]",
-    help="Deliver to an embedded capture server that saves .eml files in DIR (default ./outbox); "
-    "nothing leaves the machine.")]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", help="SMTP profile from config.yaml.", rich_help_panel="SMTP"),
+]
+HostOpt = Annotated[
+    str | None, typer.Option("--host", help="SMTP server host.", rich_help_panel="SMTP")
+]
+PortOpt = Annotated[
+    int | None,
+    typer.Option("--port", min=1, max=65535, help="SMTP server port.", rich_help_panel="SMTP"),
+]
+SecurityOpt = Annotated[
+    str | None, typer.Option("--security", help="starttls, tls or none.", rich_help_panel="SMTP")
+]
+UsernameOpt = Annotated[
+    str | None, typer.Option("--username", help="SMTP login name.", rich_help_panel="SMTP")
+]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout", min=0.1, help="Seconds to wait for the server.", rich_help_panel="SMTP"
+    ),
+]
+SandboxOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sandbox",
+        metavar="[DIR]",
+        help="Deliver to an embedded capture server that saves .eml files in DIR "
+        "(default ./outbox); nothing leaves the machine.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 CampaignArg = Annotated[Path, typer.Argument(metavar="CAMPAIGN.yaml", help="Campaign file.")]
 
 
-def _smtp_options(profile: str | None, host: str | None, port: int | None,
-                  security: str | None, username: str | None,
-                  timeout: float | None) -> SmtpOptions:
+def _smtp_options(
+    profile: str | None,
+    host: str | None,
+    port: int | None,
+    security: str | None,
+    username: str | None,
+    timeout: float | None,
+) -> SmtpOptions:
     if security is not None and security not in ("starttls", "tls", "none"):
         raise UsageError(f"--security must be starttls, tls or none, not {security!r}")
     return SmtpOptions(profile, host, port, security, username, timeout)
@@ -152,14 +182,27 @@ def _json_mode(ctx: typer.Context, value: bool) -> None:
 def batch(
     ctx: typer.Context,
     campaign_file: CampaignArg,
-    dry_run_: Annotated[bool, typer.Option("--dry-run", help="Read, validate, render and build "
-                                           "every message; connect to nothing, write nothing.")] = False,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Send at most N messages "
-                                              "this run.")] = None,
-    rate: Annotated[str | None, typer.Option("--rate", help="At most this rate, e.g. 10/s, "
-                                             "600/min (overrides the campaign's rate).")] = None,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Send the valid rows even "
-                                               "if some rows are invalid.")] = False,
+    dry_run_: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Read, validate, render and build "
+            "every message; connect to nothing, write nothing.",
+        ),
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Send at most N messages this run.")
+    ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            "--rate", help="At most this rate, e.g. 10/s, 600/min (overrides the campaign's rate)."
+        ),
+    ] = None,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option("--skip-invalid", help="Send the valid rows even if some rows are invalid."),
+    ] = False,
     profile: ProfileOpt = None,
     host: HostOpt = None,
     port: PortOpt = None,
@@ -182,15 +225,20 @@ def batch(
     if dry_run_:
         summary = dry_run(campaign, limit=limit, progress=progress)
     elif sandbox_dir is not None:
-        summary = _batch_sandbox(campaign, Path(sandbox_dir), limit, parsed_rate, skip_invalid,
-                                 progress, quiet or json_)
+        summary = _batch_sandbox(
+            campaign, Path(sandbox_dir), limit, parsed_rate, skip_invalid, progress, quiet or json_
+        )
     else:
         settings, prof = resolve_smtp(options, campaign.smtp)
         password = password_source(settings, prof)
         summary = send_batch(
-            campaign, lambda: SmtpConnection(settings, password=password),
+            campaign,
+            lambda: SmtpConnection(settings, password=password),
             sender=None if campaign.sender else (prof.sender if prof else None),
-            limit=limit, rate=parsed_rate, skip_invalid=skip_invalid, progress=progress,
+            limit=limit,
+            rate=parsed_rate,
+            skip_invalid=skip_invalid,
+            progress=progress,
         )
     _report(summary, json_=json_, quiet=quiet)
     raise typer.Exit(summary.exit_code)
@@ -205,15 +253,30 @@ def _rate(text: str | None) -> Any:
         raise UsageError(f"--rate: {exc}") from None
 
 
-def _batch_sandbox(campaign: Campaign, folder: Path, limit: int | None, rate: Any,
-                   skip_invalid: bool, progress: Any, quiet: bool) -> Summary:
+def _batch_sandbox(
+    campaign: Campaign,
+    folder: Path,
+    limit: int | None,
+    rate: Any,
+    skip_invalid: bool,
+    progress: Any,
+    quiet: bool,
+) -> Summary:
     with sandbox(folder) as (server, _writer):
         settings = SmtpSettings(host=server.host, port=server.port, security="none")
         if not quiet:
-            typer.echo(f"sandbox: delivering to {settings.endpoint}, saving .eml files in "
-                       f"{folder}/", err=True)
-        return send_batch(campaign, lambda: SmtpConnection(settings), limit=limit, rate=rate,
-                          skip_invalid=skip_invalid, progress=progress)
+            typer.echo(
+                f"sandbox: delivering to {settings.endpoint}, saving .eml files in {folder}/",
+                err=True,
+            )
+        return send_batch(
+            campaign,
+            lambda: SmtpConnection(settings),
+            limit=limit,
+            rate=rate,
+            skip_invalid=skip_invalid,
+            progress=progress,
+        )
 
 
 def _progress_printer() -> Callable[[Summary], None]:
@@ -225,8 +288,11 @@ def _progress_printer() -> Callable[[Summary], None]:
             last[0] = now
             done = summary.would_send if summary.dry_run else summary.sent
             verb = "built" if summary.dry_run else "sent"
-            typer.echo(f"progress: {summary.total} rows read, {done} {verb}, "
-                       f"{summary.failed} failed, {summary.invalid} invalid", err=True)
+            typer.echo(
+                f"progress: {summary.total} rows read, {done} {verb}, "
+                f"{summary.failed} failed, {summary.invalid} invalid",
+                err=True,
+            )
 
     return show
 
@@ -235,14 +301,18 @@ def summary_line(summary: Summary) -> str:
     """The one-line human summary of a batch or dry run."""
     s = summary
     if s.dry_run:
-        return (f"Dry run of campaign '{s.campaign}': {s.total} rows, {s.would_send} messages "
-                f"built ({_size(s.bytes)}), {s.invalid} invalid, {s.duplicates} duplicates; "
-                f"nothing sent.")
+        return (
+            f"Dry run of campaign '{s.campaign}': {s.total} rows, {s.would_send} messages "
+            f"built ({_size(s.bytes)}), {s.invalid} invalid, {s.duplicates} duplicates; "
+            f"nothing sent."
+        )
     conns = "connection" if s.connections == 1 else "connections"
-    return (f"Campaign '{s.campaign}': {s.sent} sent, {s.failed} failed, {s.deferred} deferred, "
-            f"{s.unknown} unknown, {s.invalid} invalid, {s.duplicates} duplicates of "
-            f"{s.total} rows ({s.connections} {conns}, {s.elapsed_s:.2f} s, "
-            f"{s.rate_per_s:.1f} msg/s).")
+    return (
+        f"Campaign '{s.campaign}': {s.sent} sent, {s.failed} failed, {s.deferred} deferred, "
+        f"{s.unknown} unknown, {s.invalid} invalid, {s.duplicates} duplicates of "
+        f"{s.total} rows ({s.connections} {conns}, {s.elapsed_s:.2f} s, "
+        f"{s.rate_per_s:.1f} msg/s)."
+    )
 
 
 def _size(n: int) -> str:
@@ -257,18 +327,20 @@ def _report(summary: Summary, *, json_: bool, quiet: bool) -> None:
     for problem in summary.problems:
         typer.echo(str(problem), err=True)
     if summary.invalid > len(summary.problems):
-        typer.echo(f"... and {summary.invalid - len(summary.problems)} more invalid rows",
-                   err=True)
+        typer.echo(f"... and {summary.invalid - len(summary.problems)} more invalid rows", err=True)
     for failure in summary.failures:
         code = f"{failure.code} " if failure.code else ""
-        typer.echo(f"row {failure.row}: {failure.email}: {failure.status}: {code}{failure.reply}",
-                   err=True)
+        typer.echo(
+            f"row {failure.row}: {failure.email}: {failure.status}: {code}{failure.reply}", err=True
+        )
     if summary.error:
         typer.echo(f"mailcli: error: {summary.error}", err=True)
     if summary.exit_code == ExitCode.DATAERR:
-        typer.echo(f"mailcli: {summary.invalid} invalid rows; nothing was sent"
-                   + ("" if summary.dry_run else " (--skip-invalid sends the valid rows)"),
-                   err=True)
+        typer.echo(
+            f"mailcli: {summary.invalid} invalid rows; nothing was sent"
+            + ("" if summary.dry_run else " (--skip-invalid sends the valid rows)"),
+            err=True,
+        )
     if json_:
         _emit(summary.to_json())
     elif not quiet:
@@ -279,15 +351,22 @@ def _report(summary: Summary, *, json_: bool, quiet: bool) -> None:
 def preview(
     ctx: typer.Context,
     campaign_file: CampaignArg,
-    row: Annotated[int | None, typer.Option("--row", help="The data row to show (1-based).")] = None,
-    to: Annotated[str | None, typer.Option("--to", metavar="EMAIL",
-                                           help="Show the row with this address.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Check every row; exit 65 if any is "
-                                       "invalid.")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="text, html or raw (the exact bytes).")]
-    = "text",
-    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Write .eml (and .html) "
-                                             "files to DIR.")] = None,
+    row: Annotated[
+        int | None, typer.Option("--row", help="The data row to show (1-based).")
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", metavar="EMAIL", help="Show the row with this address.")
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Check every row; exit 65 if any is invalid.")
+    ] = False,
+    fmt: Annotated[
+        str, typer.Option("--format", help="text, html or raw (the exact bytes).")
+    ] = "text",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="DIR", help="Write .eml (and .html) files to DIR."),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Show a message as it will be sent, without sending anything.
@@ -333,8 +412,18 @@ def _text_view(shown: Preview) -> str:
     for name in ("From", "To", "Cc", "Reply-To", "Subject", "Date", "Message-ID"):
         if parsed[name] is not None:
             lines.append(f"{name}: {parsed[name]}")
-    skip = {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "mime-version",
-            "content-type", "content-transfer-encoding"}
+    skip = {
+        "from",
+        "to",
+        "cc",
+        "reply-to",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+    }
     lines.extend(f"{k}: {v}" for k, v in parsed.items() if k.lower() not in skip)
     for name, ctype, size in shown.attachments():
         lines.append(f"Attachment: {name} ({ctype}, {_size(size)})")
@@ -349,19 +438,26 @@ def send(
     ctx: typer.Context,
     to: Annotated[list[str], typer.Option("--to", metavar="ADDR", help="Recipient (repeatable).")],
     subject: Annotated[str, typer.Option("--subject", help="Subject (a Jinja template).")],
-    cc: Annotated[list[str] | None, typer.Option("--cc", metavar="ADDR", help="Cc recipient "
-                                                 "(repeatable).")] = None,
-    bcc: Annotated[list[str] | None, typer.Option("--bcc", metavar="ADDR", help="Bcc recipient: "
-                                                  "envelope only, never a header.")] = None,
-    text: Annotated[str | None, typer.Option("--text", help="Text body (a Jinja template).")]
-    = None,
+    cc: Annotated[
+        list[str] | None, typer.Option("--cc", metavar="ADDR", help="Cc recipient (repeatable).")
+    ] = None,
+    bcc: Annotated[
+        list[str] | None,
+        typer.Option("--bcc", metavar="ADDR", help="Bcc recipient: envelope only, never a header."),
+    ] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", help="Text body (a Jinja template).")
+    ] = None,
     text_file: Annotated[Path | None, typer.Option("--text-file", metavar="F")] = None,
     html_file: Annotated[Path | None, typer.Option("--html-file", metavar="F")] = None,
     markdown_file: Annotated[Path | None, typer.Option("--markdown-file", metavar="F")] = None,
-    var: Annotated[list[str] | None, typer.Option("--var", metavar="KEY=VALUE",
-                                                  help="Template variable (repeatable).")] = None,
-    attach: Annotated[list[Path] | None, typer.Option("--attach", metavar="FILE",
-                                                      help="Attachment (repeatable).")] = None,
+    var: Annotated[
+        list[str] | None,
+        typer.Option("--var", metavar="KEY=VALUE", help="Template variable (repeatable)."),
+    ] = None,
+    attach: Annotated[
+        list[Path] | None, typer.Option("--attach", metavar="FILE", help="Attachment (repeatable).")
+    ] = None,
     sender: Annotated[str | None, typer.Option("--from", metavar="ADDR")] = None,
     reply_to: Annotated[str | None, typer.Option("--reply-to", metavar="ADDR")] = None,
     profile: ProfileOpt = None,
@@ -370,8 +466,9 @@ def send(
     security: SecurityOpt = None,
     username: UsernameOpt = None,
     timeout: TimeoutOpt = None,
-    dry_run_: Annotated[bool, typer.Option("--dry-run", help="Print the exact message bytes; "
-                                           "send nothing.")] = False,
+    dry_run_: Annotated[
+        bool, typer.Option("--dry-run", help="Print the exact message bytes; send nothing.")
+    ] = False,
     sandbox_dir: SandboxOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -383,16 +480,30 @@ def send(
     _json_mode(ctx, json_)
     options = _smtp_options(profile, host, port, security, username, timeout)
     spec = OneOff(
-        to=tuple(to), cc=tuple(cc or ()), bcc=tuple(bcc or ()), subject=subject, text=text,
-        text_file=text_file, html_file=html_file, markdown_file=markdown_file,
-        variables=tuple(var or ()), attachments=tuple(attach or ()), sender=sender,
+        to=tuple(to),
+        cc=tuple(cc or ()),
+        bcc=tuple(bcc or ()),
+        subject=subject,
+        text=text,
+        text_file=text_file,
+        html_file=html_file,
+        markdown_file=markdown_file,
+        variables=tuple(var or ()),
+        attachments=tuple(attach or ()),
+        sender=sender,
         reply_to=reply_to,
     )
     if dry_run_:
         built = build_one_off(spec, sender_fallback=None)
         if json_:
-            _emit({"dry_run": True, "message_id": built.message_id, "size": len(built.data),
-                   "envelope": {"mail_from": built.mail_from, "rcpt_to": list(built.rcpt_to)}})
+            _emit(
+                {
+                    "dry_run": True,
+                    "message_id": built.message_id,
+                    "size": len(built.data),
+                    "envelope": {"mail_from": built.mail_from, "rcpt_to": list(built.rcpt_to)},
+                }
+            )
         else:
             sys.stdout.flush()
             sys.stdout.buffer.write(built.data)
@@ -404,21 +515,26 @@ def send(
             result = _deliver_one(spec, SmtpConnection(settings), None)
     else:
         settings, prof = resolve_smtp(options)
-        result = _deliver_one(spec, SmtpConnection(settings, password=password_source(settings,
-                                                                                      prof)),
-                              prof.sender if prof else None)
+        result = _deliver_one(
+            spec,
+            SmtpConnection(settings, password=password_source(settings, prof)),
+            prof.sender if prof else None,
+        )
     if json_:
         _emit(result)
     else:
-        typer.echo(f"sent {result['message_id']} to {len(result['accepted'])} recipients "
-                   f"({result['reply']})")
+        typer.echo(
+            f"sent {result['message_id']} to {len(result['accepted'])} recipients "
+            f"({result['reply']})"
+        )
         for addr, reply in result["refused"].items():
             typer.echo(f"refused: {addr}: {reply}", err=True)
     raise typer.Exit(result["exit_code"])
 
 
-def _deliver_one(spec: OneOff, connection: SmtpConnection,
-                 sender_fallback: str | None) -> dict[str, Any]:
+def _deliver_one(
+    spec: OneOff, connection: SmtpConnection, sender_fallback: str | None
+) -> dict[str, Any]:
     from mailcli.sending import deliver_one_off
 
     return deliver_one_off(spec, connection, sender_fallback=sender_fallback)
@@ -427,10 +543,12 @@ def _deliver_one(spec: OneOff, connection: SmtpConnection,
 @app.command()
 def sink(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")]
-    = 8025,
-    folder: Annotated[Path, typer.Option("--dir", metavar="DIR", help="Where to save .eml files.")]
-    = Path(DEFAULT_OUTBOX),
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")
+    ] = 8025,
+    folder: Annotated[
+        Path, typer.Option("--dir", metavar="DIR", help="Where to save .eml files.")
+    ] = Path(DEFAULT_OUTBOX),
 ) -> None:
     """Run a local SMTP capture server that saves every message as a .eml file.
 
@@ -439,8 +557,11 @@ def sink(
     stop = threading.Event()
     writer = _ReportingWriter(folder)
     server = SmtpServer(writer, host, port).start()
-    typer.echo(f"mailcli sink: listening on {server.host}:{server.port}, saving to {folder}/ "
-               "(Ctrl-C to stop)", err=True)
+    typer.echo(
+        f"mailcli sink: listening on {server.host}:{server.port}, saving to {folder}/ "
+        "(Ctrl-C to stop)",
+        err=True,
+    )
 
     def finish(signum: int, frame: Any) -> None:
         stop.set()
@@ -458,8 +579,10 @@ def sink(
 class _ReportingWriter(EmlWriter):
     def save(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> Path:
         path = super().save(mail_from, rcpt_tos, data)
-        typer.echo(f"saved {path.name} from <{mail_from}> to {', '.join(rcpt_tos)} "
-                   f"({len(data)} bytes)", err=True)
+        typer.echo(
+            f"saved {path.name} from <{mail_from}> to {', '.join(rcpt_tos)} ({len(data)} bytes)",
+            err=True,
+        )
         return path
 
 

@@ -1,7 +1,7 @@
 """The one exception hierarchy of mailcli and the exit codes it maps to.
 
-Every error a user can cause is a `MailcliError` subclass that carries where the problem is (file and
-line, row, recipient, SMTP code) and the sysexits code the CLI exits with. Per-recipient outcomes
+Every error a user can cause is a `MailcliError` subclass that carries where the problem is
+(file and line, row, recipient) and the sysexits code the CLI exits with. Per-recipient outcomes
 (a 550 for one address) are data, not exceptions: see `mailcli.batch`.
 """
 

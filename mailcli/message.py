@@ -28,8 +28,19 @@ SMTP_POLICY = email.policy.SMTP
 SMTPUTF8_POLICY = email.policy.SMTPUTF8
 
 DKIM_HEADERS = (
-    b"From", b"To", b"Cc", b"Reply-To", b"Subject", b"Date", b"Message-ID", b"MIME-Version",
-    b"Content-Type", b"List-Unsubscribe", b"List-Unsubscribe-Post", b"List-Id", b"Feedback-ID",
+    b"From",
+    b"To",
+    b"Cc",
+    b"Reply-To",
+    b"Subject",
+    b"Date",
+    b"Message-ID",
+    b"MIME-Version",
+    b"Content-Type",
+    b"List-Unsubscribe",
+    b"List-Unsubscribe-Post",
+    b"List-Id",
+    b"Feedback-ID",
 )
 
 
@@ -163,7 +174,7 @@ class MessageBuilder:
         unicode_locals = [m.addr for m in [self.sender, *everyone] if needs_smtputf8(m.addr)]
         if unicode_locals and not smtputf8:
             raise BuildError(f"address {unicode_locals[0]!r} needs a server with SMTPUTF8")
-        # UTF-8 headers only when an address forces it; otherwise RFC 2047, which every server takes.
+        # UTF-8 headers only when an address forces it; else RFC 2047, which every server takes.
         utf8 = bool(unicode_locals)
         policy = SMTPUTF8_POLICY if utf8 else SMTP_POLICY
         msg = EmailMessage(policy=policy)
@@ -188,9 +199,13 @@ class MessageBuilder:
             msg[name] = value
         self._body(msg, rendered)
         for path in rendered.attachments:
-            part = self.file(path, static=path in self._files)
-            msg.add_attachment(part.data, maintype=part.maintype, subtype=part.subtype,
-                               filename=part.filename)
+            attachment = self.file(path, static=path in self._files)
+            msg.add_attachment(
+                attachment.data,
+                maintype=attachment.maintype,
+                subtype=attachment.subtype,
+                filename=attachment.filename,
+            )
         for part in msg.walk():
             if part is not msg:
                 del part["MIME-Version"]  # the stdlib adds it to sub-parts; it belongs on top only
@@ -220,18 +235,25 @@ class MessageBuilder:
         else:
             msg.set_content("", subtype="plain", charset="utf-8", cte="7bit")
         if html is not None and self.inline_images:
-            html_part = msg if text is None else msg.get_payload()[-1]
+            html_part = msg if text is None else list(msg.iter_parts())[-1]
             assert isinstance(html_part, EmailMessage)
             for cid, image in self.inline_images.items():
-                html_part.add_related(image.data, maintype=image.maintype,
-                                      subtype=image.subtype, cid=f"<{cid}>",
-                                      filename=image.filename, disposition="inline")
+                html_part.add_related(
+                    image.data,
+                    maintype=image.maintype,
+                    subtype=image.subtype,
+                    cid=f"<{cid}>",
+                    filename=image.filename,
+                    disposition="inline",
+                )
 
     def _sign(self, data: bytes) -> bytes:
         assert self.dkim is not None
-        present = {line.split(b":", 1)[0].strip().lower()
-                   for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-                   if line and line[:1] not in b" \t"}
+        present = {
+            line.split(b":", 1)[0].strip().lower()
+            for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+            if line and line[:1] not in b" \t"
+        }
         headers = [h for h in DKIM_HEADERS if h.lower() in present]
         try:
             signature = dkim.sign(
@@ -244,4 +266,4 @@ class MessageBuilder:
             )
         except dkim.DKIMException as exc:
             raise ConfigError(f"DKIM signing failed: {exc}", path=self.dkim.key) from None
-        return signature + data
+        return bytes(signature) + data

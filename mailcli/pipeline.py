@@ -14,7 +14,7 @@ from typing import Any
 from mailcli.addresses import AddressError, Mailbox, parse_mailbox
 from mailcli.campaign import Campaign
 from mailcli.errors import ConfigError
-from mailcli.message import Built, BuildError, MessageBuilder
+from mailcli.message import BuildError, Built, MessageBuilder
 from mailcli.recipients import Recipient, RecipientReader, RowProblem, SeenAddresses
 from mailcli.render import Content, Rendered, Renderer, RenderError
 
@@ -60,8 +60,10 @@ class Pipeline:
         self.campaign = campaign
         text = sender or campaign.sender
         if text is None:
-            raise ConfigError("no sender: set 'from' in the campaign file or in the SMTP profile",
-                              path=campaign.path)
+            raise ConfigError(
+                "no sender: set 'from' in the campaign file or in the SMTP profile",
+                path=campaign.path,
+            )
         try:
             self.sender: Mailbox = parse_mailbox(text)
         except AddressError as exc:

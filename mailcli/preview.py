@@ -45,8 +45,11 @@ class Preview:
     def attachments(self) -> list[tuple[str, str, int]]:
         """(filename, content type, size) of each attachment."""
         return [
-            (part.get_filename() or "", part.get_content_type(),
-             len(part.get_payload(decode=True) or b""))
+            (
+                part.get_filename() or "",
+                part.get_content_type(),
+                len(part.get_payload(decode=True) or b""),
+            )
             for part in self.parsed.iter_attachments()
         ]
 
@@ -76,8 +79,9 @@ def _body(message: EmailMessage, subtype: str) -> str | None:
     return content if isinstance(content, str) else None
 
 
-def find_recipient(pipeline: Pipeline, *, row: int | None = None,
-                   to: str | None = None) -> Recipient:
+def find_recipient(
+    pipeline: Pipeline, *, row: int | None = None, to: str | None = None
+) -> Recipient:
     """The row to preview: by data row number, by address, or the first valid row."""
     wanted = None
     if to is not None:
@@ -105,8 +109,9 @@ def find_recipient(pipeline: Pipeline, *, row: int | None = None,
     raise DataError("the recipient list has no valid row", path=path)
 
 
-def preview_one(campaign: Campaign, *, row: int | None = None, to: str | None = None,
-                sender: str | None = None) -> Preview:
+def preview_one(
+    campaign: Campaign, *, row: int | None = None, to: str | None = None, sender: str | None = None
+) -> Preview:
     """Render and build one recipient's message exactly as `batch` would."""
     pipeline = Pipeline(campaign, sender=sender)
     recipient = find_recipient(pipeline, row=row, to=to)

@@ -62,8 +62,11 @@ class RecipientReader:
     def __iter__(self) -> Iterator[Recipient | RowProblem]:
         src = self.source
         # 'utf-8-sig' reads files with and without the BOM that Excel writes.
-        encoding = "utf-8-sig" if src.encoding.lower().replace("_", "-") in ("utf-8", "utf8") \
+        encoding = (
+            "utf-8-sig"
+            if src.encoding.lower().replace("_", "-") in ("utf-8", "utf8")
             else src.encoding
+        )
         try:
             handle = open(src.path, encoding=encoding, newline="")  # noqa: SIM115
         except OSError as exc:
@@ -81,8 +84,9 @@ class RecipientReader:
                     "real encoding)",
                 ) from None
             except csv.Error as exc:
-                raise DataError(f"line {reader.line_num}: unreadable CSV: {exc}",
-                                path=src.path) from None
+                raise DataError(
+                    f"line {reader.line_num}: unreadable CSV: {exc}", path=src.path
+                ) from None
 
     def _rows(self, reader: Iterator[list[str]]) -> Iterator[Recipient | RowProblem]:
         src = self.source
@@ -108,8 +112,9 @@ class RecipientReader:
         if src.name_column is not None:
             name_col = _find_column(columns, src.name_column)
             if name_col is None:
-                raise DataError(f"no {src.name_column!r} column (recipients.name_column)",
-                                path=src.path, line=1)
+                raise DataError(
+                    f"no {src.name_column!r} column (recipients.name_column)", path=src.path, line=1
+                )
         else:
             name_col = _find_column(columns, "name")
 
@@ -125,12 +130,19 @@ class RecipientReader:
             number += 1
             if len(values) != width:
                 if len(values) < width:
-                    yield RowProblem(number, start, f"has {len(values)} fields, the header has "
-                                     f"{width} (short row)")
+                    yield RowProblem(
+                        number,
+                        start,
+                        f"has {len(values)} fields, the header has {width} (short row)",
+                    )
                     continue
                 if any(v.strip() for v in values[width:]):
-                    yield RowProblem(number, start, f"has {len(values)} fields, the header has "
-                                     f"{width} (long row; an unquoted delimiter?)")
+                    yield RowProblem(
+                        number,
+                        start,
+                        f"has {len(values)} fields, the header has "
+                        f"{width} (long row; an unquoted delimiter?)",
+                    )
                     continue
             raw_email = values[email_col].strip()
             if not raw_email:
@@ -185,4 +197,3 @@ class SeenAddresses:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 from markdown_it import MarkdownIt
 
 from mailcli.errors import DataError, InputFileError
@@ -100,15 +101,17 @@ class Renderer:
             for source, static in content.attachments
         )
 
-    def _string(self, source: str, what: str, env: SandboxedEnvironment | None = None
-                ) -> jinja2.Template:
+    def _string(
+        self, source: str, what: str, env: SandboxedEnvironment | None = None
+    ) -> jinja2.Template:
         try:
             return (env or self.text_env).from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             raise DataError(f"template syntax error in '{what}': {exc.message}") from None
 
-    def _template(self, env: SandboxedEnvironment, source: Path | str | None,
-                  what: str) -> jinja2.Template | None:
+    def _template(
+        self, env: SandboxedEnvironment, source: Path | str | None, what: str
+    ) -> jinja2.Template | None:
         if source is None:
             return None
         if isinstance(source, str):
@@ -117,7 +120,9 @@ class Renderer:
         try:
             name = path.resolve().relative_to(self.folder).as_posix()
         except ValueError:
-            raise DataError(f"template {path} is outside the campaign folder {self.folder}") from None
+            raise DataError(
+                f"template {path} is outside the campaign folder {self.folder}"
+            ) from None
         try:
             return env.get_template(name)
         except jinja2.TemplateSyntaxError as exc:
@@ -158,17 +163,20 @@ class Renderer:
         except jinja2.UndefinedError as exc:
             raise RenderError(f"{exc.message}{_template_place(exc)}") from None
         except SecurityError as exc:
-            raise RenderError(f"unsafe template operation blocked: {exc}{_template_place(exc)}") \
-                from None
+            raise RenderError(
+                f"unsafe template operation blocked: {exc}{_template_place(exc)}"
+            ) from None
         except jinja2.TemplateNotFound as exc:
             raise RenderError(f"template not found: {exc.name}") from None
         except Exception as exc:  # template code is user code: any failure belongs to the row
-            raise RenderError(f"template error: {exc.__class__.__name__}: {exc}"
-                              f"{_template_place(exc)}") from None
+            raise RenderError(
+                f"template error: {exc.__class__.__name__}: {exc}{_template_place(exc)}"
+            ) from None
         return Rendered(subject, text, html, headers, unsubscribe, attachments)
 
-    def _attachment(self, source: str, template: jinja2.Template,
-                    context: Mapping[str, Any]) -> Path:
+    def _attachment(
+        self, source: str, template: jinja2.Template, context: Mapping[str, Any]
+    ) -> Path:
         rendered = template.render(context).strip()
         if not rendered or "\0" in rendered:
             raise RenderError(f"attachment {source!r} renders to an empty or invalid path")

@@ -8,9 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from mailcli.addresses import AddressError, Mailbox, parse_mailbox
-from mailcli.errors import DataError, ExitCode, TempFailError, UnavailableError, UsageError
-from mailcli.errors import InputFileError, open_error
-from mailcli.message import Built, BuildError, MessageBuilder
+from mailcli.errors import (
+    DataError,
+    ExitCode,
+    InputFileError,
+    TempFailError,
+    UnavailableError,
+    UsageError,
+    open_error,
+)
+from mailcli.message import BuildError, Built, MessageBuilder
 from mailcli.render import Content, Renderer, RenderError
 from mailcli.transport import ConnectionLost, SmtpConnection
 
@@ -71,10 +78,13 @@ class _Prepared:
             raise UsageError("give at least one --to")
         if spec.text is not None and spec.text_file is not None:
             raise UsageError("use --text or --text-file, not both")
-        if spec.markdown_file is not None and (spec.text is not None or spec.text_file
-                                               or spec.html_file):
-            raise UsageError("--markdown-file makes both parts; do not combine it with "
-                             "--text, --text-file or --html-file")
+        if spec.markdown_file is not None and (
+            spec.text is not None or spec.text_file or spec.html_file
+        ):
+            raise UsageError(
+                "--markdown-file makes both parts; do not combine it with "
+                "--text, --text-file or --html-file"
+            )
         sender_text = spec.sender or sender_fallback or os.environ.get("MAILCLI_FROM")
         if not sender_text:
             raise UsageError("no sender: give --from, MAILCLI_FROM, or `from` in the SMTP profile")
@@ -94,8 +104,10 @@ class _Prepared:
             raise UsageError("give a body: --text, --text-file, --html-file or --markdown-file")
         for path in spec.attachments:
             if not path.is_file():
-                raise InputFileError("attachment not found" if not path.exists()
-                                     else "attachment is not a file", path=path)
+                raise InputFileError(
+                    "attachment not found" if not path.exists() else "attachment is not a file",
+                    path=path,
+                )
         content = Content(
             folder=Path.cwd(),
             subject=spec.subject,
@@ -114,8 +126,9 @@ class _Prepared:
 
     def build(self, smtputf8: bool) -> Built:
         try:
-            return self.builder.build(self.rendered, self.to, cc=self.cc, bcc=self.bcc,
-                                      smtputf8=smtputf8)
+            return self.builder.build(
+                self.rendered, self.to, cc=self.cc, bcc=self.bcc, smtputf8=smtputf8
+            )
         except BuildError as exc:
             raise DataError(str(exc)) from None
 
@@ -125,8 +138,9 @@ def build_one_off(spec: OneOff, *, sender_fallback: str | None) -> Built:
     return _Prepared(spec, sender_fallback).build(smtputf8=True)
 
 
-def deliver_one_off(spec: OneOff, connection: SmtpConnection, *,
-                    sender_fallback: str | None) -> dict[str, Any]:
+def deliver_one_off(
+    spec: OneOff, connection: SmtpConnection, *, sender_fallback: str | None
+) -> dict[str, Any]:
     """Build and send the message in one transaction; return what the server said."""
     prepared = _Prepared(spec, sender_fallback)
     with connection:
@@ -137,7 +151,8 @@ def deliver_one_off(spec: OneOff, connection: SmtpConnection, *,
             if exc.handed_over:
                 raise TempFailError(
                     f"the connection broke before the server confirmed {built.message_id}: "
-                    f"{exc.reason}; it may or may not have been delivered") from None
+                    f"{exc.reason}; it may or may not have been delivered"
+                ) from None
             raise UnavailableError(f"the connection broke: {exc.reason}") from None
     refused = {addr: str(reply) for addr, reply in outcome.refused.items()}
     if outcome.delivered and not refused:

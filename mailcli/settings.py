@@ -66,8 +66,10 @@ def load_profile(name: str | None, env: Mapping[str, str] | None = None) -> Prof
     path = config_file(env)
     if not path.is_file():
         if name is not None:
-            raise ConfigError(f"profile {name!r} not found: there is no config file {path}",
-                              hint="create it with a `profiles:` mapping, or set MAILCLI_CONFIG")
+            raise ConfigError(
+                f"profile {name!r} not found: there is no config file {path}",
+                hint="create it with a `profiles:` mapping, or set MAILCLI_CONFIG",
+            )
         return None
     top = load_mapping(path, "config file")
     top.reject_unknown(("profiles",))
@@ -131,8 +133,9 @@ def resolve_smtp(
             hint="set --host, MAILCLI_HOST, `smtp: {host: ...}` in the campaign or a profile in "
             f"{config_file(env)}; or try it out with --sandbox",
         )
-    security = str(pick(options.security, "MAILCLI_SECURITY", campaign.security, p.security)
-                   or "starttls")
+    security = str(
+        pick(options.security, "MAILCLI_SECURITY", campaign.security, p.security) or "starttls"
+    )
     if security not in SECURITY_MODES:
         raise UsageError(f"security must be one of {', '.join(SECURITY_MODES)}, not {security!r}")
     port_value = pick(options.port, "MAILCLI_PORT", campaign.port, p.port)

@@ -121,7 +121,10 @@ class SmtpConnection:
         try:
             if s.security == "tls":
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                    s.host, s.port, local_hostname=local, timeout=s.timeout,
+                    s.host,
+                    s.port,
+                    local_hostname=local,
+                    timeout=s.timeout,
                     context=tls_context(s.verify),
                 )
             else:
@@ -144,7 +147,9 @@ class SmtpConnection:
         except ssl.SSLError as exc:
             raise UnavailableError(f"TLS with {s.endpoint} failed: {exc.reason or exc}") from None
         except smtplib.SMTPConnectError as exc:
-            raise UnavailableError(f"{s.endpoint} refused the session: {_reply_text(exc)}") from None
+            raise UnavailableError(
+                f"{s.endpoint} refused the session: {_reply_text(exc)}"
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise UnavailableError(f"cannot connect to {s.endpoint}: {_os_reason(exc)}") from None
         self._smtp = smtp
@@ -161,8 +166,9 @@ class SmtpConnection:
             smtp.login(s.username or "", self._password())
         except smtplib.SMTPAuthenticationError as exc:
             self.close()
-            raise AuthError(f"{s.endpoint} refused the login for {s.username}: "
-                            f"{_reply_text(exc)}") from None
+            raise AuthError(
+                f"{s.endpoint} refused the login for {s.username}: {_reply_text(exc)}"
+            ) from None
         except smtplib.SMTPNotSupportedError:
             self.close()
             raise AuthError(f"{s.endpoint} does not offer AUTH") from None
@@ -171,15 +177,15 @@ class SmtpConnection:
             raise AuthError(f"login to {s.endpoint} failed: {exc}") from None
 
     def send(self, message: Built) -> Outcome:
-        """Run one MAIL/RCPT/DATA transaction; refusals come back as data, breaks as ConnectionLost."""
+        """Run one MAIL/RCPT/DATA transaction; refusals are data, a broken link ConnectionLost."""
         smtp = self._smtp
         if smtp is None:
             raise ConnectionLost("not connected", handed_over=False)
         handed_over = False
         try:
             options = ["SMTPUTF8"] if message.smtputf8 and smtp.has_extn("smtputf8") else []
-            if smtp.has_extn("8bitmime"):
-                options.append("BODY=8BITMIME")
+            if not message.data.isascii() and smtp.has_extn("8bitmime"):
+                options.append("BODY=8BITMIME")  # declared only for the 8-bit data it covers
             if smtp.has_extn("size"):
                 options.append(f"SIZE={len(message.data)}")
             code, text = smtp.mail(message.mail_from, options)
@@ -269,4 +275,3 @@ def _os_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or exc.__class__.__name__
-

@@ -79,8 +79,9 @@ class Section:
     def text(self, key: str, *, required: bool = False) -> str | None:
         value = self.get(key, str, "a string")
         if value is None and required:
-            raise ConfigError(f"missing required key '{self.where}{key}'", path=self.file,
-                              line=self.line)
+            raise ConfigError(
+                f"missing required key '{self.where}{key}'", path=self.file, line=self.line
+            )
         if value is not None and not value.strip():
             raise self.error(key, "must not be empty")
         return value
@@ -99,8 +100,15 @@ def _is_null(node: yaml.Node) -> bool:
 
 
 def describe(value: object) -> str:
-    names = {str: "a string", int: "a number", float: "a number", bool: "true/false",
-             list: "a list", dict: "a mapping", type(None): "empty"}
+    names = {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true/false",
+        list: "a list",
+        dict: "a mapping",
+        type(None): "empty",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -124,6 +132,7 @@ def load_mapping(file: Path, what: str) -> Section:
     if root is None:
         raise ConfigError(f"the {what} is empty", path=file)
     if not isinstance(root, yaml.MappingNode):
-        raise ConfigError(f"a {what} must be a mapping of keys", path=file,
-                          line=root.start_mark.line + 1)
+        raise ConfigError(
+            f"a {what} must be a mapping of keys", path=file, line=root.start_mark.line + 1
+        )
     return Section(root, file, "")

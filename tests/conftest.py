@@ -1,0 +1,187 @@
+"""Shared fixtures: a real aiosmtpd server with a recording, fault-injecting handler, and campaigns
+written to tmp_path."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import email.policy
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailcli.sandbox import SmtpServer
+
+
+@dataclass
+class Received:
+    """One message as the server got it."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    peer: Any
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = BytesParser(policy=email.policy.default).parsebytes(self.data)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class Recorder:
+    """An aiosmtpd handler that records everything and injects faults on the server side.
+
+    - rcpt_replies: address -> reply for RCPT TO (e.g. "550 5.1.1 no such user")
+    - data_reply: a function of the envelope returning a reply for the end of DATA, or None for 250
+    - hangup_after_data: a function of the envelope; when True the server closes the connection
+      after reading the whole message, without replying (the "unknown" case)
+    """
+
+    messages: list[Received] = field(default_factory=list)
+    peers: list[Any] = field(default_factory=list)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    data_reply: Callable[[Any], str | None] | None = None
+    hangup_after_data: Callable[[Any], bool] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def connections(self) -> int:
+        return len(set(self.peers))
+
+    def recipients(self) -> list[str]:
+        return [r for m in self.messages for r in m.rcpt_tos]
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        with self.lock:
+            self.peers.append(session.peer)
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        reply = self.rcpt_replies.get(address)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.hangup_after_data is not None and self.hangup_after_data(envelope):
+            server.transport.close()
+            await asyncio.sleep(0)
+            return "421 closing"
+        if self.data_reply is not None:
+            reply = self.data_reply(envelope)
+            if reply is not None:
+                return reply
+        with self.lock:
+            self.messages.append(
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.original_content,
+                    session.peer,
+                )
+            )
+        return "250 2.0.0 queued"
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def smtp_server(recorder: Recorder) -> Iterator[SmtpServer]:
+    """A real aiosmtpd server on a free loopback port, recording into `recorder`."""
+    with SmtpServer(recorder, hostname="test.server") as server:
+        yield server
+
+
+ROWS = [
+    {"email": "ann@example.com", "name": "Ann Lee", "first_name": "Ann"},
+    {"email": "bob@example.org", "name": "Bob Müller", "first_name": "Bob"},
+    {"email": "chloe@example.net", "name": "Chloé Dubois", "first_name": "Chloé"},
+]
+
+
+@dataclass
+class CampaignFiles:
+    folder: Path
+    yaml: Path
+    csv: Path
+
+    def write_rows(self, rows: list[dict[str, str]], *, bom: bool = False) -> None:
+        write_csv(self.csv, rows, bom=bom)
+
+
+def write_csv(
+    path: Path, rows: list[dict[str, str]], *, bom: bool = False, columns: list[str] | None = None
+) -> None:
+    columns = columns or list(rows[0].keys())
+    with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def make_campaign(
+    folder: Path,
+    rows: list[dict[str, str]] | None = None,
+    *,
+    extra: str = "",
+    text: str | None = None,
+    html: str | None = None,
+    subject: str = "Hello {{ first_name }}",
+    bom: bool = False,
+) -> CampaignFiles:
+    """Write a campaign (YAML, CSV, text + HTML templates) into a folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "body.txt.j2").write_text(
+        text if text is not None else "Hi {{ first_name }},\nthis is {{ company }}.\n",
+        encoding="utf-8",
+    )
+    (folder / "body.html.j2").write_text(
+        html if html is not None else "<p>Hi {{ first_name }}, this is {{ company }}.</p>\n",
+        encoding="utf-8",
+    )
+    files = CampaignFiles(folder, folder / "campaign.yaml", folder / "list.csv")
+    files.write_rows(rows if rows is not None else ROWS, bom=bom)
+    files.yaml.write_text(
+        textwrap.dedent(f"""\
+        name: test-campaign
+        from: "Test Sender <sender@example.com>"
+        subject: "{subject}"
+        text: body.txt.j2
+        html: body.html.j2
+        recipients: list.csv
+        vars: {{company: Acme}}
+        """)
+        + textwrap.dedent(extra),
+        encoding="utf-8",
+    )
+    return files
+
+
+@pytest.fixture
+def campaign_files(tmp_path: Path) -> CampaignFiles:
+    return make_campaign(tmp_path / "camp")
+
+
+def many_rows(n: int) -> list[dict[str, str]]:
+    return [
+        {"email": f"user{i:05d}@example.com", "name": f"User {i}", "first_name": f"U{i}"}
+        for i in range(1, n + 1)
+    ]

@@ -1,0 +1,208 @@
+"""The batch engine against a real aiosmtpd server, with faults injected on the server side."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from conftest import Recorder, make_campaign, many_rows
+
+from mailcli.batch import dry_run, send_batch
+from mailcli.campaign import Rate, load_campaign
+from mailcli.errors import ExitCode, UnavailableError
+from mailcli.ratelimit import RateLimiter
+from mailcli.sandbox import SmtpServer
+from mailcli.transport import SmtpConnection, SmtpSettings
+
+
+def connect_to(server: SmtpServer) -> SmtpConnection:
+    return SmtpConnection(
+        SmtpSettings(host=server.host, port=server.port, security="none", timeout=5)
+    )
+
+
+def no_sleep(seconds: float) -> None:
+    """Reconnect backoff without waiting: the behaviour under test is what is sent."""
+
+
+def test_thousand_recipients_arrive_over_one_connection_each_once(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """1,000 rows become 1,000 messages on a single SMTP connection, one per recipient."""
+    files = make_campaign(tmp_path, many_rows(1000))
+    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    assert summary.exit_code == ExitCode.OK
+    assert (summary.sent, summary.connections) == (1000, 1)
+    assert recorder.connections == 1
+    delivered = recorder.recipients()
+    assert len(delivered) == 1000
+    assert sorted(delivered) == sorted(f"user{i:05d}@example.com" for i in range(1, 1001))
+
+
+def test_each_message_is_personalised(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """Every recipient gets their own subject and body, addressed to them alone."""
+    files = make_campaign(tmp_path)
+    send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    by_rcpt = {m.rcpt_tos[0]: m.message for m in recorder.messages}
+    chloe = by_rcpt["chloe@example.net"]
+    assert chloe["Subject"] == "Hello Chloé"
+    assert chloe["To"].addresses[0].display_name == "Chloé Dubois"
+    assert "Hi Chloé," in chloe.get_body(("plain",)).get_content()
+    assert by_rcpt["ann@example.com"]["Subject"] == "Hello Ann"
+
+
+def test_duplicate_addresses_are_sent_once(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """The same address twice (in any case) gets one message; the second row is a duplicate."""
+    rows = [
+        {"email": "ann@example.com", "name": "A", "first_name": "A"},
+        {"email": "ANN@Example.com", "name": "A2", "first_name": "A2"},
+        {"email": "bob@example.com", "name": "B", "first_name": "B"},
+    ]
+    files = make_campaign(tmp_path, rows)
+    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    assert (summary.sent, summary.duplicates, summary.total) == (2, 1, 3)
+    assert sorted(recorder.recipients()) == ["ann@example.com", "bob@example.com"]
+
+
+def test_invalid_rows_stop_the_run_before_connecting(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """A bad address anywhere in the list means exit 65, no connection, nothing sent."""
+    rows = [*many_rows(5), {"email": "not-an-address", "name": "X", "first_name": "X"}]
+    files = make_campaign(tmp_path, rows)
+    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    assert summary.exit_code == ExitCode.DATAERR
+    assert [p.row for p in summary.problems] == [6]
+    assert recorder.peers == [] and recorder.messages == []
+
+
+def test_undefined_variable_is_a_row_problem(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """A row without a value the template needs is invalid, never sent with a blank."""
+    files = make_campaign(tmp_path, text="Hi {{ nickname }}\n")
+    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    assert summary.exit_code == ExitCode.DATAERR
+    assert "'nickname' is undefined" in summary.problems[0].problem
+    assert recorder.messages == []
+
+
+def test_skip_invalid_sends_the_valid_rows(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """With skip_invalid the bad row is counted and the others are delivered."""
+    rows = [*many_rows(3), {"email": "bad@", "name": "X", "first_name": "X"}]
+    files = make_campaign(tmp_path, rows)
+    summary = send_batch(
+        load_campaign(files.yaml), lambda: connect_to(smtp_server), skip_invalid=True
+    )
+    assert (summary.sent, summary.invalid, summary.exit_code) == (3, 1, ExitCode.OK)
+    assert len(recorder.messages) == 3
+
+
+def test_permanent_rejection_is_recorded_and_the_batch_goes_on(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """A 550 on RCPT marks that recipient failed with its code; the rest are sent; exit 1."""
+    recorder.rcpt_replies["bob@example.org"] = "550 5.1.1 no such user"
+    files = make_campaign(tmp_path)
+    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    assert summary.exit_code == ExitCode.REJECTED
+    assert (summary.sent, summary.failed) == (2, 1)
+    failure = summary.failures[0]
+    assert (failure.email, failure.code, failure.status) == ("bob@example.org", 550, "failed")
+    assert "no such user" in failure.reply
+    assert sorted(recorder.recipients()) == ["ann@example.com", "chloe@example.net"]
+    assert recorder.connections == 1
+
+
+def test_temporary_rejection_is_deferred(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """A 451 after DATA leaves that recipient deferred and the run exits 75."""
+    recorder.data_reply = lambda env: "451 4.3.0 try later" if "ann@" in env.rcpt_tos[0] else None
+    files = make_campaign(tmp_path)
+    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    assert summary.exit_code == ExitCode.TEMPFAIL
+    assert (summary.sent, summary.deferred) == (2, 1)
+    assert summary.failures[0].code == 451
+
+
+def test_hangup_after_data_is_unknown_never_resent(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """A lost reply after the whole message was sent is 'unknown': not resent, run exits 75."""
+    recorder.hangup_after_data = lambda env: env.rcpt_tos == ["user00003@example.com"]
+    files = make_campaign(tmp_path, many_rows(6))
+    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server), sleep=no_sleep)
+    assert summary.exit_code == ExitCode.TEMPFAIL
+    assert (summary.sent, summary.unknown) == (5, 1)
+    assert summary.failures[0].email == "user00003@example.com"
+    assert "user00003@example.com" not in recorder.recipients()
+    assert len(recorder.recipients()) == 5
+    assert summary.connections == 2  # reconnected once after the hang-up
+
+
+def test_limit_sends_only_the_first_n(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """limit=N stops after N messages."""
+    files = make_campaign(tmp_path, many_rows(10))
+    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server), limit=4)
+    assert summary.sent == 4
+    assert recorder.recipients() == [f"user{i:05d}@example.com" for i in range(1, 5)]
+
+
+def test_closed_port_is_unavailable(tmp_path: Path) -> None:
+    """Nothing listening: UnavailableError (exit 69) naming host and port."""
+    server = SmtpServer(Recorder()).start()
+    port = server.port
+    server.stop()
+    files = make_campaign(tmp_path)
+    settings = SmtpSettings(host="127.0.0.1", port=port, security="none", timeout=2)
+    with pytest.raises(UnavailableError, match=f"127.0.0.1:{port}") as info:
+        send_batch(load_campaign(files.yaml), lambda: SmtpConnection(settings))
+    assert info.value.exit_code == ExitCode.UNAVAILABLE
+
+
+def test_dry_run_builds_every_row_and_connects_nowhere(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """A dry run counts and builds all rows even with SMTP settings present, and opens nothing."""
+    files = make_campaign(
+        tmp_path,
+        many_rows(50),
+        extra=f"smtp: {{host: 127.0.0.1, port: {smtp_server.port}, security: none}}\n",
+    )
+    summary = dry_run(load_campaign(files.yaml))
+    assert (summary.total, summary.would_send, summary.connections) == (50, 50, 0)
+    assert summary.bytes > 50 * 300
+    assert recorder.peers == []
+    assert not (tmp_path / ".mailcli").exists()
+
+
+def test_rate_limiter_spaces_sends_at_the_rate() -> None:
+    """At 20/s, consecutive sends are never closer than 50 ms, on an injected clock."""
+    now = [100.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(Rate(count=20, per_s=1), clock=lambda: now[0], sleep=sleep)
+    times = []
+    for _ in range(41):
+        limiter.wait()
+        times.append(now[0])
+        now[0] += 0.001  # the send itself takes a millisecond
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.05 - 1e-9
+    assert times[-1] - times[0] == pytest.approx(2.0, abs=0.01)
+    # any one-second window holds at most 20 (a nanosecond of slack for float rounding)
+    assert all(sum(1 for t in times if start <= t < start + 1 - 1e-9) <= 20 for start in times)
