@@ -127,25 +127,38 @@ def _root(
 # Options shared by every command that talks SMTP.
 ProfileOpt = Annotated[
     str | None,
-    typer.Option("--profile", help="SMTP profile from config.yaml.", rich_help_panel="SMTP"),
+    typer.Option(
+        "--profile", metavar="NAME", help="SMTP profile from config.yaml.", rich_help_panel="SMTP"
+    ),
 ]
 HostOpt = Annotated[
-    str | None, typer.Option("--host", help="SMTP server host.", rich_help_panel="SMTP")
+    str | None,
+    typer.Option("--host", metavar="HOST", help="SMTP server host.", rich_help_panel="SMTP"),
 ]
 PortOpt = Annotated[
     int | None,
-    typer.Option("--port", min=1, max=65535, help="SMTP server port.", rich_help_panel="SMTP"),
+    typer.Option(
+        "--port", metavar="PORT", min=1, max=65535, help="SMTP server port.", rich_help_panel="SMTP"
+    ),
 ]
 SecurityOpt = Annotated[
-    str | None, typer.Option("--security", help="starttls, tls or none.", rich_help_panel="SMTP")
+    str | None,
+    typer.Option(
+        "--security", metavar="MODE", help="starttls, tls or none.", rich_help_panel="SMTP"
+    ),
 ]
 UsernameOpt = Annotated[
-    str | None, typer.Option("--username", help="SMTP login name.", rich_help_panel="SMTP")
+    str | None,
+    typer.Option("--username", metavar="USER", help="SMTP login name.", rich_help_panel="SMTP"),
 ]
 TimeoutOpt = Annotated[
     float | None,
     typer.Option(
-        "--timeout", min=0.1, help="Seconds to wait for the server.", rich_help_panel="SMTP"
+        "--timeout",
+        metavar="SECONDS",
+        min=0.1,
+        help="Seconds to wait for the server.",
+        rich_help_panel="SMTP",
     ),
 ]
 SandboxOpt = Annotated[
@@ -191,12 +204,15 @@ def batch(
         ),
     ] = False,
     limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Send at most N messages this run.")
+        int | None,
+        typer.Option("--limit", metavar="N", min=1, help="Send at most N messages this run."),
     ] = None,
     rate: Annotated[
         str | None,
         typer.Option(
-            "--rate", help="At most this rate, e.g. 10/s, 600/min (overrides the campaign's rate)."
+            "--rate",
+            metavar="RATE",
+            help="At most this rate, e.g. 10/s, 600/min (overrides the campaign's rate).",
         ),
     ] = None,
     skip_invalid: Annotated[
@@ -352,7 +368,7 @@ def preview(
     ctx: typer.Context,
     campaign_file: CampaignArg,
     row: Annotated[
-        int | None, typer.Option("--row", help="The data row to show (1-based).")
+        int | None, typer.Option("--row", metavar="N", help="The data row to show (1-based).")
     ] = None,
     to: Annotated[
         str | None, typer.Option("--to", metavar="EMAIL", help="Show the row with this address.")
@@ -361,7 +377,7 @@ def preview(
         bool, typer.Option("--all", help="Check every row; exit 65 if any is invalid.")
     ] = False,
     fmt: Annotated[
-        str, typer.Option("--format", help="text, html or raw (the exact bytes).")
+        str, typer.Option("--format", metavar="FORMAT", help="text, html or raw (the exact bytes).")
     ] = "text",
     out: Annotated[
         Path | None,
@@ -437,7 +453,9 @@ def _text_view(shown: Preview) -> str:
 def send(
     ctx: typer.Context,
     to: Annotated[list[str], typer.Option("--to", metavar="ADDR", help="Recipient (repeatable).")],
-    subject: Annotated[str, typer.Option("--subject", help="Subject (a Jinja template).")],
+    subject: Annotated[
+        str, typer.Option("--subject", metavar="TEXT", help="Subject (a Jinja template).")
+    ],
     cc: Annotated[
         list[str] | None, typer.Option("--cc", metavar="ADDR", help="Cc recipient (repeatable).")
     ] = None,
@@ -446,11 +464,23 @@ def send(
         typer.Option("--bcc", metavar="ADDR", help="Bcc recipient: envelope only, never a header."),
     ] = None,
     text: Annotated[
-        str | None, typer.Option("--text", help="Text body (a Jinja template).")
+        str | None, typer.Option("--text", metavar="TEXT", help="Text body (a Jinja template).")
     ] = None,
-    text_file: Annotated[Path | None, typer.Option("--text-file", metavar="F")] = None,
-    html_file: Annotated[Path | None, typer.Option("--html-file", metavar="F")] = None,
-    markdown_file: Annotated[Path | None, typer.Option("--markdown-file", metavar="F")] = None,
+    text_file: Annotated[
+        Path | None, typer.Option("--text-file", metavar="F", help="Text body from a file (Jinja).")
+    ] = None,
+    html_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--html-file", metavar="F", help="HTML body from a file (Jinja, autoescaped)."
+        ),
+    ] = None,
+    markdown_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--markdown-file", metavar="F", help="Markdown body: a text and an HTML part."
+        ),
+    ] = None,
     var: Annotated[
         list[str] | None,
         typer.Option("--var", metavar="KEY=VALUE", help="Template variable (repeatable)."),
@@ -458,8 +488,15 @@ def send(
     attach: Annotated[
         list[Path] | None, typer.Option("--attach", metavar="FILE", help="Attachment (repeatable).")
     ] = None,
-    sender: Annotated[str | None, typer.Option("--from", metavar="ADDR")] = None,
-    reply_to: Annotated[str | None, typer.Option("--reply-to", metavar="ADDR")] = None,
+    sender: Annotated[
+        str | None,
+        typer.Option(
+            "--from", metavar="ADDR", help="Sender (default: the profile's from or MAILCLI_FROM)."
+        ),
+    ] = None,
+    reply_to: Annotated[
+        str | None, typer.Option("--reply-to", metavar="ADDR", help="Reply-To address.")
+    ] = None,
     profile: ProfileOpt = None,
     host: HostOpt = None,
     port: PortOpt = None,
@@ -542,9 +579,12 @@ def _deliver_one(
 
 @app.command()
 def sink(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", metavar="HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")
+        int,
+        typer.Option("--port", metavar="PORT", min=0, max=65535, help="Port (0: any free one)."),
     ] = 8025,
     folder: Annotated[
         Path, typer.Option("--dir", metavar="DIR", help="Where to save .eml files.")

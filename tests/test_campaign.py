@@ -82,8 +82,13 @@ def config_error(path: Path, line: int | None, match: str) -> ConfigError:
 
 def full_campaign_folder(folder: Path) -> Path:
     """Write FULL and every file it refers to into `folder`."""
-    for name in ("templates/spring.txt.j2", "templates/spring.html.j2", "brochure.pdf",
-                 "logo.png", "dkim-private.pem"):
+    for name in (
+        "templates/spring.txt.j2",
+        "templates/spring.html.j2",
+        "brochure.pdf",
+        "logo.png",
+        "dkim-private.pem",
+    ):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"x")
     (folder / "data").mkdir()
@@ -95,8 +100,9 @@ def full_campaign_folder(folder: Path) -> Path:
 # --- valid campaigns ---------------------------------------------------------------------------
 
 
-def test_full_campaign_loads_every_key_as_typed_values(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_campaign_loads_every_key_as_typed_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every contract key loads into typed values, with paths relative to the campaign's folder."""
     folder = tmp_path / "camp"
     folder.mkdir()
@@ -109,21 +115,31 @@ def test_full_campaign_loads_every_key_as_typed_values(tmp_path: Path,
     assert (c.path, c.folder, c.name) == (f / "campaign.yaml", f, "spring-news")
     assert (c.sender, c.reply_to) == ("Acme News <news@acme.example>", "support@acme.example")
     assert c.subject == "Spring offers for {{ first_name }}"
-    assert (c.text, c.html, c.markdown) == (f / "templates/spring.txt.j2",
-                                            f / "templates/spring.html.j2", None)
-    assert c.recipients == RecipientsSource(path=f / "data/subscribers.csv", email_column="Mail",
-                                            name_column="Full Name", encoding="cp1252",
-                                            delimiter=";")
+    assert (c.text, c.html, c.markdown) == (
+        f / "templates/spring.txt.j2",
+        f / "templates/spring.html.j2",
+        None,
+    )
+    assert c.recipients == RecipientsSource(
+        path=f / "data/subscribers.csv",
+        email_column="Mail",
+        name_column="Full Name",
+        encoding="cp1252",
+        delimiter=";",
+    )
     assert dict(c.vars) == {"company": "Acme", "year": 2024}
-    assert c.attachments == (Attachment("brochure.pdf", f / "brochure.pdf", 15),
-                             Attachment("invoices/{{ customer_id }}.pdf", None, 16))
+    assert c.attachments == (
+        Attachment("brochure.pdf", f / "brochure.pdf", 15),
+        Attachment("invoices/{{ customer_id }}.pdf", None, 16),
+    )
     assert dict(c.headers) == {"X-Campaign": "spring"}
     assert c.unsubscribe == "https://acme.example/u/{{ token }}"
     assert c.list_id == "Acme News <news.acme.example>"
     assert dict(c.inline_images) == {"logo": f / "logo.png"}
     assert c.dkim == DkimConfig(domain="acme.example", selector="s1", key=f / "dkim-private.pem")
-    assert c.smtp == SmtpConfig(profile="work", host="smtp.acme.example", port=587,
-                                security="starttls", username="news")
+    assert c.smtp == SmtpConfig(
+        profile="work", host="smtp.acme.example", port=587, security="starttls", username="news"
+    )
     assert c.rate == Rate(count=600, per_s=60)
     assert c.retry == Retry(attempts=5, delay_s=120.0)
     assert c.state_path == f / "state/spring.sqlite"
@@ -158,9 +174,10 @@ def test_markdown_alone_is_a_body(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("yaml_delimiter", ['"\\t"', "'\\t'", '"\t"'])
 def test_recipients_tab_delimiter(tmp_path: Path, yaml_delimiter: str) -> None:
-    """A tab delimiter can be written as the escape "\\t", the two characters '\\t' or a real tab."""
-    text = BASE.replace("recipients: list.csv",
-                        f"recipients: {{path: list.csv, delimiter: {yaml_delimiter}}}")
+    """A tab delimiter may be the YAML escape "\\t", the two characters '\\t' or a real tab."""
+    text = BASE.replace(
+        "recipients: list.csv", f"recipients: {{path: list.csv, delimiter: {yaml_delimiter}}}"
+    )
     assert load_campaign(campaign_file(tmp_path, text)).recipients.delimiter == "\t"
 
 
@@ -169,14 +186,26 @@ def test_recipients_mapping_defaults(tmp_path: Path) -> None:
     text = BASE.replace("recipients: list.csv", "recipients: {path: list.csv}")
     path = campaign_file(tmp_path, text)
     assert load_campaign(path).recipients == RecipientsSource(
-        path=path.parent / "list.csv", email_column="email", name_column=None, encoding="utf-8",
-        delimiter=",")
+        path=path.parent / "list.csv",
+        email_column="email",
+        name_column=None,
+        encoding="utf-8",
+        delimiter=",",
+    )
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("30s", 30.0), ("2m", 120.0), ("1h", 3600.0), ("500ms", 0.5), ("1.5", 1.5), (45, 45.0),
-    (0, 0.0),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("30s", 30.0),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("500ms", 0.5),
+        ("1.5", 1.5),
+        (45, 45.0),
+        (0, 0.0),
+    ],
+)
 def test_parse_duration_accepts_units(value: object, expected: float) -> None:
     """Durations with ms/s/m/h suffixes or bare numbers become seconds."""
     assert parse_duration(value) == expected
@@ -189,10 +218,17 @@ def test_parse_duration_rejects_nonsense(value: object) -> None:
         parse_duration(value)
 
 
-@pytest.mark.parametrize(("text", "count", "per_s"), [
-    ("10/s", 10, 1), ("600/min", 600, 60), ("5000/h", 5000, 3600), ("5/10s", 5, 10),
-    (" 2 / hour ", 2, 3600), ("0.5/s", 0.5, 1),
-])
+@pytest.mark.parametrize(
+    ("text", "count", "per_s"),
+    [
+        ("10/s", 10, 1),
+        ("600/min", 600, 60),
+        ("5000/h", 5000, 3600),
+        ("5/10s", 5, 10),
+        (" 2 / hour ", 2, 3600),
+        ("0.5/s", 0.5, 1),
+    ],
+)
 def test_parse_rate_examples(text: str, count: float, per_s: float) -> None:
     """The contract's rate spellings parse to a count per window of seconds."""
     assert parse_rate(text) == Rate(count=count, per_s=per_s)
@@ -213,13 +249,17 @@ def test_unknown_nested_key_names_dotted_key_and_line(tmp_path: Path) -> None:
     config_error(campaign_file(tmp_path, text), 8, r"unknown key 'smtp\.foo'")
 
 
-@pytest.mark.parametrize(("extra", "line", "key"), [
-    ("password: hunter2\n", 6, "password"),
-    ("smtp:\n  host: h\n  password: hunter2\n", 8, "smtp.password"),
-    ("retry:\n  password: x\n", 7, "retry.password"),
-])
-def test_password_anywhere_is_a_config_error(tmp_path: Path, extra: str, line: int,
-                                             key: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "line", "key"),
+    [
+        ("password: hunter2\n", 6, "password"),
+        ("smtp:\n  host: h\n  password: hunter2\n", 8, "smtp.password"),
+        ("retry:\n  password: x\n", 7, "retry.password"),
+    ],
+)
+def test_password_anywhere_is_a_config_error(
+    tmp_path: Path, extra: str, line: int, key: str
+) -> None:
     """A `password` key is exit 78 at its line, with a hint naming the safe alternatives."""
     err = config_error(campaign_file(tmp_path, BASE + extra), line, f"'{key}' is not allowed")
     assert err.hint is not None and "MAILCLI_PASSWORD" in err.hint
@@ -246,20 +286,28 @@ def test_duplicate_nested_key(tmp_path: Path) -> None:
 # --- errors: types and required keys -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "line", "match"), [
-    (BASE.replace("subject: Hello", "subject: [a, b]"), 3, "'subject': must be a string, not a list"),
-    (BASE + 'smtp: {port: "25"}\n', 6, r"'smtp\.port': must be a port number, not a string"),
-    (BASE + "smtp: {port: 70000}\n", 6, r"'smtp\.port': 70000 is not a port number"),
-    (BASE + "vars: [a, b]\n", 6, "'vars': must be a mapping, not a list"),
-    (BASE + "vars: {not valid: 1}\n", 6, "'vars': variable name 'not valid'"),
-    (BASE + "smtp: [a]\n", 6, "'smtp': must be a mapping, not a list"),
-    (BASE + "smtp: {security: ssl}\n", 6, r"'smtp\.security': must be one of"),
-    (BASE + "attachments: brochure.pdf\n", 6, "'attachments': must be a list"),
-    (BASE.replace("name: test-campaign", "name: my campaign!"), 1, "'name': use letters"),
-    (BASE.replace("subject: Hello", "subject: '  '"), 3, "'subject': must not be empty"),
-])
-def test_wrong_type_or_value_names_key_and_line(tmp_path: Path, text: str, line: int,
-                                                match: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "line", "match"),
+    [
+        (
+            BASE.replace("subject: Hello", "subject: [a, b]"),
+            3,
+            "'subject': must be a string, not a",
+        ),
+        (BASE + 'smtp: {port: "25"}\n', 6, r"'smtp\.port': must be a port number, not a string"),
+        (BASE + "smtp: {port: 70000}\n", 6, r"'smtp\.port': 70000 is not a port number"),
+        (BASE + "vars: [a, b]\n", 6, "'vars': must be a mapping, not a list"),
+        (BASE + "vars: {not valid: 1}\n", 6, "'vars': variable name 'not valid'"),
+        (BASE + "smtp: [a]\n", 6, "'smtp': must be a mapping, not a list"),
+        (BASE + "smtp: {security: ssl}\n", 6, r"'smtp\.security': must be one of"),
+        (BASE + "attachments: brochure.pdf\n", 6, "'attachments': must be a list"),
+        (BASE.replace("name: test-campaign", "name: my campaign!"), 1, "'name': use letters"),
+        (BASE.replace("subject: Hello", "subject: '  '"), 3, "'subject': must not be empty"),
+    ],
+)
+def test_wrong_type_or_value_names_key_and_line(
+    tmp_path: Path, text: str, line: int, match: str
+) -> None:
     """A value of the wrong type or shape is exit 78 naming the key and its line."""
     config_error(campaign_file(tmp_path, text), line, match)
 
@@ -267,8 +315,9 @@ def test_wrong_type_or_value_names_key_and_line(tmp_path: Path, text: str, line:
 @pytest.mark.parametrize("key", ["name", "subject", "recipients"])
 def test_missing_required_key(tmp_path: Path, key: str) -> None:
     """Each required key, when absent, is named in an exit-78 error at the mapping's line."""
-    text = "".join(line for line in BASE.splitlines(keepends=True)
-                   if not line.startswith(f"{key}:"))
+    text = "".join(
+        line for line in BASE.splitlines(keepends=True) if not line.startswith(f"{key}:")
+    )
     config_error(campaign_file(tmp_path, text), 1, f"missing required key '{key}'")
 
 
@@ -291,13 +340,15 @@ def test_markdown_with_text_is_a_config_error(tmp_path: Path) -> None:
     config_error(path, 6, "'markdown': renders both")
 
 
-@pytest.mark.parametrize(("text", "line", "key"), [
-    (BASE.replace('"Test Sender <sender@example.com>"', '"not an address"'), 2, "from"),
-    (BASE.replace('"Test Sender <sender@example.com>"', "a@b.com, c@d.com"), 2, "from"),
-    (BASE + "reply_to: support@\n", 6, "reply_to"),
-])
-def test_invalid_address_is_a_config_error(tmp_path: Path, text: str, line: int,
-                                           key: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        (BASE.replace('"Test Sender <sender@example.com>"', '"not an address"'), 2, "from"),
+        (BASE.replace('"Test Sender <sender@example.com>"', "a@b.com, c@d.com"), 2, "from"),
+        (BASE + "reply_to: support@\n", 6, "reply_to"),
+    ],
+)
+def test_invalid_address_is_a_config_error(tmp_path: Path, text: str, line: int, key: str) -> None:
     """An invalid `from` or `reply_to` is exit 78 naming the key and line."""
     config_error(campaign_file(tmp_path, text), line, f"'{key}': ")
 
@@ -355,14 +406,13 @@ def test_unclosed_flow_list_reports_a_line(tmp_path: Path) -> None:
     config_error(campaign_file(tmp_path, text), 7, "invalid YAML")
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"])
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
 def test_empty_file_is_a_config_error(tmp_path: Path, text: str) -> None:
     """An empty campaign file (or only comments) is exit 78 saying it is empty."""
     config_error(campaign_file(tmp_path, text), None, "the campaign file is empty")
 
 
-@pytest.mark.parametrize(("text", "line"), [("- a\n- b\n", 1), ("just text\n", 1),
-                                            ("\n\n42\n", 3)])
+@pytest.mark.parametrize(("text", "line"), [("- a\n- b\n", 1), ("just text\n", 1), ("\n\n42\n", 3)])
 def test_non_mapping_top_level_is_a_config_error(tmp_path: Path, text: str, line: int) -> None:
     """A list or scalar at the top level is exit 78 saying a mapping is needed."""
     config_error(campaign_file(tmp_path, text), line, "must be a mapping of keys")
@@ -375,8 +425,7 @@ def test_non_utf8_campaign_file_is_a_config_error(tmp_path: Path) -> None:
     config_error(path, None, "not UTF-8")
 
 
-@pytest.mark.parametrize("subject", ["!custom Hello", "2024-02-30", "!!int ten",
-                                     "!!binary '@@@'"])
+@pytest.mark.parametrize("subject", ["!custom Hello", "2024-02-30", "!!int ten", "!!binary '@@@'"])
 def test_value_yaml_cannot_construct_is_a_config_error(tmp_path: Path, subject: str) -> None:
     """A value with an unknown tag or an impossible date is exit 78 at its line, not a crash."""
     text = BASE.replace("subject: Hello", f"subject: {subject}")
@@ -399,13 +448,17 @@ def test_missing_campaign_file_is_an_input_error(tmp_path: Path) -> None:
     assert (info.value.exit_code, info.value.path) == (66, str(path))
 
 
-@pytest.mark.parametrize(("old", "new", "line", "missing"), [
-    ("text: body.txt.j2", "text: missing.txt.j2", 4, "missing.txt.j2"),
-    ("recipients: list.csv", "recipients: nobody.csv", 5, "nobody.csv"),
-    ("recipients: list.csv", "recipients: {path: data/nobody.csv}", 5, "data/nobody.csv"),
-])
-def test_missing_referenced_file_is_an_input_error(tmp_path: Path, old: str, new: str, line: int,
-                                                   missing: str) -> None:
+@pytest.mark.parametrize(
+    ("old", "new", "line", "missing"),
+    [
+        ("text: body.txt.j2", "text: missing.txt.j2", 4, "missing.txt.j2"),
+        ("recipients: list.csv", "recipients: nobody.csv", 5, "nobody.csv"),
+        ("recipients: list.csv", "recipients: {path: data/nobody.csv}", 5, "data/nobody.csv"),
+    ],
+)
+def test_missing_referenced_file_is_an_input_error(
+    tmp_path: Path, old: str, new: str, line: int, missing: str
+) -> None:
     """A missing template or CSV is exit 66 at its line, the message giving the full path."""
     path = campaign_file(tmp_path, BASE.replace(old, new))
     with pytest.raises(InputFileError, match="not found") as info:
@@ -437,14 +490,16 @@ def test_template_path_that_is_a_folder_is_an_input_error(tmp_path: Path) -> Non
     assert info.value.line == 4
 
 
-@pytest.mark.parametrize(("old", "new", "line"), [
-    ("text: body.txt.j2", 'text: "body\\0.txt"', 4),
-    ("text: body.txt.j2", "text: " + "a" * 300 + ".txt", 4),
-    ("recipients: list.csv", 'recipients: "list\\0.csv"', 5),
-    ("name: test-campaign", 'name: test-campaign\nstate: "s\\0.sqlite"', 2),
-])
-def test_impossible_path_is_a_mailcli_error(tmp_path: Path, old: str, new: str,
-                                            line: int) -> None:
+@pytest.mark.parametrize(
+    ("old", "new", "line"),
+    [
+        ("text: body.txt.j2", 'text: "body\\0.txt"', 4),
+        ("text: body.txt.j2", "text: " + "a" * 300 + ".txt", 4),
+        ("recipients: list.csv", 'recipients: "list\\0.csv"', 5),
+        ("name: test-campaign", 'name: test-campaign\nstate: "s\\0.sqlite"', 2),
+    ],
+)
+def test_impossible_path_is_a_mailcli_error(tmp_path: Path, old: str, new: str, line: int) -> None:
     """A path with a NUL byte or an over-long name is a mailcli error at its line, not a crash."""
     path = campaign_file(tmp_path, BASE.replace(old, new))
     with pytest.raises(MailcliError) as info:
@@ -459,8 +514,11 @@ def test_impossible_path_is_a_mailcli_error(tmp_path: Path, old: str, new: str,
 @pytest.mark.parametrize("value", ['"Acme News"', '"news.acme.example"', '"Acme <news>"'])
 def test_invalid_list_id_is_a_config_error(tmp_path: Path, value: str) -> None:
     """A list_id without a trailing <label.domain> is exit 78 citing RFC 2919."""
-    config_error(campaign_file(tmp_path, BASE + f"list_id: {value}\n"), 6,
-                 "'list_id': must end with <list-label.domain>")
+    config_error(
+        campaign_file(tmp_path, BASE + f"list_id: {value}\n"),
+        6,
+        "'list_id': must end with <list-label.domain>",
+    )
 
 
 @pytest.mark.parametrize("name", ["From", "message-id", "List-Unsubscribe", "CONTENT-TYPE"])
@@ -479,8 +537,9 @@ def test_header_value_with_line_break_is_a_config_error(tmp_path: Path, value: s
 
 def test_invalid_header_name_is_a_config_error(tmp_path: Path) -> None:
     """A header name with a space is exit 78 at its line."""
-    config_error(campaign_file(tmp_path, BASE + "headers: {X Bad: 1}\n"), 6,
-                 "is not a valid header name")
+    config_error(
+        campaign_file(tmp_path, BASE + "headers: {X Bad: 1}\n"), 6, "is not a valid header name"
+    )
 
 
 def test_subject_with_line_break_is_a_config_error(tmp_path: Path) -> None:
@@ -491,14 +550,18 @@ def test_subject_with_line_break_is_a_config_error(tmp_path: Path) -> None:
 
 def test_unsubscribe_must_be_a_url(tmp_path: Path) -> None:
     """An unsubscribe value that is not http(s) or mailto is exit 78 at its line."""
-    config_error(campaign_file(tmp_path, BASE + "unsubscribe: acme.example/u\n"), 6,
-                 "'unsubscribe': must be an https:// URL")
+    config_error(
+        campaign_file(tmp_path, BASE + "unsubscribe: acme.example/u\n"),
+        6,
+        "'unsubscribe': must be an https:// URL",
+    )
 
 
 # --- properties --------------------------------------------------------------------------------
 
-windows = st.one_of(st.sampled_from([1.0, 60.0, 3600.0]),
-                    st.integers(min_value=1, max_value=86_400).map(float))
+windows = st.one_of(
+    st.sampled_from([1.0, 60.0, 3600.0]), st.integers(min_value=1, max_value=86_400).map(float)
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -510,8 +573,10 @@ def test_str_of_rate_parses_back(count: int, per_s: float) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(count=st.integers(min_value=1, max_value=100_000),
-       unit=st.sampled_from(["s", "sec", "second", "m", "min", "minutes", "h", "hr", "hours"]))
+@given(
+    count=st.integers(min_value=1, max_value=100_000),
+    unit=st.sampled_from(["s", "sec", "second", "m", "min", "minutes", "h", "hr", "hours"]),
+)
 def test_rate_text_round_trips_through_str(count: int, unit: str) -> None:
     """Any `N/unit` spelling parses, prints canonically, and that text parses to the same rate."""
     rate = parse_rate(f"{count}/{unit}")
@@ -531,20 +596,43 @@ def test_parse_rate_only_raises_value_error(text: str) -> None:
     assert rate.count > 0 and rate.per_s > 0
 
 
-yaml_values = st.sampled_from([
-    "x", "''", "~", "1", "-5", "1.5", "true", "[a, b]", "{a: 1}", "body.txt.j2", "list.csv",
-    "10/s", "'{{ x }}'", '"a\\nb"', "!custom x", "2024-02-30", "&anchor y", "*anchor",
-    "{path: list.csv, delimiter: ';'}", "{attempts: 2, delay: 5s}", "{X-A: b}", "|\n  block",
-])
+yaml_values = st.sampled_from(
+    [
+        "x",
+        "''",
+        "~",
+        "1",
+        "-5",
+        "1.5",
+        "true",
+        "[a, b]",
+        "{a: 1}",
+        "body.txt.j2",
+        "list.csv",
+        "10/s",
+        "'{{ x }}'",
+        '"a\\nb"',
+        "!custom x",
+        "2024-02-30",
+        "&anchor y",
+        "*anchor",
+        "{path: list.csv, delimiter: ';'}",
+        "{attempts: 2, delay: 5s}",
+        "{X-A: b}",
+        "|\n  block",
+    ]
+)
 yaml_lines = st.lists(
-    st.tuples(st.sampled_from([*TOP_KEYS, "password", "other"]), yaml_values)
-    .map(lambda kv: f"{kv[0]}: {kv[1]}"),
+    st.tuples(st.sampled_from([*TOP_KEYS, "password", "other"]), yaml_values).map(
+        lambda kv: f"{kv[0]}: {kv[1]}"
+    ),
     max_size=8,
 ).map(lambda lines: "\n".join(lines) + "\n")
 
 
-@settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.one_of(st.text(), yaml_lines, yaml_lines.map(lambda extra: BASE + extra)))
 def test_any_text_gives_a_campaign_or_a_mailcli_error(tmp_path: Path, text: str) -> None:
     """Any text as a campaign file loads or raises a MailcliError: never another exception."""
