@@ -6,6 +6,7 @@ file and line; everything downstream trusts the objects it gets.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,9 +70,14 @@ class Rate:
         return self.per_s / self.count
 
     def __str__(self) -> str:
-        count = f"{self.count:g}"
+        count = _number(self.count)
         unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.per_s)
-        return f"{count}/{unit}" if unit else f"{count}/{self.per_s:g}s"
+        return f"{count}/{unit}" if unit else f"{count}/{_number(self.per_s)}s"
+
+
+def _number(value: float) -> str:
+    """A float as text that parses back exactly, without exponent notation."""
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +171,8 @@ def parse_rate(text: str) -> Rate:
     per = float(m.group(2)) if m.group(2) else 1.0
     unit = m.group(3)[0]
     seconds = per * {"s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-    if count <= 0 or seconds <= 0:
-        raise ValueError(f"invalid rate {text!r}: count and period must be positive")
+    if not (math.isfinite(count) and math.isfinite(seconds)) or count <= 0 or seconds <= 0:
+        raise ValueError(f"invalid rate {text!r}: count and period must be positive numbers")
     return Rate(count=count, per_s=seconds)
 
 
@@ -181,8 +187,8 @@ def parse_duration(value: object) -> float:
         if not m:
             raise ValueError(f"invalid duration {value!r}: expected e.g. '30s', '2m' or '1h'")
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
-    if seconds < 0:
-        raise ValueError(f"invalid duration {value!r}: must not be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: must be a finite, non-negative time")
     return seconds
 
 
@@ -295,7 +301,7 @@ def _file(section: Section, key: str, folder: Path, *, what: str = "file") -> Pa
     value = section.text(key)
     if value is None:
         return None
-    path = (folder / value).resolve()
+    path = _resolve(section, key, folder, value)
     if not path.is_file():
         line = section.items[key][0]
         reason = "is a folder" if path.is_dir() else "not found"
@@ -366,7 +372,7 @@ def _attachments(top: Section, folder: Path) -> tuple[Attachment, ...]:
         if is_template(source):
             result.append(Attachment(source=source, path=None, line=line))
             continue
-        path = (folder / source).resolve()
+        path = _resolve(top, "attachments", folder, source, line)
         if not path.is_file():
             raise InputFileError(f"'attachments': file not found: {path}", path=top.file, line=line)
         result.append(Attachment(source=source, path=path, line=line))
@@ -397,7 +403,7 @@ def _unsubscribe(top: Section) -> str | None:
     if value is None:
         return None
     _no_newlines(top, "unsubscribe", value)
-    if not is_template(value) and not value.startswith(("https://", "http://", "mailto:")):
+    if not is_template(value) and not value.startswith(("https://", "mailto:")):
         raise top.error("unsubscribe", "must be an https:// URL or a mailto: address")
     return value
 
@@ -466,9 +472,8 @@ def _smtp(top: Section) -> SmtpConfig:
 def _parsed(top: Section, key: str, parse: Callable[[str], T]) -> T | None:
     if not top.has(key):
         return None
-    value = top.value(key)
     try:
-        return parse(str(value))
+        return parse(str(top.value(key)))
     except ValueError as exc:
         raise top.error(key, str(exc)) from None
 
@@ -495,4 +500,25 @@ def _state(top: Section, folder: Path, name: str) -> Path:
     value = top.text("state")
     if value is None:
         return folder / ".mailcli" / f"{name}.sqlite"
-    return (folder / value).resolve()
+    return _resolve(top, "state", folder, value)
+
+
+def _resolve(section: Section, key: str, folder: Path, value: str, line: int | None = None) -> Path:
+    """An absolute path for a value relative to the campaign folder; a clean error if impossible."""
+    where = line if line is not None else section.items[key][0]
+    if "\0" in value:
+        raise ConfigError(
+            f"'{section.where}{key}': a path cannot contain a NUL byte",
+            path=section.file,
+            line=where,
+        )
+    try:
+        path = (folder / value).resolve()
+        path.is_file()  # raises for a name the OS cannot hold (too long, ...)
+    except OSError as exc:
+        raise InputFileError(
+            f"'{section.where}{key}': unusable path {value!r}: {exc.strerror or exc}",
+            path=section.file,
+            line=where,
+        ) from None
+    return path

@@ -177,39 +177,47 @@ class MessageBuilder:
         # UTF-8 headers only when an address forces it; else RFC 2047, which every server takes.
         utf8 = bool(unicode_locals)
         policy = SMTPUTF8_POLICY if utf8 else SMTP_POLICY
-        msg = EmailMessage(policy=policy)
-        msg["From"] = self._header_address(self.sender, utf8)
-        msg["To"] = ", ".join(self._header_address(m, utf8) for m in to)
-        if cc:
-            msg["Cc"] = ", ".join(self._header_address(m, utf8) for m in cc)
-        if self.reply_to:
-            msg["Reply-To"] = self.reply_to
-        msg["Subject"] = rendered.subject
-        msg["Date"] = email.utils.format_datetime((now or datetime.now(timezone.utc)).astimezone())
-        message_id = email.utils.make_msgid(domain=self.msgid_domain)
-        msg["Message-ID"] = message_id
-        if self.list_id:
-            msg["List-Id"] = self.list_id
-        if rendered.unsubscribe:
-            msg["List-Unsubscribe"] = f"<{rendered.unsubscribe}>"
-            if rendered.unsubscribe.startswith("https://"):
-                # RFC 8058 one-click: only meaningful with an HTTPS URL.
-                msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        for name, value in rendered.headers:
-            msg[name] = value
-        self._body(msg, rendered)
-        for path in rendered.attachments:
-            attachment = self.file(path, static=path in self._files)
-            msg.add_attachment(
-                attachment.data,
-                maintype=attachment.maintype,
-                subtype=attachment.subtype,
-                filename=attachment.filename,
+        try:
+            msg = EmailMessage(policy=policy)
+            msg["From"] = self._header_address(self.sender, utf8)
+            msg["To"] = ", ".join(self._header_address(m, utf8) for m in to)
+            if cc:
+                msg["Cc"] = ", ".join(self._header_address(m, utf8) for m in cc)
+            if self.reply_to:
+                msg["Reply-To"] = self.reply_to
+            msg["Subject"] = rendered.subject
+            msg["Date"] = email.utils.format_datetime(
+                (now or datetime.now(timezone.utc)).astimezone()
             )
-        for part in msg.walk():
-            if part is not msg:
-                del part["MIME-Version"]  # the stdlib adds it to sub-parts; it belongs on top only
-        data = msg.as_bytes(policy=policy)
+            message_id = email.utils.make_msgid(domain=self.msgid_domain)
+            msg["Message-ID"] = message_id
+            if self.list_id:
+                msg["List-Id"] = self.list_id
+            if rendered.unsubscribe:
+                msg["List-Unsubscribe"] = f"<{rendered.unsubscribe}>"
+                if rendered.unsubscribe.startswith("https://"):
+                    # RFC 8058 one-click: only meaningful with an HTTPS URL.
+                    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+            for name, value in rendered.headers:
+                msg[name] = value
+            self._body(msg, rendered)
+            for path in rendered.attachments:
+                attachment = self.file(path, static=path in self._files)
+                msg.add_attachment(
+                    attachment.data,
+                    maintype=attachment.maintype,
+                    subtype=attachment.subtype,
+                    filename=attachment.filename,
+                )
+            for part in msg.walk():
+                if part is not msg:
+                    del part[
+                        "MIME-Version"
+                    ]  # the stdlib adds it to sub-parts; it belongs on top only
+            data = msg.as_bytes(policy=policy)
+        except ValueError as exc:
+            # e.g. a header value the email package refuses; it belongs to this message only.
+            raise BuildError(f"cannot build the message: {exc}") from None
         if self.dkim is not None:
             data = self._sign(data)
         return Built(

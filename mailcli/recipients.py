@@ -6,10 +6,13 @@ million rows costs no more memory than one of ten.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from mailcli.addresses import AddressError, Mailbox, address_key, normalize_address
 from mailcli.campaign import RecipientsSource
@@ -68,20 +71,22 @@ class RecipientReader:
             else src.encoding
         )
         try:
-            handle = open(src.path, encoding=encoding, newline="")  # noqa: SIM115
+            handle = open(src.path, "rb")  # noqa: SIM115
         except OSError as exc:
             raise open_error(src.path, exc, "recipient list") from None
         with handle:
-            reader = csv.reader(handle, delimiter=src.delimiter, strict=False)
+            lines = _DecodedLines(handle, encoding)
+            reader = csv.reader(lines, delimiter=src.delimiter, strict=False)
             try:
                 yield from self._rows(reader)
             except UnicodeDecodeError as exc:
                 raise DataError(
-                    f"cannot decode the file as {src.encoding} near line {reader.line_num + 1} "
-                    f"(byte 0x{exc.object[exc.start]:02x})",
+                    f"cannot decode the file as {src.encoding} "
+                    f"(byte 0x{exc.object[exc.start]:02x} on this line)",
                     path=src.path,
-                    hint="set `recipients: {path: ..., encoding: cp1252}` (or the file's "
-                    "real encoding)",
+                    line=lines.number,
+                    hint="set the file's real encoding, e.g. `recipients: {path: ..., "
+                    "encoding: cp1252}`",
                 ) from None
             except csv.Error as exc:
                 raise DataError(
@@ -155,7 +160,46 @@ class RecipientReader:
                 continue
             fields = {columns[i]: values[i] for i in keep}
             name = values[name_col].strip() if name_col is not None else ""
+            if "\r" in name or "\n" in name or "\0" in name:
+                yield RowProblem(
+                    number,
+                    start,
+                    f"the name in column {columns[name_col or 0]!r} contains a "
+                    "line break (it would go into the To header)",
+                    raw_email,
+                )
+                continue
             yield Recipient(number, start, Mailbox(name, addr), fields)
+
+
+class _DecodedLines:
+    """A binary file decoded one physical line at a time, so a bad byte is found on its line."""
+
+    def __init__(self, handle: BinaryIO, encoding: str) -> None:
+        self.number = 0
+        self._handle = handle
+        name = codecs.lookup(encoding).name
+        # Splitting bytes on b"\n" is only safe where "\n" is the byte 0x0a (not UTF-16/32).
+        self._by_line = not name.startswith(("utf-16", "utf-32"))
+        self._text: Iterator[str] | None = None
+        if not self._by_line:
+            self._text = iter(io.TextIOWrapper(handle, encoding=encoding, newline=""))
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        self.number += 1
+        if self._text is not None:
+            return next(self._text)
+        raw = self._handle.readline()
+        if not raw:
+            tail = self._decoder.decode(b"", final=True)
+            if tail:
+                return tail
+            raise StopIteration
+        return self._decoder.decode(raw)
 
 
 def _find_column(columns: tuple[str, ...], wanted: str) -> int | None:

@@ -150,7 +150,7 @@ class Renderer:
             unsubscribe = None
             if self.unsubscribe_t is not None:
                 unsubscribe = _header_value("unsubscribe", self.unsubscribe_t.render(context))
-                if not unsubscribe.startswith(("https://", "http://", "mailto:")):
+                if not unsubscribe.startswith(("https://", "mailto:")):
                     raise RenderError(f"unsubscribe URL {unsubscribe!r} is not https:// or mailto:")
             attachments = tuple(
                 item if isinstance(item, Path) else self._attachment(source, item, context)

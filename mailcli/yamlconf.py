@@ -58,7 +58,12 @@ class Section:
 
     def value(self, key: str) -> Any:
         node = self.items[key][1]
-        return yaml.SafeLoader("").construct_document(node)
+        try:
+            return yaml.SafeLoader("").construct_document(node)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            # Tags like !custom, impossible dates (2024-02-30), unhashable keys.
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise self.error(key, f"cannot read this value: {problem}") from None
 
     def node(self, key: str) -> yaml.Node:
         return self.items[key][1]

@@ -87,8 +87,10 @@ def test_wrong_encoding_is_a_data_error_with_a_hint(tmp_path: Path) -> None:
 def test_wrong_encoding_names_the_line_of_the_bad_byte(tmp_path: Path) -> None:
     """The decode error points at the line holding the undecodable byte (line 3 here)."""
     path = write(tmp_path, b"email,name\na@example.com,Ann\nz@example.com,Zo\xe9\n")
-    with pytest.raises(DataError, match=r"line 3\b"):
+    with pytest.raises(DataError) as info:
         read(path)
+    assert info.value.line == 3
+    assert str(info.value).startswith(f"{path}:3: ")
 
 
 def test_missing_file_is_an_input_error(tmp_path: Path) -> None:
@@ -308,7 +310,12 @@ def test_reader_streams_rows_before_reading_the_end(tmp_path: Path) -> None:
 
 # --- property ------------------------------------------------------------------------------
 
-cells = st.text(alphabet=st.one_of(st.characters(), st.sampled_from(",;\"\r\n\t '")), max_size=30)
+cells = st.text(
+    alphabet=st.one_of(
+        st.characters(blacklist_categories=("Cs",)), st.sampled_from(",;\"\r\n\t '")
+    ),
+    max_size=30,
+)
 
 
 @settings(
