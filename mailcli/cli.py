@@ -318,17 +318,20 @@ def summary_line(summary: Summary) -> str:
     s = summary
     if s.dry_run:
         return (
-            f"Dry run of campaign '{s.campaign}': {s.total} rows, {s.would_send} messages "
-            f"built ({_size(s.bytes)}), {s.invalid} invalid, {s.duplicates} duplicates; "
-            f"nothing sent."
+            f"Dry run of campaign '{s.campaign}': {_n(s.total, 'row')}, "
+            f"{_n(s.would_send, 'message')} built ({_size(s.bytes)}), {s.invalid} invalid, "
+            f"{_n(s.duplicates, 'duplicate')}; nothing sent."
         )
-    conns = "connection" if s.connections == 1 else "connections"
     return (
         f"Campaign '{s.campaign}': {s.sent} sent, {s.failed} failed, {s.deferred} deferred, "
-        f"{s.unknown} unknown, {s.invalid} invalid, {s.duplicates} duplicates of "
-        f"{s.total} rows ({s.connections} {conns}, {s.elapsed_s:.2f} s, "
+        f"{s.unknown} unknown, {s.invalid} invalid, {_n(s.duplicates, 'duplicate')} of "
+        f"{_n(s.total, 'row')} ({_n(s.connections, 'connection')}, {s.elapsed_s:.2f} s, "
         f"{s.rate_per_s:.1f} msg/s)."
     )
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _size(n: int) -> str:
@@ -353,7 +356,7 @@ def _report(summary: Summary, *, json_: bool, quiet: bool) -> None:
         typer.echo(f"mailcli: error: {summary.error}", err=True)
     if summary.exit_code == ExitCode.DATAERR:
         typer.echo(
-            f"mailcli: {summary.invalid} invalid rows; nothing was sent"
+            f"mailcli: {_n(summary.invalid, 'invalid row')}; nothing was sent"
             + ("" if summary.dry_run else " (--skip-invalid sends the valid rows)"),
             err=True,
         )
