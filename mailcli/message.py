@@ -12,20 +12,23 @@ import mimetypes
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
 
 import dkim
 
-from mailcli.addresses import Mailbox
+from mailcli.addresses import Mailbox, parse_mailbox
 from mailcli.campaign import DkimConfig
 from mailcli.errors import ConfigError, InputFileError, open_error
 from mailcli.render import Rendered
 
 # CRLF line endings and RFC 2047 encoded words for non-ASCII headers: safe for any server.
-SMTP_POLICY = email.policy.SMTP
+# refold_source="none": a header given as raw text (List-Unsubscribe) is never re-encoded, since
+# RFC 2369 needs the literal <URL>; every other header is a header object folded by its own rules.
+SMTP_POLICY = email.policy.SMTP.clone(refold_source="none")
 # With SMTPUTF8 the server takes UTF-8 headers and addresses as they are (RFC 6531).
-SMTPUTF8_POLICY = email.policy.SMTPUTF8
+SMTPUTF8_POLICY = email.policy.SMTPUTF8.clone(refold_source="none")
 
 DKIM_HEADERS = (
     b"From",
@@ -93,13 +96,27 @@ def smtp_address(addr: str) -> str:
     return f"{local}@{domain}"
 
 
+def _address_header(mailboxes: Sequence[Mailbox], utf8: bool) -> list[Address] | str:
+    """An address header value that survives any display name (commas, quotes, accents)."""
+    if not utf8:
+        # Address objects let the email package quote and RFC 2047-encode the name correctly;
+        # a pre-formatted string would be re-parsed and could split into two mailboxes.
+        return [Address(display_name=m.name, addr_spec=smtp_address(m.addr)) for m in mailboxes]
+    # Address() refuses a non-ASCII local part, which SMTPUTF8 allows: write it out quoted.
+    return ", ".join(
+        f'"{email.utils.quote(m.name)}" <{m.addr}>' if m.name else m.addr for m in mailboxes
+    )
+
+
 def body_encoding(text: str) -> str:
     """A transfer encoding that any server accepts (no 8BITMIME needed, lines within limits).
 
     Plain ASCII with short lines goes as is; mostly-ASCII text as quoted-printable, which stays
     readable; text that is mostly non-ASCII (Cyrillic, CJK) as base64, which is shorter.
     """
-    if text.isascii() and all(len(line) <= 998 for line in text.splitlines()):
+    # Only CR and LF end a line on the wire (str.splitlines() would also split on \f, \v, ...).
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if text.isascii() and all(len(line) <= 998 for line in lines):
         return "7bit"
     non_ascii = sum(1 for c in text if ord(c) > 127)
     return "base64" if non_ascii * 3 > len(text) else "quoted-printable"
@@ -123,7 +140,7 @@ class MessageBuilder:
         dkim_config: DkimConfig | None = None,
     ) -> None:
         self.sender = sender
-        self.reply_to = reply_to
+        self.reply_to = parse_mailbox(reply_to) if reply_to else None
         self.list_id = list_id
         self.msgid_domain = smtp_address(sender.addr).rpartition("@")[2]
         self._files: dict[Path, FilePart] = {}
@@ -145,7 +162,7 @@ class MessageBuilder:
             try:
                 part = FilePart.load(path)
             except InputFileError as exc:
-                raise BuildError(exc.message) from None
+                raise BuildError(str(exc)) from None
             if static:
                 self._files[path] = part
         return part
@@ -179,12 +196,12 @@ class MessageBuilder:
         policy = SMTPUTF8_POLICY if utf8 else SMTP_POLICY
         try:
             msg = EmailMessage(policy=policy)
-            msg["From"] = self._header_address(self.sender, utf8)
-            msg["To"] = ", ".join(self._header_address(m, utf8) for m in to)
+            msg["From"] = _address_header([self.sender], utf8)
+            msg["To"] = _address_header(to, utf8)
             if cc:
-                msg["Cc"] = ", ".join(self._header_address(m, utf8) for m in cc)
+                msg["Cc"] = _address_header(cc, utf8)
             if self.reply_to:
-                msg["Reply-To"] = self.reply_to
+                msg["Reply-To"] = _address_header([self.reply_to], utf8)
             msg["Subject"] = rendered.subject
             msg["Date"] = email.utils.format_datetime(
                 (now or datetime.now(timezone.utc)).astimezone()
@@ -194,7 +211,7 @@ class MessageBuilder:
             if self.list_id:
                 msg["List-Id"] = self.list_id
             if rendered.unsubscribe:
-                msg["List-Unsubscribe"] = f"<{rendered.unsubscribe}>"
+                msg.set_raw("List-Unsubscribe", f"<{rendered.unsubscribe}>")
                 if rendered.unsubscribe.startswith("https://"):
                     # RFC 8058 one-click: only meaningful with an HTTPS URL.
                     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
@@ -227,10 +244,6 @@ class MessageBuilder:
             rcpt_to=tuple(smtp_address(m.addr) for m in everyone),
             smtputf8=utf8,
         )
-
-    def _header_address(self, mailbox: Mailbox, smtputf8: bool) -> str:
-        addr = mailbox.addr if smtputf8 else smtp_address(mailbox.addr)
-        return email.utils.formataddr((mailbox.name, addr)) if mailbox.name else addr
 
     def _body(self, msg: EmailMessage, rendered: Rendered) -> None:
         text, html = rendered.text, rendered.html

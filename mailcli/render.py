@@ -150,6 +150,11 @@ class Renderer:
             unsubscribe = None
             if self.unsubscribe_t is not None:
                 unsubscribe = _header_value("unsubscribe", self.unsubscribe_t.render(context))
+                if not unsubscribe.isascii() or len(unsubscribe) > 900:
+                    raise RenderError(
+                        "unsubscribe URL must be ASCII (percent-encode it, e.g. with "
+                        "`| urlencode`) and at most 900 characters"
+                    )
                 if not unsubscribe.startswith(("https://", "mailto:")):
                     raise RenderError(f"unsubscribe URL {unsubscribe!r} is not https:// or mailto:")
             attachments = tuple(
