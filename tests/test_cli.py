@@ -346,3 +346,240 @@ def test_sample_campaign_runs_into_the_sandbox(tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     saved = list((tmp_path / "outbox").glob("*.eml"))
     assert summary["sent"] == len(saved) == summary["total"] >= 5
+
+
+def test_preview_html_and_json_formats(tmp_path: Path) -> None:
+    """--format html prints the HTML part; --json describes headers, parts and envelope."""
+    files = make_campaign(tmp_path)
+    html = run("preview", files.yaml, "--row", "1", "--format", "html")
+    assert html.exit_code == 0
+    assert html.stdout.strip() == "<p>Hi Ann, this is Acme.</p>"
+    described = json.loads(run("preview", files.yaml, "--row", "3", "--json").stdout)
+    assert described["email"] == "chloe@example.net"
+    assert described["headers"]["Subject"] == "Hello Chloé"
+    assert described["envelope"] == {
+        "mail_from": "sender@example.com",
+        "rcpt_to": ["chloe@example.net"],
+    }
+
+
+def test_preview_of_a_markdown_campaign(tmp_path: Path) -> None:
+    """A markdown: campaign previews as multipart/alternative with rendered HTML."""
+    files = make_campaign(tmp_path)
+    (tmp_path / "body.md.j2").write_text(
+        "# Hi {{ first_name }}\n\n*{{ company }}*\n", encoding="utf-8"
+    )
+    files.yaml.write_text(
+        files.yaml.read_text(encoding="utf-8").replace(
+            "text: body.txt.j2\nhtml: body.html.j2\n", "markdown: body.md.j2\n"
+        ),
+        encoding="utf-8",
+    )
+    message = parse(run("preview", files.yaml, "--format", "raw").stdout_bytes)
+    assert message.get_body(("html",)).get_content().count("<h1>Hi Ann</h1>") == 1
+    assert message.get_body(("plain",)).get_content().startswith("# Hi Ann")
+
+
+def test_preview_of_a_missing_row_is_a_usage_error(tmp_path: Path) -> None:
+    """--row past the end of the list exits 2 naming the row."""
+    files = make_campaign(tmp_path)
+    result = run("preview", files.yaml, "--row", "9")
+    assert result.exit_code == 2
+    assert "no data row 9" in result.stderr
+
+
+def test_batch_limit_and_duplicates_in_json(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """--limit caps the messages; a repeated address counts as a duplicate in the JSON."""
+    files = make_campaign(tmp_path, [*many_rows(5), many_rows(1)[0]])
+    result = run(
+        "batch",
+        files.yaml,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(smtp_server.port),
+        "--security",
+        "none",
+        "--limit",
+        "2",
+        "--json",
+    )
+    summary = json.loads(result.stdout)
+    assert (summary["sent"], summary["duplicates"], summary["total"]) == (2, 1, 6)
+    assert len(recorder.messages) == 2
+
+
+def test_batch_skip_invalid_from_the_command_line(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """--skip-invalid sends the valid rows and still names the invalid one on stderr."""
+    files = make_campaign(tmp_path, [*many_rows(2), {"email": "x@", "name": "", "first_name": ""}])
+    result = run(
+        "batch",
+        files.yaml,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(smtp_server.port),
+        "--security",
+        "none",
+        "--skip-invalid",
+    )
+    assert result.exit_code == 0
+    assert "row 3: invalid address 'x@'" in result.stderr
+    assert len(recorder.messages) == 2
+
+
+def test_batch_rejected_recipient_exits_1_and_is_listed(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """A 550 for one recipient: exit 1, the address and the server's reply on stderr."""
+    recorder.rcpt_replies["bob@example.org"] = "550 5.1.1 mailbox unavailable"
+    files = make_campaign(tmp_path)
+    result = run(
+        "batch",
+        files.yaml,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(smtp_server.port),
+        "--security",
+        "none",
+    )
+    assert result.exit_code == 1
+    assert "row 2: bob@example.org: failed: 550 5.1.1 mailbox unavailable" in result.stderr
+    assert "2 sent, 1 failed" in result.stdout
+
+
+def test_bad_rate_option_is_a_usage_error(tmp_path: Path) -> None:
+    """--rate that does not parse exits 2."""
+    files = make_campaign(tmp_path)
+    result = run("batch", files.yaml, "--dry-run", "--rate", "lots")
+    assert result.exit_code == 2
+    assert "--rate: invalid rate 'lots'" in result.stderr
+
+
+def test_send_to_a_real_server_reports_refusals(
+    smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """send --json: accepted and refused recipients, exit 1 when one is refused for good."""
+    recorder.rcpt_replies["gone@example.com"] = "550 no such user"
+    result = run(
+        "send",
+        "--to",
+        "a@example.com",
+        "--to",
+        "gone@example.com",
+        "--from",
+        "me@example.com",
+        "--subject",
+        "S",
+        "--text",
+        "T",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(smtp_server.port),
+        "--security",
+        "none",
+        "--json",
+    )
+    assert result.exit_code == 1
+    reply = json.loads(result.stdout)
+    assert reply["accepted"] == ["a@example.com"]
+    assert reply["refused"] == {"gone@example.com": "550 no such user"}
+    assert recorder.recipients() == ["a@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--to", "a@example.com", "--subject", "S", "--from", "me@example.com"], 2, "give a body"),
+        (
+            ["--to", "not-an-address", "--subject", "S", "--text", "T", "--from", "m@example.com"],
+            65,
+            "--to 'not-an-address'",
+        ),
+        (
+            [
+                "--to",
+                "a@example.com",
+                "--subject",
+                "S {{ x }}",
+                "--text",
+                "T",
+                "--from",
+                "m@example.com",
+            ],
+            65,
+            "'x' is undefined",
+        ),
+        (
+            [
+                "--to",
+                "a@example.com",
+                "--subject",
+                "S",
+                "--text",
+                "T",
+                "--from",
+                "m@example.com",
+                "--attach",
+                "/nonexistent/file.pdf",
+            ],
+            66,
+            "/nonexistent/file.pdf",
+        ),
+        (
+            [
+                "--to",
+                "a@example.com",
+                "--subject",
+                "S",
+                "--text",
+                "T",
+                "--from",
+                "m@example.com",
+                "--var",
+                "novalue",
+            ],
+            2,
+            "--var takes KEY=VALUE",
+        ),
+        (
+            [
+                "--to",
+                "a@example.com",
+                "--subject",
+                "S",
+                "--text",
+                "T",
+                "--from",
+                "m@example.com",
+                "--text-file",
+                "x.txt",
+            ],
+            2,
+            "not both",
+        ),
+    ],
+)
+def test_send_bad_input(args: list[str], code: int, message: str) -> None:
+    """send refuses bad input with the contract's exit code and a clear message."""
+    result = run("send", *args, "--dry-run")
+    assert result.exit_code == code
+    assert message in result.stderr
+
+
+def test_every_command_has_help() -> None:
+    """--help works for every command and lists its options."""
+    for command, option in (
+        ("batch", "--dry-run"),
+        ("preview", "--format"),
+        ("send", "--bcc"),
+        ("sink", "--dir"),
+    ):
+        result = run(command, "--help")
+        assert result.exit_code == 0 and option in result.stdout

@@ -72,71 +72,123 @@ class Case:
 CSV_HEAD = b"email,name,first_name\n"
 CASES: dict[str, Case] = {
     "unknown key": Case(append_yaml("colour: blue\n"), 78, r"{yaml}:8: unknown key 'colour'"),
-    "unknown nested key": Case(append_yaml("smtp: {hots: x}\n"), 78,
-                               r"{yaml}:8: unknown key 'smtp.hots'"),
-    "password in yaml": Case(append_yaml("smtp: {password: s3cret}\n"), 78,
-                             r"{yaml}:8: 'smtp.password' is not allowed"),
-    "duplicate key": Case(append_yaml("name: again\n"), 78,
-                          r"{yaml}:8: duplicate key 'name' \(first given on line 1\)"),
+    "unknown nested key": Case(
+        append_yaml("smtp: {hots: x}\n"), 78, r"{yaml}:8: unknown key 'smtp.hots'"
+    ),
+    "password in yaml": Case(
+        append_yaml("smtp: {password: s3cret}\n"), 78, r"{yaml}:8: 'smtp.password' is not allowed"
+    ),
+    "duplicate key": Case(
+        append_yaml("name: again\n"),
+        78,
+        r"{yaml}:8: duplicate key 'name' \(first given on line 1\)",
+    ),
     "yaml syntax": Case(append_yaml("vars: {a: 1\n"), 78, r"{yaml}:\d+: invalid YAML"),
-    "subject a list": Case(replace_in(yaml_of, 'subject: "Hello {{ first_name }}"',
-                                      "subject: [a, b]"), 78,
-                           r"{yaml}:3: 'subject': must be a string, not a list"),
-    "missing name": Case(replace_in(yaml_of, "name: test-campaign\n", ""), 78,
-                         r"missing required key 'name'"),
-    "invalid from": Case(replace_in(yaml_of, "Test Sender <sender@example.com>", "nobody"), 78,
-                         r"{yaml}:2: 'from': invalid address 'nobody'"),
+    "subject a list": Case(
+        replace_in(yaml_of, 'subject: "Hello {{ first_name }}"', "subject: [a, b]"),
+        78,
+        r"{yaml}:3: 'subject': must be a string, not a list",
+    ),
+    "missing name": Case(
+        replace_in(yaml_of, "name: test-campaign\n", ""), 78, r"missing required key 'name'"
+    ),
+    "invalid from": Case(
+        replace_in(yaml_of, "Test Sender <sender@example.com>", "nobody"),
+        78,
+        r"{yaml}:2: 'from': invalid address 'nobody'",
+    ),
     "bad rate": Case(append_yaml("rate: fast\n"), 78, r"{yaml}:8: 'rate': invalid rate 'fast'"),
-    "bad retry": Case(append_yaml("retry: {attempts: 0}\n"), 78,
-                      r"{yaml}:8: 'retry.attempts': must be at least 1"),
+    "bad retry": Case(
+        append_yaml("retry: {attempts: 0}\n"), 78, r"{yaml}:8: 'retry.attempts': must be at least 1"
+    ),
     "bad port": Case(append_yaml("smtp: {port: 70000}\n"), 78, r"'smtp.port': 70000 is not a port"),
-    "bad security": Case(append_yaml("smtp: {security: ssl}\n"), 78,
-                         r"'smtp.security': must be one of starttls, tls, none"),
-    "reserved header": Case(append_yaml("headers: {Subject: x}\n"), 78,
-                            r"'headers.Subject': is set by mailcli itself"),
-    "plain http unsubscribe": Case(append_yaml("unsubscribe: http://x.example/u\n"), 78,
-                                   r"'unsubscribe': must be an https:// URL"),
-    "markdown and text": Case(append_yaml("markdown: body.txt.j2\n"), 78,
-                              r"'markdown': renders both"),
-    "odd yaml tag": Case(append_yaml("list_id: !custom x\n"), 78,
-                         r"'list_id': cannot read this value"),
+    "bad security": Case(
+        append_yaml("smtp: {security: ssl}\n"),
+        78,
+        r"'smtp.security': must be one of starttls, tls, none",
+    ),
+    "reserved header": Case(
+        append_yaml("headers: {Subject: x}\n"), 78, r"'headers.Subject': is set by mailcli itself"
+    ),
+    "plain http unsubscribe": Case(
+        append_yaml("unsubscribe: http://x.example/u\n"),
+        78,
+        r"'unsubscribe': must be an https:// URL",
+    ),
+    "markdown and text": Case(
+        append_yaml("markdown: body.txt.j2\n"), 78, r"'markdown': renders both"
+    ),
+    "odd yaml tag": Case(
+        append_yaml("list_id: !custom x\n"), 78, r"'list_id': cannot read this value"
+    ),
     "missing template": Case(remove("body.html.j2"), 66, r"'html': file not found: .*body.html.j2"),
     "missing csv": Case(remove("list.csv"), 66, r"'recipients': recipient list not found"),
-    "missing attachment": Case(append_yaml("attachments: [nope.pdf]\n"), 66,
-                               r"{yaml}:8: 'attachments': file not found: .*nope.pdf"),
-    "template syntax": Case(write_text_template("Hi {{ first_name }\n"), 65,
-                            r"body.txt.j2:1: template syntax error"),
-    "undefined variable": Case(write_text_template("Hi {{ nickname }}\n"), 65,
-                               r"row 1: 'nickname' is undefined \(in body.txt.j2, line 1\)"),
-    "sandbox escape": Case(write_text_template("{{ ''.__class__.__mro__ }}\n"), 65,
-                           r"row 1: .*__class__"),
+    "missing attachment": Case(
+        append_yaml("attachments: [nope.pdf]\n"),
+        66,
+        r"{yaml}:8: 'attachments': file not found: .*nope.pdf",
+    ),
+    "template syntax": Case(
+        write_text_template("Hi {{ first_name }\n"), 65, r"body.txt.j2:1: template syntax error"
+    ),
+    "undefined variable": Case(
+        write_text_template("Hi {{ nickname }}\n"),
+        65,
+        r"row 1: 'nickname' is undefined \(in body.txt.j2, line 1\)",
+    ),
+    "sandbox escape": Case(
+        write_text_template("{{ ''.__class__.__mro__ }}\n"), 65, r"row 1: .*__class__"
+    ),
     "crlf in subject from data": Case(
-        write_csv_bytes(CSV_HEAD + b'a@example.com,A,"Ann\nBcc: x@evil.example"\n'), 65,
-        r"row 1: subject contains a line break"),
-    "no email column": Case(write_csv_bytes(b"mail,name\na@example.com,A\n"), 65,
-                            r"{csv}:1: no 'email' column; the header has: mail, name"),
-    "short row": Case(write_csv_bytes(CSV_HEAD + b"a@example.com,A\n"), 65,
-                      r"row 1: has 2 fields, the header has 3 \(short row\)"),
-    "long row": Case(write_csv_bytes(CSV_HEAD + b"a@example.com,A,B,C\n"), 65,
-                     r"row 1: has 4 fields, the header has 3 \(long row"),
-    "invalid address": Case(write_csv_bytes(CSV_HEAD + b"a@@example.com,A,A\n"), 65,
-                            r"row 1: invalid address 'a@@example.com'"),
-    "empty address": Case(write_csv_bytes(CSV_HEAD + b",A,A\n"), 65,
-                          r"row 1: no address in column 'email'"),
-    "wrong encoding": Case(write_csv_bytes(CSV_HEAD + b"a@example.com,Z\xe9,Z\n"), 65,
-                           r"{csv}:2: cannot decode the file as utf-8 .*\n.*encoding"),
-    "binary garbage": Case(write_csv_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"), 65,
-                           r"{csv}"),
+        write_csv_bytes(CSV_HEAD + b'a@example.com,A,"Ann\nBcc: x@evil.example"\n'),
+        65,
+        r"row 1: subject contains a line break",
+    ),
+    "no email column": Case(
+        write_csv_bytes(b"mail,name\na@example.com,A\n"),
+        65,
+        r"{csv}:1: no 'email' column; the header has: mail, name",
+    ),
+    "short row": Case(
+        write_csv_bytes(CSV_HEAD + b"a@example.com,A\n"),
+        65,
+        r"row 1: has 2 fields, the header has 3 \(short row\)",
+    ),
+    "long row": Case(
+        write_csv_bytes(CSV_HEAD + b"a@example.com,A,B,C\n"),
+        65,
+        r"row 1: has 4 fields, the header has 3 \(long row",
+    ),
+    "invalid address": Case(
+        write_csv_bytes(CSV_HEAD + b"a@@example.com,A,A\n"),
+        65,
+        r"row 1: invalid address 'a@@example.com'",
+    ),
+    "empty address": Case(
+        write_csv_bytes(CSV_HEAD + b",A,A\n"), 65, r"row 1: no address in column 'email'"
+    ),
+    "wrong encoding": Case(
+        write_csv_bytes(CSV_HEAD + b"a@example.com,Z\xe9,Z\n"),
+        65,
+        r"{csv}:2: cannot decode the file as utf-8 .*\n.*encoding",
+    ),
+    "binary garbage": Case(
+        write_csv_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"), 65, r"{csv}"
+    ),
     "empty csv": Case(write_csv_bytes(b""), 65, r"the recipient list is empty"),
-    "name with line break": Case(write_csv_bytes(CSV_HEAD + b'a@example.com,"A\nB",A\n'), 65,
-                                 r"row 1: the name in column 'name' contains a line break"),
+    "name with line break": Case(
+        write_csv_bytes(CSV_HEAD + b'a@example.com,"A\nB",A\n'),
+        65,
+        r"row 1: the name in column 'name' contains a line break",
+    ),
 }
 
 
 @pytest.mark.parametrize("command", ["batch", "preview"])
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_bad_input_gives_exit_code_and_a_located_message(
-        tmp_path: Path, case_id: str, command: str) -> None:
+    tmp_path: Path, case_id: str, command: str
+) -> None:
     """Each bad input: the contract's exit code, a message naming where, and no traceback."""
     case = CASES[case_id]
     files = make_campaign(tmp_path / "camp")
@@ -151,14 +203,26 @@ def test_bad_input_gives_exit_code_and_a_located_message(
 
 
 @pytest.mark.parametrize("case_id", ["unknown key", "missing csv", "short row", "template syntax"])
-def test_bad_input_sends_nothing_to_a_live_server(tmp_path: Path, case_id: str,
-                                                 smtp_server: SmtpServer,
-                                                 recorder: Recorder) -> None:
+def test_bad_input_sends_nothing_to_a_live_server(
+    tmp_path: Path, case_id: str, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
     """A real batch with bad input never connects: the server sees no session at all."""
     files = make_campaign(tmp_path / "camp")
     CASES[case_id].edit(files)
-    result = runner.invoke(app, ["batch", str(files.yaml), "--host", "127.0.0.1", "--port",
-                                 str(smtp_server.port), "--security", "none", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "batch",
+            str(files.yaml),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(smtp_server.port),
+            "--security",
+            "none",
+            "--json",
+        ],
+    )
     assert result.exit_code == CASES[case_id].code
     assert json.loads(result.stdout)["exit_code"] == CASES[case_id].code
     assert recorder.peers == [] and recorder.messages == []

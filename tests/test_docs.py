@@ -55,7 +55,13 @@ def test_every_command_is_documented_with_help_and_example() -> None:
 def test_sample_campaign_ships_every_file_it_names() -> None:
     """The sample campaign's files are all in the repository."""
     folder = ROOT / "campaigns" / "welcome"
-    for name in ("campaign.yaml", "recipients.csv", "templates/base.txt.j2",
-                 "templates/welcome.txt.j2", "templates/base.html.j2",
-                 "templates/welcome.html.j2", "files/getting-started.txt"):
+    for name in (
+        "campaign.yaml",
+        "recipients.csv",
+        "templates/base.txt.j2",
+        "templates/welcome.txt.j2",
+        "templates/base.html.j2",
+        "templates/welcome.html.j2",
+        "files/getting-started.txt",
+    ):
         assert (folder / name).is_file(), name
