@@ -101,13 +101,14 @@ class RecipientsSource:
 
 @dataclass(frozen=True, slots=True)
 class SmtpConfig:
-    """SMTP settings given in a campaign file; every field is optional."""
+    """SMTP settings from one source (campaign file or command line); None where not given."""
 
     profile: str | None = None
     host: str | None = None
     port: int | None = None
     security: str | None = None
     username: str | None = None
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,19 +454,31 @@ def _smtp(top: Section) -> SmtpConfig:
     sec = top.section("smtp")
     if sec is None:
         return SmtpConfig()
-    sec.reject_unknown(("profile", "host", "port", "security", "username"))
+    sec.reject_unknown(("profile", *SMTP_KEYS))
+    return read_smtp(sec)
+
+
+SMTP_KEYS = ("host", "port", "security", "username", "timeout")
+
+
+def read_smtp(sec: Section) -> SmtpConfig:
+    """The SMTP keys of a campaign's `smtp:` or a profile, validated (unknown keys: caller)."""
     port = sec.get("port", int, "a port number")
     if port is not None and not 0 < port < 65536:
         raise sec.error("port", f"{port} is not a port number (1-65535)")
     security = sec.text("security")
     if security is not None and security not in SECURITY_MODES:
         raise sec.error("security", f"must be one of {', '.join(SECURITY_MODES)}")
+    timeout = sec.get("timeout", float, "a number of seconds")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise sec.error("timeout", "must be a positive number of seconds")
     return SmtpConfig(
-        profile=sec.text("profile"),
+        profile=sec.text("profile") if "profile" in sec.items else None,
         host=sec.text("host"),
         port=port,
         security=security,
         username=sec.text("username"),
+        timeout=timeout,
     )
 
 

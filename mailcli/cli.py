@@ -21,13 +21,13 @@ from typer.core import TyperGroup
 
 from mailcli import __version__
 from mailcli.batch import Summary, dry_run, send_batch
-from mailcli.campaign import Campaign, load_campaign, parse_rate
+from mailcli.campaign import Campaign, SmtpConfig, load_campaign, parse_rate
 from mailcli.errors import ExitCode, MailcliError, UsageError
 from mailcli.preview import Preview, preview_one, write_files
 from mailcli.sandbox import EmlWriter, SmtpServer, sandbox
 from mailcli.secrets import password_source
 from mailcli.sending import OneOff, build_one_off
-from mailcli.settings import SmtpOptions, resolve_smtp
+from mailcli.settings import resolve_smtp
 from mailcli.transport import SmtpConnection, SmtpSettings
 
 DEFAULT_OUTBOX = "outbox"
@@ -181,10 +181,10 @@ def _smtp_options(
     security: str | None,
     username: str | None,
     timeout: float | None,
-) -> SmtpOptions:
+) -> SmtpConfig:
     if security is not None and security not in ("starttls", "tls", "none"):
         raise UsageError(f"--security must be starttls, tls or none, not {security!r}")
-    return SmtpOptions(profile, host, port, security, username, timeout)
+    return SmtpConfig(profile, host, port, security, username, timeout)
 
 
 def _json_mode(ctx: typer.Context, value: bool) -> None:

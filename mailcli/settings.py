@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailcli.campaign import SECURITY_MODES, SmtpConfig
+from mailcli.campaign import SECURITY_MODES, SMTP_KEYS, SmtpConfig, read_smtp
 from mailcli.errors import ConfigError, UsageError
 from mailcli.transport import DEFAULT_PORTS, SmtpSettings
 from mailcli.yamlconf import Section, load_mapping
 
-PROFILE_KEYS = ("host", "port", "security", "username", "from", "password_command", "timeout")
+PROFILE_KEYS = (*SMTP_KEYS, "from", "password_command")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,18 +32,6 @@ class Profile:
     username: str | None = None
     sender: str | None = None
     password_command: str | None = None
-    timeout: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpOptions:
-    """The SMTP OPTIONS given on the command line (None where not given)."""
-
-    profile: str | None = None
-    host: str | None = None
-    port: int | None = None
-    security: str | None = None
-    username: str | None = None
     timeout: float | None = None
 
 
@@ -88,29 +76,21 @@ def load_profile(name: str | None, env: Mapping[str, str] | None = None) -> Prof
 
 def _profile(name: str, sec: Section) -> Profile:
     sec.reject_unknown(PROFILE_KEYS)
-    port = sec.get("port", int, "a port number")
-    if port is not None and not 0 < port < 65536:
-        raise sec.error("port", f"{port} is not a port number (1-65535)")
-    security = sec.text("security")
-    if security is not None and security not in SECURITY_MODES:
-        raise sec.error("security", f"must be one of {', '.join(SECURITY_MODES)}")
-    timeout = sec.get("timeout", float, "a number of seconds")
-    if timeout is not None and timeout <= 0:
-        raise sec.error("timeout", "must be positive")
+    smtp = read_smtp(sec)
     return Profile(
         name=name,
-        host=sec.text("host"),
-        port=port,
-        security=security,
-        username=sec.text("username"),
+        host=smtp.host,
+        port=smtp.port,
+        security=smtp.security,
+        username=smtp.username,
         sender=sec.text("from"),
         password_command=sec.text("password_command"),
-        timeout=timeout,
+        timeout=smtp.timeout,
     )
 
 
 def resolve_smtp(
-    options: SmtpOptions,
+    options: SmtpConfig,
     campaign: SmtpConfig | None = None,
     env: Mapping[str, str] | None = None,
 ) -> tuple[SmtpSettings, Profile | None]:
@@ -146,7 +126,7 @@ def resolve_smtp(
     if not 0 < port < 65536:
         raise UsageError(f"{port} is not a port number (1-65535)")
     username = pick(options.username, "MAILCLI_USERNAME", campaign.username, p.username)
-    timeout = options.timeout or p.timeout or 30.0
+    timeout = options.timeout or campaign.timeout or p.timeout or 30.0
     settings = SmtpSettings(
         host=str(host),
         port=port,

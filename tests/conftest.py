@@ -180,6 +180,11 @@ def campaign_files(tmp_path: Path) -> CampaignFiles:
     return make_campaign(tmp_path / "camp")
 
 
+def server_args(server: SmtpServer) -> list[str]:
+    """The SMTP options that point a command at a test server (plain SMTP on loopback)."""
+    return ["--host", "127.0.0.1", "--port", str(server.port), "--security", "none"]
+
+
 def many_rows(n: int) -> list[dict[str, str]]:
     return [
         {"email": f"user{i:05d}@example.com", "name": f"User {i}", "first_name": f"U{i}"}

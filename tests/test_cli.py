@@ -15,7 +15,7 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-from conftest import Recorder, make_campaign, many_rows, write_csv
+from conftest import Recorder, make_campaign, many_rows, server_args, write_csv
 from typer.testing import CliRunner
 
 from mailcli import __version__
@@ -166,12 +166,7 @@ def test_batch_to_a_real_server(
     result = run(
         "batch",
         files.yaml,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(smtp_server.port),
-        "--security",
-        "none",
+        *server_args(smtp_server),
         "--json",
     )
     assert result.exit_code == 0, result.stderr
@@ -396,12 +391,7 @@ def test_batch_limit_and_duplicates_in_json(
     result = run(
         "batch",
         files.yaml,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(smtp_server.port),
-        "--security",
-        "none",
+        *server_args(smtp_server),
         "--limit",
         "2",
         "--json",
@@ -419,12 +409,7 @@ def test_batch_skip_invalid_from_the_command_line(
     result = run(
         "batch",
         files.yaml,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(smtp_server.port),
-        "--security",
-        "none",
+        *server_args(smtp_server),
         "--skip-invalid",
     )
     assert result.exit_code == 0
@@ -441,12 +426,7 @@ def test_batch_rejected_recipient_exits_1_and_is_listed(
     result = run(
         "batch",
         files.yaml,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(smtp_server.port),
-        "--security",
-        "none",
+        *server_args(smtp_server),
     )
     assert result.exit_code == 1
     assert "row 2: bob@example.org: failed: 550 5.1.1 mailbox unavailable" in result.stderr
@@ -478,12 +458,7 @@ def test_send_to_a_real_server_reports_refusals(
         "S",
         "--text",
         "T",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(smtp_server.port),
-        "--security",
-        "none",
+        *server_args(smtp_server),
         "--json",
     )
     assert result.exit_code == 1

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CampaignFiles, Recorder, make_campaign
+from conftest import CampaignFiles, Recorder, make_campaign, server_args
 from typer.testing import CliRunner
 
 from mailcli.cli import app
@@ -214,12 +214,7 @@ def test_bad_input_sends_nothing_to_a_live_server(
         [
             "batch",
             str(files.yaml),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(smtp_server.port),
-            "--security",
-            "none",
+            *server_args(smtp_server),
             "--json",
         ],
     )
