@@ -7,16 +7,25 @@ handed to the server is known exactly (after it, a lost reply means `unknown`, n
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from mailcli.errors import AuthError, UnavailableError
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+from mailcli.errors import AuthError, ConfigError, UnavailableError
 from mailcli.message import Built
 
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+AUTH_MECHANISMS = ("plain", "login", "cram-md5", "xoauth2")
+Transcript = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +38,33 @@ class SmtpSettings:
     username: str | None = None
     timeout: float = 30.0
     verify: bool = True
+    auth: str | None = None  # a mechanism to insist on; None: the best the server offers
+    allow_plaintext_auth: bool = False
     local_hostname: str | None = None
 
     @property
     def endpoint(self) -> str:
         """host:port, for messages."""
         return f"{self.host}:{self.port}"
+
+
+@dataclass
+class SessionInfo:
+    """What establishing a session showed: the raw material of `mailcli test-connection`."""
+
+    peer: str | None = None
+    banner: str | None = None
+    capabilities_before_tls: dict[str, str] = field(default_factory=dict)
+    capabilities: dict[str, str] = field(default_factory=dict)
+    tls_version: str | None = None
+    cipher: str | None = None
+    cipher_bits: int | None = None
+    certificate_der: bytes | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def phase(self, name: str, started: float) -> None:
+        """Record how long a phase took, in milliseconds."""
+        self.timings_ms[name] = round((time.perf_counter() - started) * 1000, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +124,210 @@ def tls_context(verify: bool = True) -> ssl.SSLContext:
     return context
 
 
+def is_loopback(address: str | None) -> bool:
+    """True for 127.0.0.0/8 and ::1 (the peer address, not a name that could resolve anywhere)."""
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class _TracedMixin:
+    """Writes the SMTP dialogue to a transcript, with AUTH secrets and message data left out."""
+
+    _transcript: Transcript | None = None
+    _in_auth = False
+    in_data = False
+
+    def _trace(self, line: str) -> None:
+        if self._transcript is not None:
+            self._transcript(line)
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        if self._transcript is not None and self.in_data:
+            size = len(s) if isinstance(s, str | bytes) else memoryview(s).nbytes
+            self._trace(f"C: <message data, {size} bytes>")
+        elif self._transcript is not None:
+            text = s if isinstance(s, str) else bytes(s).decode("utf-8", "replace")
+            if text[:5].upper() == "AUTH ":
+                words = text.split()
+                hidden = " <redacted>" if len(words) > 2 else ""
+                self._trace(f"C: AUTH {words[1] if len(words) > 1 else ''}{hidden}")
+                self._in_auth = True
+            elif self._in_auth:
+                self._trace("C: <redacted>")
+            else:
+                self._trace(f"C: {text.rstrip()}")
+        super().send(s)  # type: ignore[misc]
+
+    def getreply(self) -> tuple[int, bytes]:
+        code, message = super().getreply()  # type: ignore[misc]
+        if self._transcript is not None:
+            lines = message.decode("utf-8", "replace").split("\n") or [""]
+            for i, line in enumerate(lines):
+                sep = " " if i == len(lines) - 1 else "-"
+                self._trace(f"S: {code}{sep}{line}")
+        if code != 334:
+            self._in_auth = False
+        return code, message
+
+
+class _TracedSMTP(_TracedMixin, smtplib.SMTP):
+    def __init__(self, transcript: Transcript | None, **kwargs: Any) -> None:
+        self._transcript = transcript
+        super().__init__(**kwargs)
+
+
+class _TracedSMTPSSL(_TracedMixin, smtplib.SMTP_SSL):
+    def __init__(self, transcript: Transcript | None, **kwargs: Any) -> None:
+        self._transcript = transcript
+        super().__init__(**kwargs)
+
+
+def establish(
+    settings: SmtpSettings,
+    info: SessionInfo | None = None,
+    transcript: Transcript | None = None,
+) -> smtplib.SMTP:
+    """Connect, read the banner, EHLO, and start TLS as the settings say; raise on failure.
+
+    `info` (if given) receives the banner, both EHLO answers, the TLS details and phase timings.
+    """
+    s = settings
+    info = info if info is not None else SessionInfo()
+    local = s.local_hostname or socket.gethostname()
+    smtp: smtplib.SMTP | None = None
+    try:
+        started = time.perf_counter()
+        if s.security == "tls":
+            smtp = _TracedSMTPSSL(
+                transcript, local_hostname=local, timeout=s.timeout, context=tls_context(s.verify)
+            )
+        else:
+            smtp = _TracedSMTP(transcript, local_hostname=local, timeout=s.timeout)
+        # smtplib takes the name for SNI and the hostname check from _host, set only by __init__.
+        smtp._host = s.host  # type: ignore[union-attr]
+        code, banner = smtp.connect(s.host, s.port)
+        info.phase("connect", started)
+        info.peer = smtp.sock.getpeername()[0] if smtp.sock else None
+        info.banner = f"{code} {banner.decode('utf-8', 'replace')}"
+        if code != 220:
+            raise UnavailableError(f"{s.endpoint} refused the session: {info.banner}")
+        started = time.perf_counter()
+        smtp.ehlo_or_helo_if_needed()
+        info.phase("ehlo", started)
+        info.capabilities_before_tls = dict(smtp.esmtp_features)
+        if s.security == "starttls":
+            if not smtp.has_extn("starttls"):
+                raise UnavailableError(
+                    f"{s.endpoint} does not offer STARTTLS",
+                    hint="use --security tls for port 465, or --security none only for a "
+                    "server on this machine",
+                )
+            started = time.perf_counter()
+            smtp.starttls(context=tls_context(s.verify))
+            info.phase("starttls", started)
+            started = time.perf_counter()
+            smtp.ehlo()
+            info.phase("ehlo_tls", started)
+        info.capabilities = dict(smtp.esmtp_features)
+        if isinstance(smtp.sock, ssl.SSLSocket):
+            info.tls_version = smtp.sock.version()
+            name, _, bits = smtp.sock.cipher() or (None, None, None)
+            info.cipher, info.cipher_bits = name, bits
+            info.certificate_der = smtp.sock.getpeercert(binary_form=True)
+    except ssl.SSLCertVerificationError as exc:
+        _close(smtp)
+        raise UnavailableError(
+            f"TLS certificate of {s.endpoint} not trusted: {exc.verify_message}",
+            hint="check the host name, or give the CA with SSL_CERT_FILE; "
+            "`mailcli test-connection` shows the certificate",
+        ) from None
+    except ssl.SSLError as exc:
+        _close(smtp)
+        raise UnavailableError(f"TLS with {s.endpoint} failed: {exc.reason or exc}") from None
+    except UnavailableError:
+        _close(smtp)
+        raise
+    except (smtplib.SMTPException, OSError) as exc:
+        _close(smtp)
+        raise UnavailableError(f"cannot connect to {s.endpoint}: {_os_reason(exc)}") from None
+    return smtp
+
+
+def _close(smtp: smtplib.SMTP | None) -> None:
+    if smtp is not None:
+        with contextlib.suppress(OSError):
+            smtp.close()
+
+
+def advertised_auth(smtp: smtplib.SMTP) -> list[str]:
+    """The AUTH mechanisms the server offers, upper case."""
+    return (smtp.esmtp_features.get("auth") or "").upper().split()
+
+
+def login(smtp: smtplib.SMTP, settings: SmtpSettings, password: str) -> str:
+    """Authenticate once on an established session; return the mechanism used.
+
+    Refuses to send a password in the clear to a host that is not on this machine unless the
+    profile says `allow_plaintext_auth: true`.
+    """
+    s = settings
+    user = s.username or ""
+    encrypted = isinstance(smtp.sock, ssl.SSLSocket)
+    peer = smtp.sock.getpeername()[0] if smtp.sock else None
+    if not encrypted and not is_loopback(peer) and not s.allow_plaintext_auth:
+        raise ConfigError(
+            f"refusing to send the password for {user} unencrypted to {s.endpoint}",
+            hint="use --security starttls or tls; or set `allow_plaintext_auth: true` in the "
+            "profile if this network is trusted",
+        )
+    offered = advertised_auth(smtp)
+    if not offered:
+        raise AuthError(
+            f"{s.endpoint} does not offer AUTH"
+            + ("" if encrypted else " on an unencrypted connection")
+        )
+    try:
+        if s.auth == "xoauth2":
+            _require(offered, "XOAUTH2", s)
+            token = f"user={user}\x01auth=Bearer {password}\x01\x01"
+            smtp.auth("XOAUTH2", lambda challenge=None: token if challenge is None else "")
+            return "XOAUTH2"
+        if s.auth is not None:
+            mechanism = s.auth.upper()
+            _require(offered, mechanism, s)
+            smtp.user, smtp.password = user, password
+            method = getattr(smtp, "auth_" + s.auth.replace("-", "_"))
+            smtp.auth(mechanism, method, initial_response_ok=True)
+            return mechanism
+        smtp.login(user, password)
+        preferred = [m for m in ("CRAM-MD5", "PLAIN", "LOGIN") if m in offered]
+        return preferred[0] if preferred else "?"
+    except smtplib.SMTPAuthenticationError as exc:
+        raise AuthError(f"{s.endpoint} refused the login for {user}: {_reply_text(exc)}") from None
+    except smtplib.SMTPNotSupportedError:
+        raise AuthError(
+            f"{s.endpoint} does not offer a login mechanism mailcli knows "
+            f"(offered: {' '.join(offered)})"
+        ) from None
+    except smtplib.SMTPException as exc:
+        raise AuthError(f"login to {s.endpoint} failed: {exc}") from None
+    except (OSError, smtplib.SMTPServerDisconnected) as exc:
+        raise UnavailableError(
+            f"connection to {s.endpoint} lost during login: {_os_reason(exc)}"
+        ) from None
+
+
+def _require(offered: list[str], mechanism: str, s: SmtpSettings) -> None:
+    if mechanism not in offered:
+        raise AuthError(
+            f"{s.endpoint} does not offer AUTH {mechanism} (offered: {' '.join(offered) or 'none'})"
+        )
+
+
 class SmtpConnection:
     """A persistent SMTP session; `send()` is called once per message."""
 
@@ -102,9 +336,11 @@ class SmtpConnection:
         settings: SmtpSettings,
         *,
         password: Callable[[], str] | None = None,
+        transcript: Transcript | None = None,
     ) -> None:
         self.settings = settings
         self._password = password
+        self._transcript = transcript
         self._smtp: smtplib.SMTP | None = None
         self.connections = 0
         self.extensions: dict[str, str] = {}
@@ -115,66 +351,22 @@ class SmtpConnection:
         return self._smtp is not None
 
     def open(self) -> None:
-        """Connect, say EHLO, start TLS and log in as the settings say; raise on failure."""
-        s = self.settings
-        local = s.local_hostname or socket.gethostname()
-        try:
-            if s.security == "tls":
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                    s.host,
-                    s.port,
-                    local_hostname=local,
-                    timeout=s.timeout,
-                    context=tls_context(s.verify),
-                )
-            else:
-                smtp = smtplib.SMTP(s.host, s.port, local_hostname=local, timeout=s.timeout)
-            smtp.ehlo_or_helo_if_needed()
-            if s.security == "starttls":
-                if not smtp.has_extn("starttls"):
-                    smtp.close()
-                    raise UnavailableError(
-                        f"{s.endpoint} does not offer STARTTLS",
-                        hint="use --security tls for port 465, or --security none only for a "
-                        "server on this machine",
-                    )
-                smtp.starttls(context=tls_context(s.verify))
-                smtp.ehlo()
-        except ssl.SSLCertVerificationError as exc:
-            raise UnavailableError(
-                f"TLS certificate of {s.endpoint} not trusted: {exc.verify_message}"
-            ) from None
-        except ssl.SSLError as exc:
-            raise UnavailableError(f"TLS with {s.endpoint} failed: {exc.reason or exc}") from None
-        except smtplib.SMTPConnectError as exc:
-            raise UnavailableError(
-                f"{s.endpoint} refused the session: {_reply_text(exc)}"
-            ) from None
-        except (smtplib.SMTPException, OSError) as exc:
-            raise UnavailableError(f"cannot connect to {s.endpoint}: {_os_reason(exc)}") from None
+        """Connect, say EHLO, start TLS and log in (once per connection); raise on failure."""
+        smtp = establish(self.settings, transcript=self._transcript)
         self._smtp = smtp
         self.connections += 1
         self.extensions = dict(smtp.esmtp_features)
-        if s.username:
-            self._login(smtp)
-
-    def _login(self, smtp: smtplib.SMTP) -> None:
-        s = self.settings
-        if self._password is None:
-            raise AuthError(f"a username is set for {s.endpoint} but no password source")
-        try:
-            smtp.login(s.username or "", self._password())
-        except smtplib.SMTPAuthenticationError as exc:
-            self.close()
-            raise AuthError(
-                f"{s.endpoint} refused the login for {s.username}: {_reply_text(exc)}"
-            ) from None
-        except smtplib.SMTPNotSupportedError:
-            self.close()
-            raise AuthError(f"{s.endpoint} does not offer AUTH") from None
-        except smtplib.SMTPException as exc:
-            self.close()
-            raise AuthError(f"login to {s.endpoint} failed: {exc}") from None
+        if self.settings.username:
+            if self._password is None:
+                self.close()
+                raise AuthError(
+                    f"a username is set for {self.settings.endpoint} but no password source"
+                )
+            try:
+                login(smtp, self.settings, self._password())
+            except BaseException:
+                self.close()
+                raise
 
     def send(self, message: Built) -> Outcome:
         """Run one MAIL/RCPT/DATA transaction; refusals are data, a broken link ConnectionLost."""
@@ -206,7 +398,7 @@ class SmtpConnection:
             code, text = smtp.getreply()
             if code != 354:
                 return self._refused(Reply(code, _decode(text)), refused=refused)
-            smtp.send(_dot_stuff(message.data) + b".\r\n")
+            _send_data(smtp, _dot_stuff(message.data) + b".\r\n")
             # From here on the server may have the whole message: a lost reply is 'unknown'.
             handed_over = True
             code, text = smtp.getreply()
@@ -251,6 +443,18 @@ class SmtpConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _send_data(smtp: smtplib.SMTP, data: bytes) -> None:
+    """Send message data; a transcript shows its size, not its content."""
+    traced = isinstance(smtp, _TracedMixin)
+    if traced:
+        smtp.in_data = True  # type: ignore[attr-defined]
+    try:
+        smtp.send(data)
+    finally:
+        if traced:
+            smtp.in_data = False  # type: ignore[attr-defined]
 
 
 def _dot_stuff(data: bytes) -> bytes:
