@@ -6,6 +6,7 @@ stderr and the contract's exit code; with `--json`, stdout still gets exactly on
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,12 +24,13 @@ from typer.core import TyperGroup
 from mailcli import __version__
 from mailcli.batch import Summary, dry_run, send_batch
 from mailcli.campaign import Campaign, SmtpConfig, load_campaign, parse_rate
+from mailcli.diagnose import Diagnosis, diagnose
 from mailcli.errors import ExitCode, MailcliError, UsageError
 from mailcli.preview import Preview, preview_one, write_files
 from mailcli.sandbox import EmlWriter, SmtpServer, sandbox
-from mailcli.secrets import password_source
-from mailcli.sending import OneOff, build_one_off
-from mailcli.settings import resolve_smtp
+from mailcli.secrets import keyring_delete, keyring_key, keyring_set, password_source
+from mailcli.sending import OneOff, build_one_off, deliver_one_off
+from mailcli.settings import Profile, load_profile, resolve_smtp
 from mailcli.transport import SmtpConnection, SmtpSettings
 
 DEFAULT_OUTBOX = "outbox"
@@ -161,6 +164,23 @@ TimeoutOpt = Annotated[
         rich_help_panel="SMTP",
     ),
 ]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-skip-verify",
+        help="DANGEROUS: do not verify the server's TLS certificate (anyone on the path can "
+        "read the mail and the password).",
+        rich_help_panel="SMTP",
+    ),
+]
+DebugOpt = Annotated[
+    bool,
+    typer.Option(
+        "--debug",
+        help="Print the SMTP dialogue on stderr (passwords and message data left out).",
+        rich_help_panel="SMTP",
+    ),
+]
 SandboxOpt = Annotated[
     str | None,
     typer.Option(
@@ -174,17 +194,50 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 CampaignArg = Annotated[Path, typer.Argument(metavar="CAMPAIGN.yaml", help="Campaign file.")]
 
 
-def _smtp_options(
+@dataclass(frozen=True)
+class SmtpFlags:
+    """The SMTP OPTIONS of one command line, and how to connect with them."""
+
+    options: SmtpConfig
+    insecure: bool = False
+    debug: bool = False
+
+    def resolve(self, campaign: SmtpConfig | None = None) -> tuple[SmtpSettings, Profile | None]:
+        """Settings from flags, environment, campaign and profile; warns when TLS is unverified."""
+        settings, profile = resolve_smtp(self.options, campaign, insecure_skip_verify=self.insecure)
+        if not settings.verify and settings.security != "none":
+            typer.echo(
+                f"mailcli: WARNING: TLS certificate verification is OFF for {settings.endpoint}",
+                err=True,
+            )
+        return settings, profile
+
+    def transcript(self) -> Callable[[str], None] | None:
+        """Where --debug prints the SMTP dialogue."""
+        return (lambda line: typer.echo(f"smtp: {line}", err=True)) if self.debug else None
+
+    def connector(
+        self, settings: SmtpSettings, profile: Profile | None
+    ) -> Callable[[], SmtpConnection]:
+        """A factory of connections that log in with the password from the usual sources."""
+        password = password_source(settings, profile)
+        transcript = self.transcript()
+        return lambda: SmtpConnection(settings, password=password, transcript=transcript)
+
+
+def _smtp_flags(
     profile: str | None,
     host: str | None,
     port: int | None,
     security: str | None,
     username: str | None,
     timeout: float | None,
-) -> SmtpConfig:
+    insecure: bool = False,
+    debug: bool = False,
+) -> SmtpFlags:
     if security is not None and security not in ("starttls", "tls", "none"):
         raise UsageError(f"--security must be starttls, tls or none, not {security!r}")
-    return SmtpConfig(profile, host, port, security, username, timeout)
+    return SmtpFlags(SmtpConfig(profile, host, port, security, username, timeout), insecure, debug)
 
 
 def _json_mode(ctx: typer.Context, value: bool) -> None:
@@ -225,6 +278,8 @@ def batch(
     security: SecurityOpt = None,
     username: UsernameOpt = None,
     timeout: TimeoutOpt = None,
+    insecure: InsecureOpt = False,
+    debug: DebugOpt = False,
     sandbox_dir: SandboxOpt = None,
     json_: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")] = False,
@@ -235,21 +290,27 @@ def batch(
     """
     _json_mode(ctx, json_)
     parsed_rate = _rate(rate)
-    options = _smtp_options(profile, host, port, security, username, timeout)
+    flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
     campaign = load_campaign(campaign_file)
     progress = None if (quiet or json_) else _progress_printer()
     if dry_run_:
         summary = dry_run(campaign, limit=limit, progress=progress)
     elif sandbox_dir is not None:
         summary = _batch_sandbox(
-            campaign, Path(sandbox_dir), limit, parsed_rate, skip_invalid, progress, quiet or json_
+            campaign,
+            Path(sandbox_dir),
+            limit,
+            parsed_rate,
+            skip_invalid,
+            progress,
+            quiet or json_,
+            flags.transcript(),
         )
     else:
-        settings, prof = resolve_smtp(options, campaign.smtp)
-        password = password_source(settings, prof)
+        settings, prof = flags.resolve(campaign.smtp)
         summary = send_batch(
             campaign,
-            lambda: SmtpConnection(settings, password=password),
+            flags.connector(settings, prof),
             sender=None if campaign.sender else (prof.sender if prof else None),
             limit=limit,
             rate=parsed_rate,
@@ -277,6 +338,7 @@ def _batch_sandbox(
     skip_invalid: bool,
     progress: Any,
     quiet: bool,
+    transcript: Callable[[str], None] | None,
 ) -> Summary:
     with sandbox(folder) as (server, _writer):
         settings = SmtpSettings(host=server.host, port=server.port, security="none")
@@ -287,7 +349,7 @@ def _batch_sandbox(
             )
         return send_batch(
             campaign,
-            lambda: SmtpConnection(settings),
+            lambda: SmtpConnection(settings, transcript=transcript),
             limit=limit,
             rate=rate,
             skip_invalid=skip_invalid,
@@ -506,6 +568,8 @@ def send(
     security: SecurityOpt = None,
     username: UsernameOpt = None,
     timeout: TimeoutOpt = None,
+    insecure: InsecureOpt = False,
+    debug: DebugOpt = False,
     dry_run_: Annotated[
         bool, typer.Option("--dry-run", help="Print the exact message bytes; send nothing.")
     ] = False,
@@ -518,7 +582,7 @@ def send(
     --var name=Ann --sandbox
     """
     _json_mode(ctx, json_)
-    options = _smtp_options(profile, host, port, security, username, timeout)
+    flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
     spec = OneOff(
         to=tuple(to),
         cc=tuple(cc or ()),
@@ -534,7 +598,8 @@ def send(
         reply_to=reply_to,
     )
     if dry_run_:
-        built = build_one_off(spec, sender_fallback=None)
+        prof = load_profile(flags.options.profile or os.environ.get("MAILCLI_PROFILE"))
+        built = build_one_off(spec, sender_fallback=prof.sender if prof else None)
         if json_:
             _emit(
                 {
@@ -552,13 +617,12 @@ def send(
     if sandbox_dir is not None:
         with sandbox(Path(sandbox_dir)) as (server, _writer):
             settings = SmtpSettings(host=server.host, port=server.port, security="none")
-            result = _deliver_one(spec, SmtpConnection(settings), None)
+            connection = SmtpConnection(settings, transcript=flags.transcript())
+            result = deliver_one_off(spec, connection, sender_fallback=None)
     else:
-        settings, prof = resolve_smtp(options)
-        result = _deliver_one(
-            spec,
-            SmtpConnection(settings, password=password_source(settings, prof)),
-            prof.sender if prof else None,
+        settings, prof = flags.resolve()
+        result = deliver_one_off(
+            spec, flags.connector(settings, prof)(), sender_fallback=prof.sender if prof else None
         )
     if json_:
         _emit(result)
@@ -572,12 +636,157 @@ def send(
     raise typer.Exit(result["exit_code"])
 
 
-def _deliver_one(
-    spec: OneOff, connection: SmtpConnection, sender_fallback: str | None
-) -> dict[str, Any]:
-    from mailcli.sending import deliver_one_off
+@app.command("test-connection")
+def test_connection(
+    ctx: typer.Context,
+    campaign_file: Annotated[
+        Path | None,
+        typer.Argument(metavar="[CAMPAIGN.yaml]", help="Take the SMTP settings of a campaign."),
+    ] = None,
+    profile: ProfileOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    security: SecurityOpt = None,
+    username: UsernameOpt = None,
+    timeout: TimeoutOpt = None,
+    insecure: InsecureOpt = False,
+    debug: DebugOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Diagnose an SMTP server: banner, capabilities, TLS, certificate, AUTH and timings.
 
-    return deliver_one_off(spec, connection, sender_fallback=sender_fallback)
+    Sends no message. Exit 0 when all works, 69 when the server or TLS fails, 77 when the
+    login is refused.
+
+    Example: mailcli test-connection --host smtp.example.com --port 587 --username me@example.com
+    """
+    _json_mode(ctx, json_)
+    flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
+    campaign_smtp = load_campaign(campaign_file).smtp if campaign_file is not None else None
+    settings, prof = flags.resolve(campaign_smtp)
+    report = diagnose(settings, password_source(settings, prof), flags.transcript())
+    if json_:
+        _emit(report.to_json())
+    else:
+        typer.echo(format_diagnosis(report))
+        if report.error:
+            typer.echo(f"mailcli: error: {report.error}", err=True)
+    raise typer.Exit(report.exit_code)
+
+
+def format_diagnosis(report: Diagnosis) -> str:
+    """The human test-connection report, one phase a line, timings on the right."""
+    s, info, t = report.settings, report.info, report.info.timings_ms
+    rows: list[tuple[str, str, float | None]] = [
+        (
+            "Server",
+            f"{s.endpoint} ({s.security})" + (f", peer {info.peer}" if info.peer else ""),
+            t.get("connect"),
+        ),
+    ]
+    if info.banner:
+        rows.append(("Banner", info.banner, None))
+    if info.capabilities_before_tls or (s.security != "starttls" and info.capabilities):
+        first = info.capabilities_before_tls or info.capabilities
+        rows.append(("EHLO", _caps_text(first), t.get("ehlo")))
+    if info.tls_version or report.certificate:
+        tls = (
+            f"{info.tls_version}, {info.cipher} ({info.cipher_bits} bits)"
+            if info.tls_version
+            else "handshake failed"
+        )
+        rows.append(("STARTTLS" if s.security == "starttls" else "TLS", tls, t.get("starttls")))
+    cert = report.certificate
+    if cert:
+        verdict = "verified" if cert["verified"] else f"NOT verified: {cert['problem'] or 'off'}"
+        rows.append(("Certificate", f"subject {cert['subject']}", None))
+        rows.append(("", f"issuer {cert['issuer']}", None))
+        rows.append(
+            (
+                "",
+                f"expires {cert['not_after'][:10]} (in {cert['expires_in_days']} "
+                f"days); names {', '.join(cert['names']) or '-'}; {verdict}",
+                None,
+            )
+        )
+    if s.security == "starttls" and info.capabilities:
+        rows.append(("EHLO (TLS)", _caps_text(info.capabilities), t.get("ehlo_tls")))
+    auth = report.auth
+    if auth:
+        offered = " ".join(auth["mechanisms"]) or "none offered"
+        if auth["ok"] is None:
+            outcome = "no username given, login not tried"
+        elif auth["ok"]:
+            outcome = f"login as {auth['username']}: OK ({auth['mechanism']})"
+        else:
+            outcome = f"login as {auth['username']}: FAILED: {auth['error']}"
+        rows.append(("AUTH", f"{offered}; {outcome}", t.get("auth")))
+    verdict = "OK" if report.ok else f"FAILED (exit {report.exit_code})"
+    rows.append(("Result", verdict, sum(t.values()) if t else None))
+    lines = []
+    for label, text, ms in rows:
+        timing = f"  {ms:.1f} ms" if ms is not None else ""
+        lines.append(f"{label:<12}{text}{timing}")
+    return "\n".join(lines)
+
+
+def _caps_text(features: dict[str, str]) -> str:
+    return ", ".join(f"{k.upper()} {v}".strip() for k, v in features.items()) or "(none)"
+
+
+password_app = typer.Typer(
+    name="password",
+    help="Store or delete the SMTP password in the system keyring (service 'mailcli').",
+    no_args_is_help=True,
+)
+app.add_typer(password_app)
+
+
+def _login_target(profile: str | None, host: str | None, username: str | None) -> tuple[str, str]:
+    settings, _ = resolve_smtp(SmtpConfig(profile=profile, host=host, username=username))
+    if not settings.username:
+        raise UsageError("no username: give --username, MAILCLI_USERNAME, or a profile with one")
+    return settings.username, settings.host
+
+
+@password_app.command("set")
+def password_set(
+    profile: ProfileOpt = None,
+    host: HostOpt = None,
+    username: UsernameOpt = None,
+) -> None:
+    """Store the password for USERNAME@HOST; read from a hidden prompt, or stdin if piped.
+
+    Example: printf '%s\\n' "$SECRET" | mailcli password set --host smtp.example.com
+    --username me@example.com
+    """
+    user, server = _login_target(profile, host, username)
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"Password for {keyring_key(user, server)}: ")
+        if getpass.getpass("Again: ") != first:
+            raise UsageError("the two passwords differ; nothing was stored")
+    else:
+        first = sys.stdin.readline().rstrip("\r\n")
+    if not first:
+        raise UsageError("empty password; nothing was stored")
+    keyring_set(user, server, first)
+    typer.echo(f"stored the password for {keyring_key(user, server)} in the system keyring")
+
+
+@password_app.command("delete")
+def password_delete(
+    profile: ProfileOpt = None,
+    host: HostOpt = None,
+    username: UsernameOpt = None,
+) -> None:
+    """Delete the stored password for USERNAME@HOST.
+
+    Example: mailcli password delete --host smtp.example.com --username me@example.com
+    """
+    user, server = _login_target(profile, host, username)
+    if not keyring_delete(user, server):
+        raise UsageError(f"no password is stored for {keyring_key(user, server)}")
+    typer.echo(f"deleted the password for {keyring_key(user, server)}")
 
 
 @app.command()

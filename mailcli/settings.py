@@ -10,15 +10,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailcli.addresses import AddressError, parse_mailbox
 from mailcli.campaign import SECURITY_MODES, SMTP_KEYS, SmtpConfig, read_smtp
 from mailcli.errors import ConfigError, UsageError
-from mailcli.transport import DEFAULT_PORTS, SmtpSettings
+from mailcli.transport import AUTH_MECHANISMS, DEFAULT_PORTS, SmtpSettings
 from mailcli.yamlconf import Section, load_mapping
 
-PROFILE_KEYS = (*SMTP_KEYS, "from", "password_command")
+PROFILE_KEYS = (
+    *SMTP_KEYS,
+    "from",
+    "password_command",
+    "auth",
+    "allow_plaintext_auth",
+    "insecure_skip_verify",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,13 +34,12 @@ class Profile:
     """One named entry under `profiles:` in config.yaml."""
 
     name: str
-    host: str | None = None
-    port: int | None = None
-    security: str | None = None
-    username: str | None = None
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
     sender: str | None = None
     password_command: str | None = None
-    timeout: float | None = None
+    auth: str | None = None
+    allow_plaintext_auth: bool = False
+    insecure_skip_verify: bool = False
 
 
 def config_file(env: Mapping[str, str] | None = None) -> Path:
@@ -76,16 +83,23 @@ def load_profile(name: str | None, env: Mapping[str, str] | None = None) -> Prof
 
 def _profile(name: str, sec: Section) -> Profile:
     sec.reject_unknown(PROFILE_KEYS)
-    smtp = read_smtp(sec)
+    auth = sec.text("auth")
+    if auth is not None and auth.lower() not in AUTH_MECHANISMS:
+        raise sec.error("auth", f"must be one of {', '.join(AUTH_MECHANISMS)}")
+    sender = sec.text("from")
+    if sender is not None:
+        try:
+            parse_mailbox(sender)
+        except AddressError as exc:
+            raise sec.error("from", str(exc)) from None
     return Profile(
         name=name,
-        host=smtp.host,
-        port=smtp.port,
-        security=smtp.security,
-        username=smtp.username,
-        sender=sec.text("from"),
+        smtp=read_smtp(sec),
+        sender=sender,
         password_command=sec.text("password_command"),
-        timeout=smtp.timeout,
+        auth=auth.lower() if auth else None,
+        allow_plaintext_auth=bool(sec.get("allow_plaintext_auth", bool, "true or false")),
+        insecure_skip_verify=bool(sec.get("insecure_skip_verify", bool, "true or false")),
     )
 
 
@@ -93,12 +107,14 @@ def resolve_smtp(
     options: SmtpConfig,
     campaign: SmtpConfig | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    insecure_skip_verify: bool = False,
 ) -> tuple[SmtpSettings, Profile | None]:
     """Merge flags, environment, campaign and profile into the settings to connect with."""
     env = os.environ if env is None else env
     campaign = campaign or SmtpConfig()
     profile = load_profile(options.profile or env.get("MAILCLI_PROFILE") or campaign.profile, env)
-    p = profile or Profile(name="")
+    p = (profile or Profile(name="")).smtp
 
     def pick(flag: object, var: str, camp: object, prof: object) -> object:
         for value in (flag, env.get(var) or None, camp, prof):
@@ -133,5 +149,8 @@ def resolve_smtp(
         security=security,
         username=str(username) if username else None,
         timeout=float(timeout),
+        verify=not (insecure_skip_verify or (profile is not None and profile.insecure_skip_verify)),
+        auth=profile.auth if profile else None,
+        allow_plaintext_auth=profile.allow_plaintext_auth if profile else False,
     )
     return settings, profile

@@ -102,6 +102,18 @@ class Outcome:
         return self.reply.code // 100 == 2 and bool(self.accepted)
 
 
+class CertificateError(UnavailableError):
+    """The server's TLS certificate did not verify (exit 69); `reason` says why."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(
+            f"TLS certificate of {endpoint} not trusted: {reason}",
+            hint="check the host name, or give the CA with SSL_CERT_FILE; "
+            "`mailcli test-connection` shows the certificate",
+        )
+        self.reason = reason
+
+
 class ConnectionLost(Exception):
     """The connection broke during a transaction.
 
@@ -218,8 +230,8 @@ def establish(
         started = time.perf_counter()
         smtp.ehlo_or_helo_if_needed()
         info.phase("ehlo", started)
-        info.capabilities_before_tls = dict(smtp.esmtp_features)
         if s.security == "starttls":
+            info.capabilities_before_tls = dict(smtp.esmtp_features)
             if not smtp.has_extn("starttls"):
                 raise UnavailableError(
                     f"{s.endpoint} does not offer STARTTLS",
@@ -240,11 +252,7 @@ def establish(
             info.certificate_der = smtp.sock.getpeercert(binary_form=True)
     except ssl.SSLCertVerificationError as exc:
         _close(smtp)
-        raise UnavailableError(
-            f"TLS certificate of {s.endpoint} not trusted: {exc.verify_message}",
-            hint="check the host name, or give the CA with SSL_CERT_FILE; "
-            "`mailcli test-connection` shows the certificate",
-        ) from None
+        raise CertificateError(s.endpoint, str(exc.verify_message or exc.reason or exc)) from None
     except ssl.SSLError as exc:
         _close(smtp)
         raise UnavailableError(f"TLS with {s.endpoint} failed: {exc.reason or exc}") from None

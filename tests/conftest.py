@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from mailcli.sandbox import SmtpServer
+
+USER, PASSWORD = "mailer@example.com", "correct horse battery staple"
 
 
 @dataclass
@@ -190,3 +193,125 @@ def many_rows(n: int) -> list[dict[str, str]]:
         {"email": f"user{i:05d}@example.com", "name": f"User {i}", "first_name": f"U{i}"}
         for i in range(1, n + 1)
     ]
+
+
+# --- TLS, AUTH and keyring ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A test certificate authority; clients trust it through SSL_CERT_FILE."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def trust_ca(ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the test CA the trust store of this process (and of subprocesses) via SSL_CERT_FILE."""
+    pem = tmp_path / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    monkeypatch.setenv("SSL_CERT_FILE", str(pem))
+    return pem
+
+
+def server_tls_context(ca: trustme.CA) -> Any:
+    """A server context with a certificate for 127.0.0.1 and localhost issued by `ca`."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+def check_password(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> Any:
+    """aiosmtpd authenticator: accepts USER / PASSWORD only."""
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login.decode() == USER
+        and auth_data.password.decode() == PASSWORD
+    )
+    return AuthResult(success=ok)
+
+
+def start_server(
+    recorder: Recorder, ca: trustme.CA | None, security: str, **options: Any
+) -> SmtpServer:
+    """A real aiosmtpd server: STARTTLS, implicit TLS or plain; AUTH with check_password."""
+    options.setdefault("authenticator", check_password)
+    if security == "starttls":
+        assert ca is not None
+        return SmtpServer(recorder, tls_context=server_tls_context(ca), **options).start()
+    if security == "tls":
+        assert ca is not None
+        # aiosmtpd only counts STARTTLS as TLS for auth_require_tls; implicit TLS is TLS anyway.
+        options.setdefault("auth_require_tls", False)
+        return SmtpServer(recorder, ssl_context=server_tls_context(ca), **options).start()
+    options.setdefault("auth_require_tls", False)
+    return SmtpServer(recorder, **options).start()
+
+
+@pytest.fixture
+def starttls_server(recorder: Recorder, ca: trustme.CA, trust_ca: Path) -> Iterator[SmtpServer]:
+    """STARTTLS (certificate from the trusted test CA) and AUTH PLAIN/LOGIN after TLS."""
+    server = start_server(recorder, ca, "starttls")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_server(recorder: Recorder, ca: trustme.CA, trust_ca: Path) -> Iterator[SmtpServer]:
+    """Implicit TLS (port-465 style) with AUTH."""
+    server = start_server(recorder, ca, "tls")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def test_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A real keyring backend (keyrings.alt's file keyring) kept in tmp_path.
+
+    In this process it is installed with keyring.set_keyring; subprocesses find it through
+    PYTHON_KEYRING_BACKEND and XDG_DATA_HOME.
+    """
+    import keyring
+    from keyrings.alt.file import PlaintextKeyring
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
+    backend = PlaintextKeyring()
+    assert str(data) in backend.file_path
+    previous = keyring.get_keyring()
+    keyring.set_keyring(backend)
+    yield Path(backend.file_path)
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture
+def no_keyring(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A machine with no keyring backend at all (a headless server)."""
+    import keyring
+    from keyring.backends import fail
+
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    previous = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    yield
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's config file or MAILCLI_* variables."""
+    for name in (
+        "MAILCLI_PASSWORD",
+        "MAILCLI_HOST",
+        "MAILCLI_PORT",
+        "MAILCLI_SECURITY",
+        "MAILCLI_USERNAME",
+        "MAILCLI_PROFILE",
+        "MAILCLI_FROM",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MAILCLI_CONFIG", str(tmp_path / "no-config.yaml"))
