@@ -731,7 +731,7 @@ def format_diagnosis(report: Diagnosis) -> str:
 
 
 def _caps_text(features: dict[str, str]) -> str:
-    return ", ".join(f"{k.upper()} {v}".strip() for k, v in features.items()) or "(none)"
+    return ", ".join(f"{k.upper()} {v.strip()}".strip() for k, v in features.items()) or "(none)"
 
 
 password_app = typer.Typer(

@@ -77,7 +77,7 @@ class Diagnosis:
 
 
 def _caps(features: dict[str, str]) -> list[str]:
-    return [f"{name.upper()} {value}".strip() for name, value in features.items()]
+    return [f"{name.upper()} {value.strip()}".strip() for name, value in features.items()]
 
 
 def describe_certificate(

@@ -298,22 +298,32 @@ def login(smtp: smtplib.SMTP, settings: SmtpSettings, password: str) -> str:
             f"{s.endpoint} does not offer AUTH"
             + ("" if encrypted else " on an unencrypted connection")
         )
+    if s.auth is not None:
+        mechanism = s.auth.upper()
+        _require(offered, mechanism, s)
+    else:
+        usable = [m for m in PREFERRED_AUTH if m in offered]
+        if not usable:
+            raise AuthError(
+                f"{s.endpoint} offers no login mechanism mailcli knows "
+                f"(offered: {' '.join(offered)})"
+            )
+        mechanism = usable[0]
     try:
-        if s.auth == "xoauth2":
-            _require(offered, "XOAUTH2", s)
+        # One mechanism, one try: smtplib.login() would retry a wrong password with the next
+        # mechanism, and every failed try counts toward the provider's account lockout.
+        if mechanism == "XOAUTH2":
             token = f"user={user}\x01auth=Bearer {password}\x01\x01"
-            smtp.auth("XOAUTH2", lambda challenge=None: token if challenge is None else "")
-            return "XOAUTH2"
-        if s.auth is not None:
-            mechanism = s.auth.upper()
-            _require(offered, mechanism, s)
+            code, reply = smtp.auth(
+                "XOAUTH2", lambda challenge=None: token if challenge is None else ""
+            )
+        else:
             smtp.user, smtp.password = user, password
-            method = getattr(smtp, "auth_" + s.auth.replace("-", "_"))
-            smtp.auth(mechanism, method, initial_response_ok=True)
-            return mechanism
-        smtp.login(user, password)
-        preferred = [m for m in ("CRAM-MD5", "PLAIN", "LOGIN") if m in offered]
-        return preferred[0] if preferred else "?"
+            method = getattr(smtp, "auth_" + mechanism.lower().replace("-", "_"))
+            code, reply = smtp.auth(mechanism, method, initial_response_ok=True)
+        if code not in (235, 503):
+            raise smtplib.SMTPAuthenticationError(code, reply)
+        return mechanism
     except smtplib.SMTPAuthenticationError as exc:
         raise AuthError(f"{s.endpoint} refused the login for {user}: {_reply_text(exc)}") from None
     except smtplib.SMTPNotSupportedError:

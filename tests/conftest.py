@@ -231,7 +231,8 @@ def check_password(server: Any, session: Any, envelope: Any, mechanism: str, aut
         and auth_data.login.decode() == USER
         and auth_data.password.decode() == PASSWORD
     )
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd then sends the 535 itself (handled=True means "already replied").
+    return AuthResult(success=ok, handled=False)
 
 
 def start_server(
