@@ -25,6 +25,8 @@ from mailcli.message import Built
 
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 AUTH_MECHANISMS = ("plain", "login", "cram-md5", "xoauth2")
+# PLAIN first (it runs inside TLS); CRAM-MD5 last, as it needs the server to keep the password.
+PREFERRED_AUTH = ("PLAIN", "LOGIN", "CRAM-MD5")
 Transcript = Callable[[str], None]
 
 
@@ -326,11 +328,6 @@ def login(smtp: smtplib.SMTP, settings: SmtpSettings, password: str) -> str:
         return mechanism
     except smtplib.SMTPAuthenticationError as exc:
         raise AuthError(f"{s.endpoint} refused the login for {user}: {_reply_text(exc)}") from None
-    except smtplib.SMTPNotSupportedError:
-        raise AuthError(
-            f"{s.endpoint} does not offer a login mechanism mailcli knows "
-            f"(offered: {' '.join(offered)})"
-        ) from None
     except smtplib.SMTPException as exc:
         raise AuthError(f"login to {s.endpoint} failed: {exc}") from None
     except (OSError, smtplib.SMTPServerDisconnected) as exc:
