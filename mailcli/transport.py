@@ -143,9 +143,11 @@ def is_loopback(address: str | None) -> bool:
     if not address:
         return False
     try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 class _TracedMixin:

@@ -31,6 +31,9 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     peer: Any
+    mail_options: list[str] = field(default_factory=list)
+    authenticated: bool = False
+    tls: bool = False
 
     @property
     def message(self) -> EmailMessage:
@@ -96,6 +99,9 @@ class Recorder:
                     list(envelope.rcpt_tos),
                     envelope.original_content,
                     session.peer,
+                    list(envelope.mail_options),
+                    bool(session.authenticated),
+                    server.transport.get_extra_info("sslcontext") is not None,
                 )
             )
         return "250 2.0.0 queued"
