@@ -459,3 +459,43 @@ def test_xoauth2_with_a_token(
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["auth"]["mechanism"] == "XOAUTH2"
     assert len(seen) == 1
+
+
+def test_test_connection_takes_a_campaigns_settings(
+    starttls_server: SmtpServer, tmp_path: Path
+) -> None:
+    """test-connection CAMPAIGN.yaml uses the campaign's smtp: host, port and username."""
+    files = make_campaign(
+        tmp_path,
+        extra=f"smtp: {{host: 127.0.0.1, port: {starttls_server.port}, username: {USER}}}\n",
+    )
+    result = run("test-connection", files.yaml, "--json", env=WITH_PASSWORD)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["port"], report["auth"]["ok"]) == (starttls_server.port, True)
+
+
+def test_silent_server_times_out_with_exit_69() -> None:
+    """A server that accepts but never sends a banner: exit 69 after --timeout, not a hang."""
+    import socket
+    import time
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        result = run(
+            "test-connection",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--timeout",
+            "1",
+            "--json",
+        )
+        elapsed = time.monotonic() - started
+    assert result.exit_code == 69
+    assert "timed out" in json.loads(result.stdout)["error"]
+    assert elapsed < 30  # bounded by --timeout, far from the 30 s default
