@@ -45,8 +45,15 @@ def test_every_campaign_key_is_documented() -> None:
 def test_every_command_is_documented_with_help_and_example() -> None:
     """Each command has a README section and a --help that shows an example."""
     runner = CliRunner()
-    commands = ["batch", "preview", "send", "sink", "test-connection", ["password", "set"],
-                ["password", "delete"]]
+    commands = [
+        "batch",
+        "preview",
+        "send",
+        "sink",
+        "test-connection",
+        ["password", "set"],
+        ["password", "delete"],
+    ]
     for command in commands:
         words = command if isinstance(command, list) else [command]
         assert f"### `mailcli {words[0]}`" in README
