@@ -219,8 +219,14 @@ class SmtpFlags:
     def connector(
         self, settings: SmtpSettings, profile: Profile | None
     ) -> Callable[[], SmtpConnection]:
-        """A factory of connections that log in with the password from the usual sources."""
+        """A factory of connections that log in with the password from the usual sources.
+
+        The password is looked up now, before any row is read or any connection made, so that a
+        missing one fails at once (a prompt, on a terminal, comes first too).
+        """
         password = password_source(settings, profile)
+        if password is not None:
+            password()
         transcript = self.transcript()
         return lambda: SmtpConnection(settings, password=password, transcript=transcript)
 

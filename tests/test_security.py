@@ -499,3 +499,26 @@ def test_silent_server_times_out_with_exit_69() -> None:
     assert result.exit_code == 69
     assert "timed out" in json.loads(result.stdout)["error"]
     assert elapsed < 30  # bounded by --timeout, far from the 30 s default
+
+
+def test_missing_password_fails_before_any_connection(recorder: Recorder, no_keyring: None) -> None:
+    """send with a username but no password anywhere: exit 78, and the server sees nothing."""
+    server = start_server(recorder, None, "none")
+    try:
+        result = run(
+            "send",
+            "--to",
+            "a@example.com",
+            "--from",
+            "me@example.com",
+            "--subject",
+            "S",
+            "--text",
+            "T",
+            *smtp(server, "none"),
+        )
+    finally:
+        server.stop()
+    assert result.exit_code == 78
+    assert "MAILCLI_PASSWORD" in result.stderr
+    assert recorder.peers == []
