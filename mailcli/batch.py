@@ -10,20 +10,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mailcli.campaign import Campaign, Rate
+from mailcli.campaign import Campaign, Rate, Retry
 from mailcli.errors import ExitCode, UnavailableError
 from mailcli.message import Built
 from mailcli.pipeline import Duplicate, Pipeline, Ready
 from mailcli.preview import Preview
 from mailcli.ratelimit import RateLimiter
-from mailcli.recipients import RowProblem
-from mailcli.transport import ConnectionLost, Outcome, Reply, SmtpConnection
+from mailcli.recipients import Recipient, RowProblem
+from mailcli.render import RenderError
+from mailcli.state import CampaignLock, Entry, Outcome, State
+from mailcli.transport import ConnectionLost, SmtpConnection
+from mailcli.transport import Outcome as SmtpOutcome
 
 # Problems kept for the report; beyond this only the count grows, so memory stays bounded.
 MAX_PROBLEMS = 1000
 RECONNECT_DELAYS = (1.0, 2.0, 4.0)
+# Messages marked in flight together (one fsync): the most a crash can leave 'unknown'.
+WINDOW = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,8 @@ class Summary:
     deferred: int = 0
     unknown: int = 0
     skipped: int = 0
+    failed_before: int = 0
+    pending: int = 0
     invalid: int = 0
     duplicates: int = 0
     would_send: int = 0
@@ -83,6 +91,8 @@ class Summary:
             "deferred": self.deferred,
             "unknown": self.unknown,
             "skipped": self.skipped,
+            "failed_before": self.failed_before,
+            "pending": self.pending,
             "invalid": self.invalid,
             "duplicates": self.duplicates,
             "would_send": self.would_send,
@@ -154,102 +164,335 @@ def send_batch(
     limit: int | None = None,
     rate: Rate | None = None,
     skip_invalid: bool = False,
+    retry_unknown: bool = False,
     progress: Progress | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] | None = None,
 ) -> Summary:
-    """Validate every row, then deliver the campaign over one persistent connection."""
+    """Deliver a campaign over one persistent connection, resuming from its state on disk.
+
+    Holds the campaign's lock for the whole run; validates every row that is due before
+    connecting; retries 4xx replies with backoff; leaves state that the next run resumes from.
+    """
     started = time.monotonic()
     summary = Summary(campaign=campaign.name)
     pipeline = Pipeline(campaign, sender=sender)
+    with (
+        CampaignLock(lock_path(campaign), campaign.name),
+        State.open(campaign.state_path, campaign.name) as state,
+    ):
+        if not _validate(pipeline, state, summary, retry_unknown) and not skip_invalid:
+            summary.elapsed_s = time.monotonic() - started
+            summary.exit_code = ExitCode.DATAERR
+            return summary
+        summary.problems.clear()
+        summary.invalid = 0
+        state.start_run()
+        run = _Run(
+            pipeline,
+            state,
+            connect(),
+            summary,
+            limiter=RateLimiter(rate or campaign.rate, sleep=sleep),
+            retry=campaign.retry,
+            limit=limit,
+            retry_unknown=retry_unknown,
+            skip_invalid=skip_invalid,
+            progress=progress,
+            sleep=sleep,
+            stop=stop or (lambda: False),
+        )
+        try:
+            run.execute()
+        finally:
+            run.connection.close()
+            summary.connections = run.connection.connections
+            summary.elapsed_s = time.monotonic() - started
+            summary.exit_code = _exit_code(summary)
+            state.finish_run(summary.to_json())
+    return summary
 
-    # Pass 1: every row is read, validated and rendered before any connection is made.
-    for item in pipeline.items():
+
+def lock_path(campaign: Campaign) -> Path:
+    """The lock file beside the state database."""
+    return campaign.state_path.with_name(campaign.state_path.name + ".lock")
+
+
+def _validate(pipeline: Pipeline, state: State, summary: Summary, retry_unknown: bool) -> bool:
+    """Pass 1: read every row and render every one that is due; no connection yet.
+
+    Counts the due rows in `summary.would_send`.
+    """
+    for item in pipeline.items(render=False):
         summary.total += 1
         if isinstance(item, RowProblem):
             summary.problem(item)
         elif isinstance(item, Duplicate):
             summary.duplicates += 1
-        else:
-            summary.would_send += 1
-    if summary.invalid and not skip_invalid:
-        summary.elapsed_s = time.monotonic() - started
-        summary.exit_code = ExitCode.DATAERR
-        return summary
-
-    connection = connect()
-    limiter = RateLimiter(rate or campaign.rate, sleep=sleep)
-    try:
-        connection.open()
-        _deliver(pipeline, connection, limiter, summary, limit, progress, sleep)
-    finally:
-        connection.close()
-        summary.connections = connection.connections
-        summary.elapsed_s = time.monotonic() - started
-    if summary.error is not None or summary.deferred or summary.unknown:
-        summary.exit_code = ExitCode.TEMPFAIL
-    elif summary.failed:
-        summary.exit_code = ExitCode.REJECTED
-    else:
-        summary.exit_code = ExitCode.OK
-    return summary
+        elif _due(state.lookup(item.recipient.email), retry_unknown):
+            try:
+                pipeline.render(item.recipient)
+                summary.would_send += 1
+            except RenderError as exc:
+                r = item.recipient
+                summary.problem(RowProblem(r.row, r.line, str(exc), r.email))
+    return summary.invalid == 0
 
 
-def _deliver(
-    pipeline: Pipeline,
-    connection: SmtpConnection,
-    limiter: RateLimiter,
-    summary: Summary,
-    limit: int | None,
-    progress: Progress | None,
-    sleep: Callable[[float], None],
-) -> None:
-    attempted = 0
-    smtputf8 = "smtputf8" in connection.extensions
-    for item in pipeline.items():
-        if not isinstance(item, Ready):
-            continue  # counted in the first pass
-        if limit is not None and attempted >= limit:
-            break
-        built = pipeline.check(item, smtputf8=smtputf8)
-        if isinstance(built, RowProblem):
-            summary.problem(built)
-            continue
-        attempted += 1
-        limiter.wait()
-        recipient = item.recipient
+def _due(entry: Entry | None, retry_unknown: bool) -> bool:
+    """Whether a recipient is sent in this run, by its recorded status.
+
+    An earlier invalid row (failed without an SMTP code) is due again: the data may be fixed.
+    """
+    if entry is None or entry.status in ("pending", "deferred"):
+        return True
+    if entry.status == "failed":
+        return not entry.rejected
+    return entry.status == "unknown" and retry_unknown
+
+
+def _exit_code(s: Summary) -> int:
+    if s.error is not None or s.deferred or s.unknown or s.pending:
+        return ExitCode.TEMPFAIL
+    if s.failed or s.failed_before:
+        return ExitCode.REJECTED
+    return ExitCode.OK
+
+
+class _Stop(Exception):
+    """The run ends early (a signal, or the server stays unreachable); state is consistent."""
+
+
+@dataclass
+class _Queued:
+    ready: Ready
+    built: Built
+    entry: Entry | None
+
+
+class _Run:
+    """One real run: streams the due rows in groups, sends, records, retries."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        state: State,
+        connection: SmtpConnection,
+        summary: Summary,
+        *,
+        limiter: RateLimiter,
+        retry: Retry,
+        limit: int | None,
+        retry_unknown: bool,
+        skip_invalid: bool,
+        progress: Progress | None,
+        sleep: Callable[[float], None],
+        stop: Callable[[], bool],
+    ) -> None:
+        self.pipeline, self.state, self.connection = pipeline, state, connection
+        self.summary, self.limiter, self.retry = summary, limiter, retry
+        self.limit, self.retry_unknown, self.skip_invalid = limit, retry_unknown, skip_invalid
+        self.progress, self.sleep, self.stop = progress, sleep, stop
+        self.attempted = 0
+        rate = limiter.rate
+        # The group is the unknown window: at most WINDOW messages, and about a second's worth
+        # at a slow rate, so a crash strands few recipients in 'unknown'.
+        per_second = rate.count / rate.per_s if rate else float(WINDOW)
+        self.group_size = max(1, min(WINDOW, int(per_second)))
+
+    def execute(self) -> None:
+        """Main pass, then retry rounds for 4xx replies, until done or stopped."""
         try:
-            outcome = _send_with_reconnect(connection, built, sleep)
-        except ConnectionLost as exc:
-            if exc.handed_over:
-                # The server may have queued it; sending again could duplicate it.
-                summary.unknown += 1
-                _fail(
-                    summary,
-                    recipient.row,
-                    recipient.email,
-                    "unknown",
-                    None,
-                    f"connection lost before the reply: {exc.reason}",
-                )
-                if _reconnect(connection, sleep):
-                    continue
-            summary.error = f"connection to {connection.settings.endpoint} lost: {exc.reason}"
-            return
-        _count(
-            summary,
-            recipient.row,
-            recipient.email,
-            outcome.reply,
-            outcome.refused.get(built.rcpt_to[0]),
-            outcome.delivered,
+            if self.summary.would_send == 0:
+                # Nothing is due (a finished campaign run again by cron): count what the list
+                # holds and leave the server alone.
+                self._pass(first=True)
+                return
+            self.connection.open()
+            self._pass(first=True)
+            while True:
+                due_at = self.state.next_retry(self.retry.attempts)
+                if due_at is None:
+                    break
+                self._wait_until(due_at)
+                self._pass(first=False)
+        except _Stop as exc:
+            self.summary.error = str(exc)
+        except KeyboardInterrupt:
+            # A second signal: whatever was in flight stays 'unknown'; the rest is recorded.
+            self.summary.error = "interrupted"
+        finally:
+            self.state.flush()
+
+    def _wait_until(self, when: float) -> None:
+        while (left := when - time.time()) > 0:
+            if self.stop():
+                raise _Stop("stopped by a signal")
+            self.sleep(min(left, 0.5))
+
+    def _pass(self, *, first: bool) -> None:
+        group: list[_Queued] = []
+        now = time.time()
+        for item in self.pipeline.items(render=False):
+            if isinstance(item, RowProblem):
+                if first:  # reached only with --skip-invalid: record it and go on
+                    self.summary.problem(item)
+                    if item.email:
+                        self.state.record_invalid(item.email, item.row, item.problem)
+                continue
+            if isinstance(item, Duplicate):
+                continue  # counted in pass 1
+            queued = self._consider(item, first=first, now=now)
+            if queued is None:
+                continue
+            group.append(queued)
+            if len(group) >= self.group_size:
+                self._send_group(group)
+                group = []
+            if self.limit is not None and self.attempted + len(group) >= self.limit:
+                break
+        if group:
+            self._send_group(group)
+        if first and self.limit is not None:
+            self.summary.pending = self._count_left()
+
+    def _consider(self, item: Ready, *, first: bool, now: float) -> _Queued | None:
+        """A queued message when this row is due now, else None (counted as skipped etc.)."""
+        r = item.recipient
+        entry = self.state.lookup(r.email)
+        if first:
+            if not _due(entry, self.retry_unknown):
+                assert entry is not None
+                self.summary.skipped += 1
+                self.summary.failed_before += entry.rejected
+                self.summary.unknown += entry.status == "unknown"
+                return None
+            if self.limit is not None and self.attempted >= self.limit:
+                return None
+        elif not (
+            entry is not None
+            and entry.status == "deferred"
+            and entry.run == self.state.run_id
+            and entry.run_tries < self.retry.attempts
+            and (entry.next_at or 0) <= now
+        ):
+            return None
+        try:
+            rendered = self.pipeline.render(r)
+        except RenderError as exc:
+            self._invalid(r, str(exc))
+            return None
+        built = self.pipeline.check(
+            Ready(r, rendered), smtputf8="smtputf8" in self.connection.extensions
         )
-        if progress is not None:
-            progress(summary)
+        if isinstance(built, RowProblem):
+            self._invalid(r, built.problem)
+            return None
+        if entry is not None and entry.status == "deferred" and not first:
+            self.summary.deferred -= 1  # counted again below if it is deferred once more
+        return _Queued(Ready(r, rendered), built, entry)
+
+    def _invalid(self, r: Recipient, problem: str) -> None:
+        self.summary.problem(RowProblem(r.row, r.line, problem, r.email))
+        self.state.record_invalid(r.email, r.row, problem)
+
+    def _send_group(self, group: list[_Queued]) -> None:
+        self.state.begin_flight(
+            (q.ready.recipient.email, q.ready.recipient.row, q.entry) for q in group
+        )
+        for index, queued in enumerate(group):
+            if self.stop():
+                self._revert(group[index:])
+                raise _Stop("stopped by a signal")
+            self.limiter.wait()
+            self.attempted += 1
+            try:
+                outcome = _send_with_reconnect(self.connection, queued.built, self.sleep)
+            except ConnectionLost as exc:
+                if not exc.handed_over:
+                    self._revert(group[index:])
+                    raise _Stop(
+                        f"connection to {self.connection.settings.endpoint} lost and "
+                        f"not regained: {exc.reason}"
+                    ) from None
+                # The server may have queued it; sending again could make a duplicate.
+                self._record_unknown(queued, f"connection lost before the reply: {exc.reason}")
+                if not _reconnect(self.connection, self.sleep):
+                    self._revert(group[index + 1 :])
+                    raise _Stop(
+                        f"connection to {self.connection.settings.endpoint} lost and "
+                        f"not regained: {exc.reason}"
+                    ) from None
+                continue
+            self._record(queued, outcome)
+            if self.progress is not None:
+                self.progress(self.summary)
+
+    def _record(self, queued: _Queued, outcome: SmtpOutcome) -> None:
+        r = queued.ready.recipient
+        key = r.key
+        refusal = outcome.refused.get(queued.built.rcpt_to[0])
+        if outcome.delivered:
+            self.summary.sent += 1
+            self.state.record(
+                Outcome(
+                    key, "sent", outcome.reply.code, outcome.reply.text, queued.built.message_id
+                )
+            )
+            return
+        deciding = refusal or outcome.reply
+        if deciding.temporary:
+            tries = self._tries(queued.entry)
+            next_at = None
+            if tries < self.retry.attempts:
+                next_at = time.time() + self.retry.delay_s * 2 ** (tries - 1)
+            self.summary.deferred += 1
+            self.state.record(
+                Outcome(key, "deferred", deciding.code, deciding.text, next_at=next_at)
+            )
+            _fail(self.summary, r.row, r.email, "deferred", deciding.code, deciding.text)
+        else:
+            self.summary.failed += 1
+            self.state.record(Outcome(key, "failed", deciding.code, deciding.text))
+            _fail(self.summary, r.row, r.email, "failed", deciding.code, deciding.text)
+
+    def _tries(self, entry: Entry | None) -> int:
+        """This run's tries for a recipient, counting the one just made."""
+        if entry is not None and entry.run == self.state.run_id:
+            return entry.run_tries + 1
+        return 1
+
+    def _record_unknown(self, queued: _Queued, reason: str) -> None:
+        r = queued.ready.recipient
+        self.summary.unknown += 1
+        self.state.record(Outcome(r.key, "unknown", None, reason, queued.built.message_id))
+        _fail(self.summary, r.row, r.email, "unknown", None, reason)
+
+    def _revert(self, queued: list[_Queued]) -> None:
+        """Messages marked in flight but never handed over go back to what they were."""
+        for q in queued:
+            self.state.revert(q.ready.recipient.email, q.entry)
+            if q.entry is None or q.entry.status == "pending":
+                self.summary.pending += 1
+            elif q.entry.status == "deferred":
+                self.summary.deferred += 1
+            elif q.entry.status == "unknown":
+                self.summary.unknown += 1
+
+    def _count_left(self) -> int:
+        """Rows that are due but were left for the next run by --limit."""
+        left = 0
+        for item in self.pipeline.items(render=False):
+            if isinstance(item, Ready):
+                entry = self.state.lookup(item.recipient.email)
+                if entry is None or entry.status == "pending":
+                    left += 1
+        return left
 
 
 def _send_with_reconnect(
     connection: SmtpConnection, built: Built, sleep: Callable[[float], None]
-) -> Outcome:
+) -> SmtpOutcome:
     """Send; if the connection broke before the message was handed over, reconnect and resend."""
     tries = len(RECONNECT_DELAYS)
     for attempt in range(tries):
@@ -264,6 +507,7 @@ def _send_with_reconnect(
 
 
 def _reconnect(connection: SmtpConnection, sleep: Callable[[float], None]) -> bool:
+    """Reconnect with backoff; False after RECONNECT_DELAYS consecutive failures."""
     for delay in RECONNECT_DELAYS:
         sleep(delay)
         try:
@@ -273,21 +517,6 @@ def _reconnect(connection: SmtpConnection, sleep: Callable[[float], None]) -> bo
         except UnavailableError:
             continue
     return False
-
-
-def _count(
-    summary: Summary, row: int, email: str, reply: Reply, refusal: Reply | None, delivered: bool
-) -> None:
-    if delivered:
-        summary.sent += 1
-        return
-    deciding = refusal or reply
-    if deciding.temporary:
-        summary.deferred += 1
-        _fail(summary, row, email, "deferred", deciding.code, deciding.text)
-    else:
-        summary.failed += 1
-        _fail(summary, row, email, "failed", deciding.code, deciding.text)
 
 
 def _fail(

@@ -6,6 +6,7 @@ stderr and the contract's exit code; with `--json`, stdout still gets exactly on
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from mailcli import __version__
 from mailcli.batch import Summary, dry_run, send_batch
@@ -31,6 +33,7 @@ from mailcli.sandbox import EmlWriter, SmtpServer, sandbox
 from mailcli.secrets import keyring_delete, keyring_key, keyring_set, password_source
 from mailcli.sending import OneOff, build_one_off, deliver_one_off
 from mailcli.settings import Profile, load_profile, resolve_smtp
+from mailcli.status import StatusReport, campaign_status
 from mailcli.transport import SmtpConnection, SmtpSettings
 
 DEFAULT_OUTBOX = "outbox"
@@ -50,8 +53,8 @@ class MailcliGroup(TyperGroup):
             _fail(ctx, str(exc), int(exc.exit_code))
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", int(ExitCode.TEMPFAIL))
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
+        except (typer.Exit, typer.Abort, SystemExit, TyperException):
+            raise  # usage errors (exit 2) and exits are Typer's to report
         except Exception as exc:  # a bug: still one line, never a traceback
             if os.environ.get("MAILCLI_TRACEBACK"):
                 raise
@@ -278,6 +281,14 @@ def batch(
         bool,
         typer.Option("--skip-invalid", help="Send the valid rows even if some rows are invalid."),
     ] = False,
+    retry_unknown: Annotated[
+        bool,
+        typer.Option(
+            "--retry-unknown",
+            help="Also send to recipients whose earlier delivery is 'unknown' (the server may "
+            "have them already: they can get the message twice).",
+        ),
+    ] = False,
     profile: ProfileOpt = None,
     host: HostOpt = None,
     port: PortOpt = None,
@@ -301,28 +312,29 @@ def batch(
     progress = None if (quiet or json_) else _progress_printer()
     if dry_run_:
         summary = dry_run(campaign, limit=limit, progress=progress)
-    elif sandbox_dir is not None:
-        summary = _batch_sandbox(
-            campaign,
-            Path(sandbox_dir),
-            limit,
-            parsed_rate,
-            skip_invalid,
-            progress,
-            quiet or json_,
-            flags.transcript(),
-        )
-    else:
-        settings, prof = flags.resolve(campaign.smtp)
-        summary = send_batch(
-            campaign,
-            flags.connector(settings, prof),
-            sender=None if campaign.sender else (prof.sender if prof else None),
-            limit=limit,
-            rate=parsed_rate,
-            skip_invalid=skip_invalid,
-            progress=progress,
-        )
+        _report(summary, json_=json_, quiet=quiet)
+        raise typer.Exit(summary.exit_code)
+    options: dict[str, Any] = {
+        "limit": limit,
+        "rate": parsed_rate,
+        "skip_invalid": skip_invalid,
+        "retry_unknown": retry_unknown,
+        "progress": progress,
+    }
+    with _StopOnSignal(quiet or json_) as stop:
+        if sandbox_dir is not None:
+            summary = _batch_sandbox(
+                campaign, Path(sandbox_dir), options, stop, quiet or json_, flags.transcript()
+            )
+        else:
+            settings, prof = flags.resolve(campaign.smtp)
+            summary = send_batch(
+                campaign,
+                flags.connector(settings, prof),
+                sender=None if campaign.sender else (prof.sender if prof else None),
+                stop=stop,
+                **options,
+            )
     _report(summary, json_=json_, quiet=quiet)
     raise typer.Exit(summary.exit_code)
 
@@ -336,16 +348,58 @@ def _rate(text: str | None) -> Any:
         raise UsageError(f"--rate: {exc}") from None
 
 
+class _StopOnSignal:
+    """SIGINT/SIGTERM: the first asks the run to stop after the message in flight (state is
+    committed, exit 75); a second one stops at once (what was in flight stays 'unknown')."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if not self.quiet:
+            typer.echo(
+                f"mailcli: {signal.Signals(signum).name}: finishing the message in "
+                "flight and saving progress (signal again to stop at once)",
+                err=True,
+            )
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _sandboxed(campaign: Campaign, folder: Path) -> Campaign:
+    """The campaign with its progress kept inside the sandbox folder.
+
+    A trial run must never mark the real recipients of a campaign as sent.
+    """
+    state = folder.resolve() / ".mailcli" / f"{campaign.name}.sqlite"
+    return dataclasses.replace(campaign, state_path=state)
+
+
 def _batch_sandbox(
     campaign: Campaign,
     folder: Path,
-    limit: int | None,
-    rate: Any,
-    skip_invalid: bool,
-    progress: Any,
+    options: dict[str, Any],
+    stop: Callable[[], bool],
     quiet: bool,
     transcript: Callable[[str], None] | None,
 ) -> Summary:
+    trial = _sandboxed(campaign, folder)
     with sandbox(folder) as (server, _writer):
         settings = SmtpSettings(host=server.host, port=server.port, security="none")
         if not quiet:
@@ -354,12 +408,7 @@ def _batch_sandbox(
                 err=True,
             )
         return send_batch(
-            campaign,
-            lambda: SmtpConnection(settings, transcript=transcript),
-            limit=limit,
-            rate=rate,
-            skip_invalid=skip_invalid,
-            progress=progress,
+            trial, lambda: SmtpConnection(settings, transcript=transcript), stop=stop, **options
         )
 
 
@@ -390,11 +439,13 @@ def summary_line(summary: Summary) -> str:
             f"{_n(s.would_send, 'message')} built ({_size(s.bytes)}), {s.invalid} invalid, "
             f"{_n(s.duplicates, 'duplicate')}; nothing sent."
         )
+    earlier = f", {s.skipped} done in earlier runs" if s.skipped else ""
+    left = f", {s.pending} left for the next run" if s.pending else ""
     return (
         f"Campaign '{s.campaign}': {s.sent} sent, {s.failed} failed, {s.deferred} deferred, "
-        f"{s.unknown} unknown, {s.invalid} invalid, {_n(s.duplicates, 'duplicate')} of "
-        f"{_n(s.total, 'row')} ({_n(s.connections, 'connection')}, {s.elapsed_s:.2f} s, "
-        f"{s.rate_per_s:.1f} msg/s)."
+        f"{s.unknown} unknown{earlier}{left}, {s.invalid} invalid, "
+        f"{_n(s.duplicates, 'duplicate')} of {_n(s.total, 'row')} "
+        f"({_n(s.connections, 'connection')}, {s.elapsed_s:.2f} s, {s.rate_per_s:.1f} msg/s)."
     )
 
 
@@ -640,6 +691,70 @@ def send(
         for addr, reply in result["refused"].items():
             typer.echo(f"refused: {addr}: {reply}", err=True)
     raise typer.Exit(result["exit_code"])
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    campaign_file: CampaignArg,
+    failed: Annotated[
+        bool,
+        typer.Option("--failed", help="List the recipients not delivered, with code and reply."),
+    ] = False,
+    sandbox_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--sandbox", metavar="DIR", help="Show the progress of sandbox runs into DIR."
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show where a campaign stands: recipients per status, the last run, the failures.
+
+    Example: mailcli status campaigns/welcome/campaign.yaml --failed
+    """
+    _json_mode(ctx, json_)
+    campaign = load_campaign(campaign_file)
+    if sandbox_dir is not None:
+        campaign = _sandboxed(campaign, sandbox_dir)
+    report = campaign_status(campaign)
+    if json_:
+        _emit(report.to_json(with_recipients=failed))
+        return
+    typer.echo(format_status(report, with_recipients=failed))
+    if report.list_error:
+        typer.echo(f"mailcli: warning: the list could not be read: {report.list_error}", err=True)
+
+
+def format_status(report: StatusReport, *, with_recipients: bool) -> str:
+    """The human status report."""
+    counts = report.to_json(with_recipients=False)
+    lines = [f"Campaign '{report.campaign}' (state: {report.state_file})"]
+    for key in ("total", "sent", "pending", "failed", "deferred", "unknown"):
+        lines.append(f"  {key:<9}{counts[key]:>8}")
+    if report.invalid_rows:
+        lines.append(f"  {'invalid':<9}{report.invalid_rows:>8}  rows of the list (not counted)")
+    run = report.last_run
+    if run:
+        ended = (
+            f"finished {run['finished']}, exit {run['exit_code']}"
+            if run["finished"]
+            else "still running or stopped without finishing"
+        )
+        lines.append(
+            f"Last run: started {run['started']} (pid {run['pid']} on {run['host']}), {ended}"
+        )
+    else:
+        lines.append("No run yet.")
+    if with_recipients:
+        shown = report.recipients
+        lines.append(f"Not delivered: {len(shown)}" if shown else "Not delivered: none")
+        for r in shown:
+            code = f"{r.code} " if r.code else ""
+            lines.append(f"  row {r.row}: {r.email}: {r.status}: {code}{r.reply or ''}".rstrip())
+    elif any(counts[k] for k in ("failed", "deferred", "unknown")):
+        lines.append("(--failed lists the recipients not delivered)")
+    return "\n".join(lines)
 
 
 @app.command("test-connection")

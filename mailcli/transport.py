@@ -419,6 +419,8 @@ class SmtpConnection:
             # From here on the server may have the whole message: a lost reply is 'unknown'.
             handed_over = True
             code, text = smtp.getreply()
+            if code == 421:
+                self._drop()  # refused and closing: a temporary failure, and a new connection
             return Outcome(Reply(code, _decode(text)), tuple(accepted), refused)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
@@ -429,7 +431,10 @@ class SmtpConnection:
         smtp = self._smtp
         assert smtp is not None
         if reply.code == 421:
-            self._drop()  # the server is closing the channel; RSET would only fail
+            # The server is closing the channel before it took the message: nothing was handed
+            # over, so the caller reconnects and sends the same message again.
+            self._drop()
+            raise ConnectionLost(f"server closing the connection: {reply}", handed_over=False)
         else:
             try:
                 smtp.rset()

@@ -221,3 +221,15 @@ def test_bad_input_sends_nothing_to_a_live_server(
     assert result.exit_code == CASES[case_id].code
     assert json.loads(result.stdout)["exit_code"] == CASES[case_id].code
     assert recorder.peers == [] and recorder.messages == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["batch", "x.yaml", "--bogus"], ["preview"], ["send", "--to", "a@example.com"],
+     ["status", "x.yaml", "--failed=3"], ["nosuchcommand"], ["batch", "x.yaml", "--limit", "0"]],
+)
+def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
+    """Unknown options, missing arguments and bad values are usage errors (exit 2)."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output

@@ -1,0 +1,360 @@
+"""Campaign state on disk: one SQLite database per campaign, and a lock so only one run sends.
+
+Every recipient has a status: `pending`, `sent` (with the server's reply and the Message-ID),
+`failed` (a permanent refusal or an invalid row), `deferred` (a 4xx, retried later) or `unknown`.
+
+The ordering that makes "nobody gets a message twice" hold: a group of recipients is marked
+`unknown` and that is committed (fsync'd) *before* their messages are handed to the server; each
+gets its real status once the server has replied. A crash in between leaves `unknown` (the server
+may have queued the message), which is never resent unless the user asks (`--retry-unknown`).
+Committing a group at a time keeps the cost to one fsync per group and the unknown window to at
+most one group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from mailcli.addresses import address_key
+from mailcli.errors import ConfigError, InputFileError, TempFailError
+
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "sent", "failed", "deferred", "unknown")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS recipients (
+    key TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    row INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('pending','sent','failed','deferred','unknown')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run INTEGER,
+    run_tries INTEGER NOT NULL DEFAULT 0,
+    next_at REAL,
+    code INTEGER,
+    reply TEXT,
+    message_id TEXT,
+    updated TEXT NOT NULL,
+    sent_at TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recipients_status ON recipients (status);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started TEXT NOT NULL,
+    finished TEXT,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    summary TEXT
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What the state says about one recipient."""
+
+    status: str
+    attempts: int
+    run: int | None
+    run_tries: int
+    next_at: float | None
+    code: int | None = None
+
+    @property
+    def rejected(self) -> bool:
+        """Failed because a server refused it (an invalid row has no SMTP code)."""
+        return self.status == "failed" and self.code is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The status to record for one recipient after the server's answer."""
+
+    key: str
+    status: str
+    code: int | None = None
+    reply: str | None = None
+    message_id: str | None = None
+    next_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientState:
+    """A row of `mailcli status --failed`."""
+
+    email: str
+    row: int | None
+    status: str
+    code: int | None
+    reply: str | None
+    attempts: int
+    updated: str
+
+
+class CampaignLock:
+    """An exclusive lock on a campaign, held for the length of a run.
+
+    flock() locks belong to the open file: the kernel drops them when the process dies, even by
+    kill -9, so a crashed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: Path, campaign: str) -> None:
+        self.path = path
+        self.campaign = campaign
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise TempFailError (exit 75) naming the run that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
+        if not _try_lock(handle):
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise TempFailError(
+                f"campaign '{self.campaign}' is already being sent by {holder}",
+                hint=f"wait for it to finish (lock file {self.path})",
+            )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Release the lock (closing the file is what releases it)."""
+        if self._handle is not None:
+            with contextlib.suppress(OSError):
+                self._handle.seek(0)
+                self._handle.truncate()
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> CampaignLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class State:
+    """The state database of one campaign."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+        self.run_id: int | None = None
+        self._pending: list[Outcome] = []
+        self._reverts: list[tuple[str, Entry | None]] = []
+
+    @classmethod
+    def open(cls, path: Path, campaign: str, *, create: bool = True) -> State:
+        """Open (or create) the database; check that it belongs to this campaign."""
+        if not create and not path.exists():
+            raise InputFileError("no state yet: the campaign has not been sent", path=path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the 'unknown' mark must be on disk before a message is handed over, even if
+            # the machine loses power right after.
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            found = db.execute("SELECT value FROM meta WHERE key='campaign'").fetchone()
+            if found is None:
+                db.execute(
+                    "INSERT INTO meta VALUES ('campaign', ?), ('schema', ?), ('created', ?)",
+                    (campaign, str(SCHEMA_VERSION), _now()),
+                )
+            elif found[0] != campaign:
+                db.close()
+                raise ConfigError(
+                    f"the state file belongs to campaign '{found[0]}', not '{campaign}'",
+                    path=path,
+                    hint="give this campaign its own `state:` path",
+                )
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"cannot use the state file: {exc}", path=path) from None
+        except OSError as exc:
+            raise InputFileError(
+                f"cannot create the state file: {exc.strerror}", path=path
+            ) from None
+        return cls(db, path)
+
+    def close(self) -> None:
+        """Commit what is buffered and close."""
+        self.flush()
+        self.db.close()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def start_run(self) -> int:
+        """Record the start of a run; its id tells this run's retries from earlier ones."""
+        cur = self.db.execute(
+            "INSERT INTO runs (started, pid, host) VALUES (?, ?, ?)",
+            (_now(), os.getpid(), socket.gethostname()),
+        )
+        self.run_id = int(cur.lastrowid or 0)
+        return self.run_id
+
+    def finish_run(self, summary: dict[str, Any]) -> None:
+        """Record the end of a run and its summary."""
+        self.flush()
+        self.db.execute(
+            "UPDATE runs SET finished=?, summary=? WHERE id=?",
+            (_now(), json.dumps(summary), self.run_id),
+        )
+
+    # -- recipients -----------------------------------------------------------------------
+
+    def lookup(self, email: str) -> Entry | None:
+        """The recorded state of an address, or None if no run has met it yet."""
+        row = self.db.execute(
+            "SELECT status, attempts, run, run_tries, next_at, code FROM recipients WHERE key=?",
+            (address_key(email),),
+        ).fetchone()
+        return Entry(*row) if row else None
+
+    def begin_flight(self, group: Iterable[tuple[str, int, Entry | None]]) -> None:
+        """Commit buffered outcomes and mark a group `unknown`, durably, before it is sent.
+
+        `group` holds (email, row, previous entry) for each message about to be handed over.
+        """
+        now = _now()
+        run = self.run_id
+        with self._transaction():
+            self._write_outcomes()
+            for email, row, entry in group:
+                tries = entry.run_tries + 1 if entry is not None and entry.run == run else 1
+                self.db.execute(
+                    "INSERT INTO recipients (key, email, row, status, attempts, run, run_tries,"
+                    " updated) VALUES (?, ?, ?, 'unknown', 1, ?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET status='unknown', attempts=attempts+1, "
+                    "run=excluded.run, run_tries=excluded.run_tries, updated=excluded.updated,"
+                    " email=excluded.email, row=excluded.row",
+                    (address_key(email), email, row, run, tries, now),
+                )
+
+    def record(self, outcome: Outcome) -> None:
+        """Buffer an outcome; it is committed with the next group (or by flush)."""
+        self._pending.append(outcome)
+
+    def record_invalid(self, email: str, row: int, problem: str) -> None:
+        """An invalid row sent with --skip-invalid: `failed`, with the problem as the reply."""
+        self._pending.append(Outcome(address_key(email), "failed", None, f"invalid: {problem}"))
+        self.db.execute(
+            "INSERT INTO recipients (key, email, row, status, updated) "
+            "VALUES (?, ?, ?, 'pending', ?) ON CONFLICT (key) DO NOTHING",
+            (address_key(email), email, row, _now()),
+        )
+
+    def revert(self, email: str, entry: Entry | None) -> None:
+        """Undo a flight mark for a message that was never handed over."""
+        self._reverts.append((address_key(email), entry))
+
+    def flush(self) -> None:
+        """Commit buffered outcomes now."""
+        if self._pending or self._reverts:
+            with self._transaction():
+                self._write_outcomes()
+
+    def _write_outcomes(self) -> None:
+        now = _now()
+        for o in self._pending:
+            self.db.execute(
+                "UPDATE recipients SET status=?, code=?, reply=?, message_id=COALESCE(?, "
+                "message_id), next_at=?, updated=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE "
+                "sent_at END WHERE key=?",
+                (o.status, o.code, o.reply, o.message_id, o.next_at, now, o.status, now, o.key),
+            )
+        self._pending.clear()
+        for key, entry in self._reverts:
+            if entry is None:
+                self.db.execute("DELETE FROM recipients WHERE key=?", (key,))
+            else:
+                self.db.execute(
+                    "UPDATE recipients SET status=?, attempts=?, run=?, run_tries=?, next_at=? "
+                    "WHERE key=?",
+                    (entry.status, entry.attempts, entry.run, entry.run_tries, entry.next_at, key),
+                )
+        self._reverts.clear()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- reading --------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Recipients per status."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for status, n in self.db.execute("SELECT status, COUNT(*) FROM recipients GROUP BY 1"):
+            counts[status] = n
+        return counts
+
+    def next_retry(self, max_tries: int) -> float | None:
+        """When the earliest deferred recipient of this run may be tried again (None: none)."""
+        row = self.db.execute(
+            "SELECT MIN(next_at) FROM recipients WHERE status='deferred' AND run=? "
+            "AND run_tries < ?",
+            (self.run_id, max_tries),
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def problems(
+        self, statuses: tuple[str, ...] = ("failed", "deferred", "unknown")
+    ) -> list[RecipientState]:
+        """Recipients in the given statuses, in list order."""
+        marks = ",".join("?" * len(statuses))
+        rows = self.db.execute(
+            f"SELECT email, row, status, code, reply, attempts, updated FROM recipients "
+            f"WHERE status IN ({marks}) ORDER BY row, email",
+            statuses,
+        )
+        return [RecipientState(*r) for r in rows]
