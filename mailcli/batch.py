@@ -353,6 +353,7 @@ class _Run:
                 break
         if group:
             self._send_group(group)
+        self.state.flush()  # the retry rounds read what this pass recorded
         if first and self.limit is not None:
             self.summary.pending = self._count_left()
 

@@ -8,6 +8,7 @@ import csv
 import email.policy
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -34,6 +35,7 @@ class Received:
     mail_options: list[str] = field(default_factory=list)
     authenticated: bool = False
     tls: bool = False
+    received_at: float = 0.0
 
     @property
     def message(self) -> EmailMessage:
@@ -57,7 +59,12 @@ class Recorder:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     data_reply: Callable[[Any], str | None] | None = None
     hangup_after_data: Callable[[Any], bool] | None = None
+    temp_fail_once: set[str] = field(default_factory=set)
+    hangup_every: int | None = None
+    mail_reply: Callable[[int], str | None] | None = None
+    on_data: Callable[[Any], None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _hung_at: set[int] = field(default_factory=set)
 
     @property
     def connections(self) -> int:
@@ -74,16 +81,39 @@ class Recorder:
         session.host_name = hostname
         return responses
 
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        """Faults before a message: hang up every N messages, or a chosen reply (e.g. 421)."""
+        accepted = len(self.messages)
+        every = self.hangup_every
+        if every and accepted and accepted % every == 0 and accepted not in self._hung_at:
+            self._hung_at.add(accepted)
+            server.transport.close()
+            return "421 4.3.2 hanging up"
+        if self.mail_reply is not None:
+            reply = self.mail_reply(accepted)
+            if reply is not None:
+                return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
         reply = self.rcpt_replies.get(address)
         if reply is not None:
             return reply
+        if address in self.temp_fail_once:
+            self.temp_fail_once.discard(address)
+            return "451 4.7.1 greylisted, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.on_data is not None:
+            self.on_data(envelope)
         if self.hangup_after_data is not None and self.hangup_after_data(envelope):
             server.transport.close()
             await asyncio.sleep(0)
@@ -102,6 +132,7 @@ class Recorder:
                     list(envelope.mail_options),
                     bool(session.authenticated),
                     server.transport.get_extra_info("sslcontext") is not None,
+                    time.monotonic(),
                 )
             )
         return "250 2.0.0 queued"

@@ -225,8 +225,14 @@ def test_bad_input_sends_nothing_to_a_live_server(
 
 @pytest.mark.parametrize(
     "args",
-    [["batch", "x.yaml", "--bogus"], ["preview"], ["send", "--to", "a@example.com"],
-     ["status", "x.yaml", "--failed=3"], ["nosuchcommand"], ["batch", "x.yaml", "--limit", "0"]],
+    [
+        ["batch", "x.yaml", "--bogus"],
+        ["preview"],
+        ["send", "--to", "a@example.com"],
+        ["status", "x.yaml", "--failed=3"],
+        ["nosuchcommand"],
+        ["batch", "x.yaml", "--limit", "0"],
+    ],
 )
 def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
     """Unknown options, missing arguments and bad values are usage errors (exit 2)."""
