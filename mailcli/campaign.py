@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -221,10 +222,19 @@ TOP_KEYS = (
 )
 
 
-def load_campaign(path: str | Path) -> Campaign:
+# Whether the files a campaign names must exist: `status` reads only the state and the list, so it
+# loads a campaign without this check, and a missing template does not stop it.
+_CHECK_FILES: ContextVar[bool] = ContextVar("check_files", default=True)
+
+
+def load_campaign(path: str | Path, *, check_files: bool = True) -> Campaign:
     """Read and validate a campaign file; raise ConfigError/InputFileError naming file and line."""
     file = Path(path)
-    return _build(load_mapping(file, "campaign file"), file.resolve())
+    token = _CHECK_FILES.set(check_files)
+    try:
+        return _build(load_mapping(file, "campaign file"), file.resolve())
+    finally:
+        _CHECK_FILES.reset(token)
 
 
 def _build(top: Section, file: Path) -> Campaign:
@@ -303,7 +313,7 @@ def _file(section: Section, key: str, folder: Path, *, what: str = "file") -> Pa
     if value is None:
         return None
     path = _resolve(section, key, folder, value)
-    if not path.is_file():
+    if _CHECK_FILES.get() and not path.is_file():
         line = section.items[key][0]
         reason = "is a folder" if path.is_dir() else "not found"
         raise InputFileError(
@@ -374,7 +384,7 @@ def _attachments(top: Section, folder: Path) -> tuple[Attachment, ...]:
             result.append(Attachment(source=source, path=None, line=line))
             continue
         path = _resolve(top, "attachments", folder, source, line)
-        if not path.is_file():
+        if _CHECK_FILES.get() and not path.is_file():
             raise InputFileError(f"'attachments': file not found: {path}", path=top.file, line=line)
         result.append(Attachment(source=source, path=path, line=line))
     return tuple(result)

@@ -714,7 +714,7 @@ def status(
     Example: mailcli status campaigns/welcome/campaign.yaml --failed
     """
     _json_mode(ctx, json_)
-    campaign = load_campaign(campaign_file)
+    campaign = load_campaign(campaign_file, check_files=False)
     if sandbox_dir is not None:
         campaign = _sandboxed(campaign, sandbox_dir)
     report = campaign_status(campaign)

@@ -2,7 +2,8 @@
 
 Messages are spaced evenly, at least `period / N` apart measured from the previous send, so that no
 window of any length holds more than its share, even after a pause or a reconnect (the limiter lives
-outside the connection).
+outside the connection). The spacing is 1% wider than the exact share: what counts is the window
+at the receiving server, where network jitter can bring two messages closer than they were sent.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import time
 from collections.abc import Callable
 
 from mailcli.campaign import Rate
+
+# Extra spacing that absorbs arrival jitter of up to 1% of the period (10 ms at "N/s").
+SAFETY = 0.01
 
 
 class RateLimiter:
@@ -34,11 +38,12 @@ class RateLimiter:
             return 0.0
         now = self._clock()
         slept = 0.0
+        spacing = self.rate.interval_s * (1 + SAFETY)
         if self._last is not None:
-            due = self._last + self.rate.interval_s
+            due = self._last + spacing
             if due > now:
                 slept = due - now
                 self._sleep(slept)
                 now = self._clock()
-        self._last = max(now, self._last + self.rate.interval_s if self._last is not None else now)
+        self._last = max(now, self._last + spacing if self._last is not None else now)
         return slept
