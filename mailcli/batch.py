@@ -323,6 +323,8 @@ class _Run:
             self.summary.error = "interrupted"
         finally:
             self.state.flush()
+        if self.summary.error is not None:
+            self.summary.pending = self._count_left()  # what the next run will pick up
 
     def _wait_until(self, when: float) -> None:
         while (left := when - time.time()) > 0:
@@ -473,15 +475,12 @@ class _Run:
         """Messages marked in flight but never handed over go back to what they were."""
         for q in queued:
             self.state.revert(q.ready.recipient.email, q.entry)
-            if q.entry is None or q.entry.status == "pending":
-                self.summary.pending += 1
-            elif q.entry.status == "deferred":
-                self.summary.deferred += 1
-            elif q.entry.status == "unknown":
-                self.summary.unknown += 1
+            previous = q.entry.status if q.entry is not None else "pending"
+            self.summary.deferred += previous == "deferred"
+            self.summary.unknown += previous == "unknown"
 
     def _count_left(self) -> int:
-        """Rows that are due but were left for the next run by --limit."""
+        """Rows not yet tried that the next run will send (left by --limit or a stop)."""
         left = 0
         for item in self.pipeline.items(render=False):
             if isinstance(item, Ready):

@@ -316,6 +316,7 @@ def test_sigterm_finishes_the_message_in_flight_and_exits_75(
     assert summary["error"] == "stopped by a signal"
     got = len(recorder.messages)
     assert summary["sent"] == got and summary["unknown"] == 0
+    assert summary["pending"] == 200 - got  # the summary tells what the next run will send
     state = status_json(files.yaml)
     assert (state["sent"], state["unknown"], state["pending"]) == (got, 0, 200 - got)
     rest = cli("batch", files.yaml, *server_args(smtp_server), "--json")
