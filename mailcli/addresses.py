@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import re
 from dataclasses import dataclass
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 
 class AddressError(ValueError):
@@ -38,6 +39,30 @@ def address_key(addr: str) -> str:
     return addr.casefold()
 
 
+# The everyday address (ASCII, dot-atom local part, LDH labels, alphabetic TLD) checked by a
+# regular expression in about a microsecond; anything else goes to email-validator (~30 us).
+# It accepts only what email-validator accepts and normalises the same way (a property test).
+_PLAIN = re.compile(
+    r"(?=[^@]{1,64}@)[A-Za-z0-9_%+'-]+(?:\.[A-Za-z0-9_%+'-]+)*"
+    r"@(?=.{4,253}$)(?:(?!-)(?!..--)[A-Za-z0-9-]{1,63}(?<!-)\.)+[A-Za-z]{2,63}"
+)
+_SPECIAL_USE = frozenset(SPECIAL_USE_DOMAIN_NAMES)
+
+
+def _plain(text: str) -> str | None:
+    """The normalised form of an everyday address, or None to ask email-validator."""
+    if len(text) > 254 or not _PLAIN.fullmatch(text):
+        return None
+    local, _, domain = text.rpartition("@")
+    domain = domain.lower()
+    labels = domain.split(".")
+    if any(label.startswith("xn--") for label in labels):
+        return None  # punycode: let email-validator check the IDNA
+    if any(".".join(labels[i:]) in _SPECIAL_USE for i in range(len(labels))):
+        return None  # e.g. .test, .local, .invalid: email-validator says why
+    return f"{local}@{domain}"
+
+
 def normalize_address(addr: str) -> str:
     """Validate a bare addr-spec and return its normalised form; raise AddressError."""
     text = addr.strip()
@@ -45,6 +70,9 @@ def normalize_address(addr: str) -> str:
         raise AddressError("empty address")
     if any(c in text for c in "\r\n\0"):
         raise AddressError(f"address {text!r} contains a control character")
+    quick = _plain(text)
+    if quick is not None:
+        return quick
     try:
         return validate_email(text, check_deliverability=False).normalized
     except EmailNotValidError as exc:

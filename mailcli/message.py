@@ -6,29 +6,22 @@ prepared once in `MessageBuilder`; `build()` does only the per-recipient work.
 
 from __future__ import annotations
 
-import email.policy
 import email.utils
 import mimetypes
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.headerregistry import Address
-from email.message import EmailMessage
 from pathlib import Path
 
 import dkim
 
+from mailcli import mime
 from mailcli.addresses import Mailbox, parse_mailbox
 from mailcli.campaign import DkimConfig
 from mailcli.errors import ConfigError, InputFileError, open_error
 from mailcli.render import Rendered
-
-# CRLF line endings and RFC 2047 encoded words for non-ASCII headers: safe for any server.
-# refold_source="none": a header given as raw text (List-Unsubscribe) is never re-encoded, since
-# RFC 2369 needs the literal <URL>; every other header is a header object folded by its own rules.
-SMTP_POLICY = email.policy.SMTP.clone(refold_source="none")
-# With SMTPUTF8 the server takes UTF-8 headers and addresses as they are (RFC 6531).
-SMTPUTF8_POLICY = email.policy.SMTPUTF8.clone(refold_source="none")
 
 DKIM_HEADERS = (
     b"From",
@@ -96,32 +89,6 @@ def smtp_address(addr: str) -> str:
     return f"{local}@{domain}"
 
 
-def _address_header(mailboxes: Sequence[Mailbox], utf8: bool) -> list[Address] | str:
-    """An address header value that survives any display name (commas, quotes, accents)."""
-    if not utf8:
-        # Address objects let the email package quote and RFC 2047-encode the name correctly;
-        # a pre-formatted string would be re-parsed and could split into two mailboxes.
-        return [Address(display_name=m.name, addr_spec=smtp_address(m.addr)) for m in mailboxes]
-    # Address() refuses a non-ASCII local part, which SMTPUTF8 allows: write it out quoted.
-    return ", ".join(
-        f'"{email.utils.quote(m.name)}" <{m.addr}>' if m.name else m.addr for m in mailboxes
-    )
-
-
-def body_encoding(text: str) -> str:
-    """A transfer encoding that any server accepts (no 8BITMIME needed, lines within limits).
-
-    Plain ASCII with short lines goes as is; mostly-ASCII text as quoted-printable, which stays
-    readable; text that is mostly non-ASCII (Cyrillic, CJK) as base64, which is shorter.
-    """
-    # Only CR and LF end a line on the wire (str.splitlines() would also split on \f, \v, ...).
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if text.isascii() and all(len(line) <= 998 for line in lines):
-        return "7bit"
-    non_ascii = sum(1 for c in text if ord(c) > 127)
-    return "base64" if non_ascii * 3 > len(text) else "quoted-printable"
-
-
 def needs_smtputf8(addr: str) -> bool:
     """True when the local part is non-ASCII, which only SMTPUTF8 can carry."""
     return not addr.rpartition("@")[0].isascii()
@@ -144,7 +111,23 @@ class MessageBuilder:
         self.list_id = list_id
         self.msgid_domain = smtp_address(sender.addr).rpartition("@")[2]
         self._files: dict[Path, FilePart] = {}
+        self._parts: dict[Path, mime.Part] = {}
+        self._boundaries = mime.Boundaries()
+        self._id_prefix = f"{os.getpid()}.{os.urandom(5).hex()}"
+        self._count = 0
+        self._date_second = -1
+        self._date_text = b""
         self.inline_images = {cid: FilePart.load(p) for cid, p in (inline_images or {}).items()}
+        self._inline = [
+            mime.file_part(
+                img.data,
+                f"{img.maintype}/{img.subtype}",
+                img.filename,
+                disposition="inline",
+                content_id=cid,
+            )
+            for cid, img in self.inline_images.items()
+        ]
         self.dkim = dkim_config
         self._dkim_key = b""
         if dkim_config is not None:
@@ -168,9 +151,12 @@ class MessageBuilder:
         return part
 
     def preload(self, paths: Sequence[Path]) -> None:
-        """Read the static attachments now so that a missing one stops the run before sending."""
+        """Read and encode the static attachments once; a missing one stops the run now."""
         for path in paths:
-            self._files[path] = FilePart.load(path)
+            loaded = self._files[path] = FilePart.load(path)
+            self._parts[path] = mime.file_part(
+                loaded.data, f"{loaded.maintype}/{loaded.subtype}", loaded.filename
+            )
 
     def build(
         self,
@@ -188,53 +174,47 @@ class MessageBuilder:
         used only for a message whose addresses need it.
         """
         everyone = [*to, *cc, *bcc]
+        texts = [rendered.subject, *(m.name for m in [self.sender, *everyone])]
+        texts += [value for _, value in rendered.headers]
+        if any("\r" in t or "\n" in t for t in texts):
+            raise BuildError("a header value contains a line break (header injection?)")
         unicode_locals = [m.addr for m in [self.sender, *everyone] if needs_smtputf8(m.addr)]
         if unicode_locals and not smtputf8:
             raise BuildError(f"address {unicode_locals[0]!r} needs a server with SMTPUTF8")
         # UTF-8 headers only when an address forces it; else RFC 2047, which every server takes.
         utf8 = bool(unicode_locals)
-        policy = SMTPUTF8_POLICY if utf8 else SMTP_POLICY
-        try:
-            msg = EmailMessage(policy=policy)
-            msg["From"] = _address_header([self.sender], utf8)
-            msg["To"] = _address_header(to, utf8)
-            if cc:
-                msg["Cc"] = _address_header(cc, utf8)
-            if self.reply_to:
-                msg["Reply-To"] = _address_header([self.reply_to], utf8)
-            msg["Subject"] = rendered.subject
-            msg["Date"] = email.utils.format_datetime(
-                (now or datetime.now(timezone.utc)).astimezone()
+        message_id = self._message_id()
+        headers = [
+            mime.address_list("From", [self._pair(self.sender, utf8)], utf8=utf8),
+            mime.address_list("To", [self._pair(m, utf8) for m in to], utf8=utf8),
+        ]
+        if cc:
+            headers.append(mime.address_list("Cc", [self._pair(m, utf8) for m in cc], utf8=utf8))
+        if self.reply_to:
+            headers.append(
+                mime.address_list("Reply-To", [self._pair(self.reply_to, utf8)], utf8=utf8)
             )
-            message_id = email.utils.make_msgid(domain=self.msgid_domain)
-            msg["Message-ID"] = message_id
-            if self.list_id:
-                msg["List-Id"] = self.list_id
-            if rendered.unsubscribe:
-                msg.set_raw("List-Unsubscribe", f"<{rendered.unsubscribe}>")
-                if rendered.unsubscribe.startswith("https://"):
-                    # RFC 8058 one-click: only meaningful with an HTTPS URL.
-                    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-            for name, value in rendered.headers:
-                msg[name] = value
-            self._body(msg, rendered)
-            for path in rendered.attachments:
-                attachment = self.file(path, static=path in self._files)
-                msg.add_attachment(
-                    attachment.data,
-                    maintype=attachment.maintype,
-                    subtype=attachment.subtype,
-                    filename=attachment.filename,
-                )
-            for part in msg.walk():
-                if part is not msg:
-                    del part[
-                        "MIME-Version"
-                    ]  # the stdlib adds it to sub-parts; it belongs on top only
-            data = msg.as_bytes(policy=policy)
-        except ValueError as exc:
-            # e.g. a header value the email package refuses; it belongs to this message only.
-            raise BuildError(f"cannot build the message: {exc}") from None
+        headers += [
+            mime.unstructured("Subject", rendered.subject, utf8=utf8),
+            b"Date: " + self._date(now),
+            b"Message-ID: " + message_id.encode("ascii"),
+        ]
+        if self.list_id:
+            headers.append(mime.unstructured("List-Id", self.list_id, utf8=utf8))
+        if rendered.unsubscribe:
+            # The literal <URL>, never folded or encoded (RFC 2369); render checked it is ASCII.
+            headers.append(f"List-Unsubscribe: <{rendered.unsubscribe}>".encode("ascii"))
+            if rendered.unsubscribe.startswith("https://"):
+                # RFC 8058 one-click: only meaningful with an HTTPS URL.
+                headers.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+        for name, value in rendered.headers:
+            headers.append(mime.unstructured(name, value, utf8=utf8))
+        headers.append(b"MIME-Version: 1.0")
+        body = self._body(rendered)
+        if rendered.attachments:
+            files = [self.attachment(path) for path in rendered.attachments]
+            body = mime.multipart("mixed", [body, *files], self._boundaries.next())
+        data = b"\r\n".join(headers) + b"\r\n" + body.to_bytes()
         if self.dkim is not None:
             data = self._sign(data)
         return Built(
@@ -245,28 +225,55 @@ class MessageBuilder:
             smtputf8=utf8,
         )
 
-    def _body(self, msg: EmailMessage, rendered: Rendered) -> None:
+    @staticmethod
+    def _pair(mailbox: Mailbox, utf8: bool) -> tuple[str, str]:
+        return mailbox.name, mailbox.addr if utf8 else smtp_address(mailbox.addr)
+
+    def _message_id(self) -> str:
+        self._count += 1
+        return (
+            f"<{time.time_ns() // 1_000_000}.{self._id_prefix}.{self._count}@{self.msgid_domain}>"
+        )
+
+    def _date(self, now: datetime | None) -> bytes:
+        if now is not None:
+            return email.utils.format_datetime(now.astimezone()).encode("ascii")
+        second = int(time.time())
+        if second != self._date_second:
+            # Formatting a date costs more than building the rest of the headers: once a second.
+            self._date_second = second
+            local = datetime.fromtimestamp(second, timezone.utc).astimezone()
+            self._date_text = email.utils.format_datetime(local).encode("ascii")
+        return self._date_text
+
+    def _body(self, rendered: Rendered) -> mime.Part:
         text, html = rendered.text, rendered.html
-        if text is not None:
-            msg.set_content(text, subtype="plain", charset="utf-8", cte=body_encoding(text))
-            if html is not None:
-                msg.add_alternative(html, subtype="html", charset="utf-8", cte=body_encoding(html))
-        elif html is not None:
-            msg.set_content(html, subtype="html", charset="utf-8", cte=body_encoding(html))
-        else:
-            msg.set_content("", subtype="plain", charset="utf-8", cte="7bit")
-        if html is not None and self.inline_images:
-            html_part = msg if text is None else list(msg.iter_parts())[-1]
-            assert isinstance(html_part, EmailMessage)
-            for cid, image in self.inline_images.items():
-                html_part.add_related(
-                    image.data,
-                    maintype=image.maintype,
-                    subtype=image.subtype,
-                    cid=f"<{cid}>",
-                    filename=image.filename,
-                    disposition="inline",
+        prefix = self._boundaries.prefix
+        html_part: mime.Part | None = None
+        if html is not None:
+            html_part = mime.safe_for(mime.text_part(html, "html"), html, "html", prefix)
+            if self._inline:
+                html_part = mime.multipart(
+                    "related", [html_part, *self._inline], self._boundaries.next()
                 )
+        if text is None:
+            if html_part is not None:
+                return html_part
+            text = ""
+        text_part = mime.safe_for(mime.text_part(text, "plain"), text, "plain", prefix)
+        if html_part is None:
+            return text_part
+        return mime.multipart("alternative", [text_part, html_part], self._boundaries.next())
+
+    def attachment(self, path: Path) -> mime.Part:
+        """The encoded part for a file; a static attachment is encoded once per campaign."""
+        part = self._parts.get(path)
+        if part is None:
+            loaded = self.file(path, static=False)
+            part = mime.file_part(
+                loaded.data, f"{loaded.maintype}/{loaded.subtype}", loaded.filename
+            )
+        return part
 
     def _sign(self, data: bytes) -> bytes:
         assert self.dkim is not None

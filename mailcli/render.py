@@ -15,6 +15,7 @@ from typing import Any
 
 import jinja2
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import new_context
 from jinja2.sandbox import SandboxedEnvironment
 from markdown_it import MarkdownIt
 
@@ -84,6 +85,7 @@ class Renderer:
         self.html_env = SandboxedEnvironment(autoescape=True, **common)
         for env in (self.text_env, self.html_env):
             env.globals.update(globals_ or {})
+        self._globals: dict[str, Any] = dict(self.text_env.globals)
         self._md = _markdown() if content.markdown else None
         self.subject_t = self._string(content.subject, "subject")
         self.text_t = self._template(self.text_env, content.text, "text")
@@ -137,19 +139,20 @@ class Renderer:
     def render(self, context: Mapping[str, Any]) -> Rendered:
         """Render every part for one recipient; raise RenderError for a per-row problem."""
         try:
-            subject = _header_value("subject", self.subject_t.render(context))
-            text = self.text_t.render(context) if self.text_t else None
-            html = self.html_t.render(context) if self.html_t else None
+            context = {**self._globals, **context}
+            subject = _header_value("subject", _render(self.subject_t, context))
+            text = _render(self.text_t, context) if self.text_t else None
+            html = _render(self.html_t, context) if self.html_t else None
             if self.markdown_t is not None and self._md is not None:
-                text = self.markdown_t.render(context)
+                text = _render(self.markdown_t, context)
                 html = HTML_SHELL.format(body=self._md.render(text))
             headers = tuple(
-                (name, _header_value(f"header {name}", t.render(context)))
+                (name, _header_value(f"header {name}", _render(t, context)))
                 for name, t in self.header_ts
             )
             unsubscribe = None
             if self.unsubscribe_t is not None:
-                unsubscribe = _header_value("unsubscribe", self.unsubscribe_t.render(context))
+                unsubscribe = _header_value("unsubscribe", _render(self.unsubscribe_t, context))
                 if not unsubscribe.isascii() or len(unsubscribe) > 900:
                     raise RenderError(
                         "unsubscribe URL must be ASCII (percent-encode it, e.g. with "
@@ -179,10 +182,8 @@ class Renderer:
             ) from None
         return Rendered(subject, text, html, headers, unsubscribe, attachments)
 
-    def _attachment(
-        self, source: str, template: jinja2.Template, context: Mapping[str, Any]
-    ) -> Path:
-        rendered = template.render(context).strip()
+    def _attachment(self, source: str, template: jinja2.Template, context: dict[str, Any]) -> Path:
+        rendered = _render(template, context).strip()
         if not rendered or "\0" in rendered:
             raise RenderError(f"attachment {source!r} renders to an empty or invalid path")
         path = (self.folder / rendered).resolve()
@@ -192,6 +193,23 @@ class Renderer:
         if not path.is_file():
             raise RenderError(f"attachment not found: {rendered}")
         return path
+
+
+def _render(template: jinja2.Template, context: dict[str, Any]) -> str:
+    """Template.render() without its per-call copy of the globals into a new dict.
+
+    The caller's context already holds the globals (merged once per row), so it is shared with
+    Jinja as it is; errors still go through Jinja's handler, which points tracebacks at the
+    template's own lines.
+    """
+    try:
+        ctx = new_context(
+            template.environment, template.name, template.blocks, context, shared=True
+        )
+        return "".join(template.root_render_func(ctx))
+    except Exception:
+        template.environment.handle_exception()
+        raise  # handle_exception always raises; this keeps type checkers informed
 
 
 def _header_value(what: str, value: str) -> str:

@@ -260,10 +260,12 @@ def test_display_name_with_line_break_is_build_error() -> None:
         build(to=Mailbox("Ann\r\nBcc: victim@example.org", "ann@example.com"))
 
 
-def test_subject_with_unicode_line_separator_is_build_error() -> None:
-    """A subject holding U+2028 (a line break to Python's email package) is a BuildError."""
-    with pytest.raises(BuildError):
-        build(rendered(subject="Hello\u2028world"))
+def test_subject_with_unicode_line_separator_stays_one_header() -> None:
+    """U+2028 in a subject is encoded inside an encoded word: one header line, same text."""
+    data = build(rendered(subject="Hello\u2028world")).data
+    head = data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    assert sum(1 for line in head.split("\r\n") if line.startswith("Subject:")) == 1
+    assert parse(data)["Subject"] == "Hello\u2028world"
 
 
 def test_long_single_line_body_is_transport_safe() -> None:
