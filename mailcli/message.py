@@ -110,6 +110,13 @@ class MessageBuilder:
         self.reply_to = parse_mailbox(reply_to) if reply_to else None
         self.list_id = list_id
         self.msgid_domain = smtp_address(sender.addr).rpartition("@")[2]
+        if "\r" in sender.name or "\n" in sender.name:
+            raise ConfigError("the sender's name contains a line break")
+        # Headers that are the same in every message: encoded once, in both header styles.
+        self._fixed = self._shared_headers(utf8=False)
+        self._fixed_utf8 = self._shared_headers(utf8=True)
+        self._list_id = mime.unstructured("List-Id", list_id) if list_id else None
+        self._mail_from = smtp_address(sender.addr)
         self._files: dict[Path, FilePart] = {}
         self._parts: dict[Path, mime.Part] = {}
         self._boundaries = mime.Boundaries()
@@ -174,9 +181,14 @@ class MessageBuilder:
         used only for a message whose addresses need it.
         """
         everyone = [*to, *cc, *bcc]
-        texts = [rendered.subject, *(m.name for m in [self.sender, *everyone])]
-        texts += [value for _, value in rendered.headers]
-        if any("\r" in t or "\n" in t for t in texts):
+        texts = "\0".join(
+            [
+                rendered.subject,
+                *(m.name for m in everyone),
+                *(value for _, value in rendered.headers),
+            ]
+        )
+        if "\r" in texts or "\n" in texts:
             raise BuildError("a header value contains a line break (header injection?)")
         unicode_locals = [m.addr for m in [self.sender, *everyone] if needs_smtputf8(m.addr)]
         if unicode_locals and not smtputf8:
@@ -184,23 +196,21 @@ class MessageBuilder:
         # UTF-8 headers only when an address forces it; else RFC 2047, which every server takes.
         utf8 = bool(unicode_locals)
         message_id = self._message_id()
+        fixed = self._fixed_utf8 if utf8 else self._fixed
         headers = [
-            mime.address_list("From", [self._pair(self.sender, utf8)], utf8=utf8),
+            fixed[0],
             mime.address_list("To", [self._pair(m, utf8) for m in to], utf8=utf8),
         ]
         if cc:
             headers.append(mime.address_list("Cc", [self._pair(m, utf8) for m in cc], utf8=utf8))
-        if self.reply_to:
-            headers.append(
-                mime.address_list("Reply-To", [self._pair(self.reply_to, utf8)], utf8=utf8)
-            )
+        headers += fixed[1:]
         headers += [
             mime.unstructured("Subject", rendered.subject, utf8=utf8),
             b"Date: " + self._date(now),
             b"Message-ID: " + message_id.encode("ascii"),
         ]
-        if self.list_id:
-            headers.append(mime.unstructured("List-Id", self.list_id, utf8=utf8))
+        if self._list_id is not None:
+            headers.append(self._list_id)
         if rendered.unsubscribe:
             # The literal <URL>, never folded or encoded (RFC 2369); render checked it is ASCII.
             headers.append(f"List-Unsubscribe: <{rendered.unsubscribe}>".encode("ascii"))
@@ -220,10 +230,19 @@ class MessageBuilder:
         return Built(
             data=data,
             message_id=message_id,
-            mail_from=smtp_address(self.sender.addr),
+            mail_from=self._mail_from,
             rcpt_to=tuple(smtp_address(m.addr) for m in everyone),
             smtputf8=utf8,
         )
+
+    def _shared_headers(self, *, utf8: bool) -> list[bytes]:
+        """From (first) and Reply-To, which every message of the builder carries unchanged."""
+        shared = [mime.address_list("From", [self._pair(self.sender, utf8)], utf8=utf8)]
+        if self.reply_to:
+            shared.append(
+                mime.address_list("Reply-To", [self._pair(self.reply_to, utf8)], utf8=utf8)
+            )
+        return shared
 
     @staticmethod
     def _pair(mailbox: Mailbox, utf8: bool) -> tuple[str, str]:

@@ -211,30 +211,49 @@ def _find_column(columns: tuple[str, ...], wanted: str) -> int | None:
 
 
 class SeenAddresses:
-    """The set of address keys met so far in one pass, kept on disk so memory stays flat.
+    """The addresses met so far in one pass, exactly (no hashing), in bounded memory.
 
-    A Python set of 200,000 addresses costs tens of MB; SQLite's private temporary database keeps
-    it in a small page cache and spills the rest to a file that is deleted on close.
+    The first MEMORY_LIMIT addresses are kept in a dict (about a microsecond a row); beyond that
+    they go to SQLite's private temporary database, which keeps a small page cache and spills the
+    rest to a file deleted on close. So a list of any length costs at most a few MB.
     """
 
+    MEMORY_LIMIT = 50_000
+
     def __init__(self) -> None:
-        self._db = sqlite3.connect("", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=OFF")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE seen (key TEXT PRIMARY KEY, row INTEGER) WITHOUT ROWID")
-        self._db.execute("BEGIN")
+        self._memory: dict[str, int] = {}
+        self._db: sqlite3.Connection | None = None
 
     def add(self, addr: str, row: int) -> int | None:
         """Record an address met on `row`; return the earlier row if it was met before."""
         key = address_key(addr)
-        if self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (key, row)).rowcount:
+        first = self._memory.get(key)
+        if first is not None:
+            return first
+        if len(self._memory) < self.MEMORY_LIMIT:
+            self._memory[key] = row
             return None
-        found = self._db.execute("SELECT row FROM seen WHERE key = ?", (key,)).fetchone()
+        db = self._db or self._open()
+        if db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (key, row)).rowcount:
+            return None
+        found = db.execute("SELECT row FROM seen WHERE key = ?", (key,)).fetchone()
         return int(found[0])
 
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect("", isolation_level=None)
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("CREATE TABLE seen (key TEXT PRIMARY KEY, row INTEGER) WITHOUT ROWID")
+        db.execute("BEGIN")
+        self._db = db
+        return db
+
     def close(self) -> None:
-        """Drop the temporary database."""
-        self._db.close()
+        """Forget everything; drop the temporary database."""
+        self._memory.clear()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def __enter__(self) -> SeenAddresses:
         return self

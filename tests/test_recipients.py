@@ -342,3 +342,13 @@ def test_csv_writer_output_reads_back_identically(
         for i, (note, other) in enumerate(rows, 1)
     ]
     assert [r.row for r in items] == list(range(1, len(rows) + 1))
+
+
+def test_seen_addresses_stay_exact_past_the_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond the in-memory part, duplicates are still found, with the row first seen."""
+    monkeypatch.setattr(SeenAddresses, "MEMORY_LIMIT", 3)
+    with SeenAddresses() as seen:
+        assert [seen.add(f"u{i}@example.com", i) for i in range(1, 7)] == [None] * 6
+        assert seen.add("U2@Example.com", 10) == 2  # from memory
+        assert seen.add("u5@EXAMPLE.com", 11) == 5  # from the spill database
+        assert seen.add("u7@example.com", 12) is None

@@ -1,0 +1,84 @@
+"""Shared pieces of the benchmarks: a campaign built from the shipped sample, with a generated
+list of personalised rows (a third of the names non-ASCII), and a way to time a whole process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "campaigns" / "welcome"
+NAMES = [
+    "Ann Lee",
+    "Bob Martin",
+    "Chloé Dubois",
+    "Dmitri Ivanov",
+    "Emma O'Brien",
+    "Jürgen Groß",
+    "Li Wei",
+    "María José",
+    "Noah Smith",
+]
+
+
+def make_campaign(folder: Path, rows: int, *, extra: str = "") -> Path:
+    """Copy the sample campaign into `folder` with a list of `rows` personalised recipients."""
+    shutil.copytree(SAMPLE, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".mailcli"))
+    with open(folder / "recipients.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["email", "name", "first_name", "plan", "token"])
+        for i in range(rows):
+            name = NAMES[i % len(NAMES)]
+            writer.writerow(
+                [
+                    f"user{i:07d}@example.com",
+                    f"{name} {i}",
+                    name.split()[0],
+                    ("Pro", "Free", "Team")[i % 3],
+                    f"t-{i:08x}",
+                ]
+            )
+    campaign = folder / "campaign.yaml"
+    text = campaign.read_text(encoding="utf-8").replace('rate: "50/s"\n', "")
+    campaign.write_text(text + extra, encoding="utf-8")
+    return campaign
+
+
+@dataclass(frozen=True)
+class ProcessRun:
+    """A finished child process: its wall time, peak RSS and output."""
+
+    seconds: float
+    peak_rss_mb: float
+    stdout: str
+    returncode: int
+
+
+def run_process(args: list[str], *, env: dict[str, str] | None = None) -> ProcessRun:
+    """Run a command to completion; wall time and the child's own peak RSS (wait4)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.stdout is not None
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    rss_kb = usage.ru_maxrss  # kilobytes on Linux
+    return ProcessRun(seconds, rss_kb / 1024, stdout, proc.returncode)
+
+
+def mailcli(*args: str) -> list[str]:
+    """The command line of the installed mailcli, in this interpreter."""
+    return [sys.executable, "-m", "mailcli", *args]
