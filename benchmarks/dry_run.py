@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import make_campaign, mailcli, run_process
+from common import mailcli, make_campaign, run_process
 
 from mailcli.campaign import load_campaign
 from mailcli.pipeline import Pipeline, Ready

@@ -403,6 +403,9 @@ class _Run:
         self.state.begin_flight(
             (q.ready.recipient.email, q.ready.recipient.row, q.entry) for q in group
         )
+        if self.connection.pipelining and len(group) > 1:
+            self._send_group_pipelined(group)
+            return
         for index, queued in enumerate(group):
             if self.stop():
                 self._revert(group[index:])
@@ -430,6 +433,48 @@ class _Run:
             self._record(queued, outcome)
             if self.progress is not None:
                 self.progress(self.summary)
+
+    def _send_group_pipelined(self, group: list[_Queued]) -> None:
+        """The group in one pipelined stream; what was not handed over is resent after a
+        reconnect, and the run stops after RECONNECT_DELAYS rounds without progress."""
+        todo = group
+        idle_rounds = 0
+        while todo:
+            if self.stop():
+                self._revert(todo)
+                raise _Stop("stopped by a signal")
+            if not self.connection.is_open and not _reconnect(self.connection, self.sleep):
+                self._revert(todo)
+                raise _Stop(
+                    f"connection to {self.connection.settings.endpoint} lost and not regained"
+                )
+            self.attempted += len(todo)
+            results = self.connection.send_pipelined(
+                [q.built for q in todo], pace=self.limiter.wait
+            )
+            again: list[_Queued] = []
+            reason = ""
+            for queued, result in zip(todo, results, strict=True):
+                if isinstance(result, ConnectionLost):
+                    reason = result.reason
+                    if result.handed_over:
+                        # The server may have queued it; sending again could make a duplicate.
+                        self._record_unknown(queued, f"connection lost before the reply: {reason}")
+                    else:
+                        again.append(queued)
+                    continue
+                self._record(queued, result)
+                if self.progress is not None:
+                    self.progress(self.summary)
+            self.attempted -= len(again)
+            idle_rounds = idle_rounds + 1 if len(again) == len(todo) else 0
+            if again and idle_rounds >= len(RECONNECT_DELAYS):
+                self._revert(again)
+                raise _Stop(
+                    f"connection to {self.connection.settings.endpoint} lost and not "
+                    f"regained: {reason}"
+                )
+            todo = again
 
     def _record(self, queued: _Queued, outcome: SmtpOutcome) -> None:
         r = queued.ready.recipient

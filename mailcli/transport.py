@@ -13,7 +13,8 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -175,7 +176,8 @@ class _TracedMixin:
             elif self._in_auth:
                 self._trace("C: <redacted>")
             else:
-                self._trace(f"C: {text.rstrip()}")
+                for line in text.rstrip().split("\r\n"):  # a pipelined write holds several
+                    self._trace(f"C: {line}")
         super().send(s)  # type: ignore[misc]
 
     def getreply(self) -> tuple[int, bytes]:
@@ -227,6 +229,9 @@ def establish(
         smtp._host = s.host  # type: ignore[union-attr]
         code, banner = smtp.connect(s.host, s.port)
         info.phase("connect", started)
+        if smtp.sock is not None:
+            # mailcli batches its own writes; Nagle's algorithm would only add round trips.
+            smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         info.peer = smtp.sock.getpeername()[0] if smtp.sock else None
         info.banner = f"{code} {banner.decode('utf-8', 'replace')}"
         if code != 220:
@@ -392,12 +397,7 @@ class SmtpConnection:
             raise ConnectionLost("not connected", handed_over=False)
         handed_over = False
         try:
-            options = ["SMTPUTF8"] if message.smtputf8 and smtp.has_extn("smtputf8") else []
-            if not message.data.isascii() and smtp.has_extn("8bitmime"):
-                options.append("BODY=8BITMIME")  # declared only for the 8-bit data it covers
-            if smtp.has_extn("size"):
-                options.append(f"SIZE={len(message.data)}")
-            code, text = smtp.mail(message.mail_from, options)
+            code, text = smtp.mail(message.mail_from, self._mail_options(message))
             if code != 250:
                 return self._refused(Reply(code, _decode(text)))
             accepted: list[str] = []
@@ -425,6 +425,47 @@ class SmtpConnection:
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             raise ConnectionLost(_os_reason(exc), handed_over=handed_over) from None
+
+    @property
+    def pipelining(self) -> bool:
+        """The server offers PIPELINING (RFC 2920)."""
+        return "pipelining" in self.extensions
+
+    def send_pipelined(
+        self, messages: Sequence[Built], pace: Callable[[], object] | None = None
+    ) -> list[Outcome | ConnectionLost]:
+        """Send several messages with RFC 2920 pipelining: one result for each, in order.
+
+        Each message's MAIL, RCPT and DATA go out in one write; its data, the end of data and the
+        next message's commands go out together, so a message costs about one round trip. Every
+        reply is matched to its command through a queue. When the connection breaks, a message
+        whose data was sent gets ConnectionLost(handed_over=True) ('unknown'), the others
+        ConnectionLost(handed_over=False) (safe to send again). `pace` is called before each
+        message's commands are written (the rate limiter).
+        """
+        smtp = self._smtp
+        if smtp is None:
+            return [ConnectionLost("not connected", handed_over=False) for _ in messages]
+        run = _Pipeline(smtp, messages, self._mail_options, pace)
+        try:
+            run.execute()
+        except _ServerClosing as exc:
+            self._drop()
+            run.abandon(f"server closing the connection: {exc.reply}")
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            run.abandon(_os_reason(exc))
+        return run.results  # type: ignore[return-value]
+
+    def _mail_options(self, message: Built) -> list[str]:
+        smtp = self._smtp
+        assert smtp is not None
+        options = ["SMTPUTF8"] if message.smtputf8 and smtp.has_extn("smtputf8") else []
+        if not message.data.isascii() and smtp.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")  # declared only for the 8-bit data it covers
+        if smtp.has_extn("size"):
+            options.append(f"SIZE={len(message.data)}")
+        return options
 
     def _refused(self, reply: Reply, refused: dict[str, Reply] | None = None) -> Outcome:
         """Reset the transaction after a refusal so the next message starts clean."""
@@ -465,6 +506,129 @@ class SmtpConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _ServerClosing(Exception):
+    """A 421 before the data: the server is going away; nothing of this message was taken."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+@dataclass
+class _Txn:
+    """The replies gathered for one pipelined transaction."""
+
+    mail: Reply | None = None
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, Reply] = field(default_factory=dict)
+    handed_over: bool = False
+
+
+class _Pipeline:
+    """One pipelined run over a list of messages (see SmtpConnection.send_pipelined)."""
+
+    def __init__(
+        self,
+        smtp: smtplib.SMTP,
+        messages: Sequence[Built],
+        options: Callable[[Built], list[str]],
+        pace: Callable[[], object] | None,
+    ) -> None:
+        self.smtp, self.messages, self.options, self.pace = smtp, messages, options, pace
+        self.results: list[Outcome | ConnectionLost | None] = [None] * len(messages)
+        self.txns = [_Txn() for _ in messages]
+        self.expect: deque[tuple[str, int, str]] = deque()
+        self.next_index = 0
+
+    def execute(self) -> None:
+        self._write_commands(rset=False)
+        while self.expect:
+            kind, index, rcpt = self.expect.popleft()
+            code, text = self.smtp.getreply()
+            reply = Reply(code, _decode(text))
+            txn = self.txns[index]
+            if kind == "rset" or kind == "discard":
+                continue
+            if kind == "end":
+                self.results[index] = Outcome(reply, tuple(txn.accepted), txn.refused)
+                if code == 421:
+                    raise _ServerClosing(reply)  # refused and closing; the rest go elsewhere
+            elif kind == "mail":
+                if code == 421:
+                    raise _ServerClosing(reply)
+                txn.mail = reply
+            elif kind == "rcpt":
+                if code == 421:
+                    raise _ServerClosing(reply)
+                if code in (250, 251):
+                    txn.accepted.append(rcpt)
+                else:
+                    txn.refused[rcpt] = reply
+            else:  # "data"
+                self._after_data(index, txn, reply)
+
+    def _after_data(self, index: int, txn: _Txn, reply: Reply) -> None:
+        if reply.code == 421:
+            raise _ServerClosing(reply)
+        assert txn.mail is not None
+        if txn.mail.code == 250 and txn.accepted and reply.code == 354:
+            _send_data(self.smtp, _dot_stuff(self.messages[index].data) + b".\r\n")
+            # From here on the server may have the whole message: a lost reply is 'unknown'.
+            txn.handed_over = True
+            self.expect.append(("end", index, ""))
+            self._write_commands(rset=False)
+            return
+        if reply.code == 354:
+            # DATA accepted although no recipient was: end an empty message at once.
+            self.smtp.send(b".\r\n")
+            self.expect.append(("discard", index, ""))
+        if txn.mail.code != 250:
+            deciding = txn.mail
+        elif not txn.accepted:
+            deciding = next(iter(txn.refused.values()))
+        else:
+            deciding = reply
+        self.results[index] = Outcome(deciding, (), txn.refused)
+        # A refused transaction is reset before the next one (RSET may be pipelined).
+        if self.next_index < len(self.messages):
+            self._write_commands(rset=True)
+        else:
+            self.smtp.send(b"RSET\r\n")
+            self.expect.append(("rset", index, ""))
+
+    def _write_commands(self, *, rset: bool) -> None:
+        index = self.next_index
+        if index >= len(self.messages):
+            return
+        self.next_index += 1
+        if self.pace is not None:
+            self.pace()
+        message = self.messages[index]
+        options = self.options(message)
+        lines = []
+        if rset:
+            lines.append("RSET")
+            self.expect.append(("rset", index, ""))
+        lines.append(
+            f"MAIL FROM:{smtplib.quoteaddr(message.mail_from)}" + "".join(" " + o for o in options)
+        )
+        self.expect.append(("mail", index, ""))
+        for rcpt in message.rcpt_to:
+            lines.append(f"RCPT TO:{smtplib.quoteaddr(rcpt)}")
+            self.expect.append(("rcpt", index, rcpt))
+        lines.append("DATA")
+        self.expect.append(("data", index, ""))
+        self.smtp.send(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+
+    def abandon(self, reason: str) -> None:
+        """The connection broke: every message without a result gets ConnectionLost."""
+        for index, result in enumerate(self.results):
+            if result is None:
+                self.results[index] = ConnectionLost(
+                    reason, handed_over=self.txns[index].handed_over
+                )
 
 
 def _send_data(smtp: smtplib.SMTP, data: bytes) -> None:

@@ -63,6 +63,7 @@ class Recorder:
     hangup_every: int | None = None
     mail_reply: Callable[[int], str | None] | None = None
     on_data: Callable[[Any], None] | None = None
+    pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads pipelined commands in order)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _hung_at: set[int] = field(default_factory=set)
 
@@ -79,6 +80,8 @@ class Recorder:
         with self.lock:
             self.peers.append(session.peer)
         session.host_name = hostname
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_MAIL(

@@ -17,6 +17,12 @@ from mailcli.sandbox import SmtpServer
 from mailcli.transport import SmtpConnection, SmtpSettings
 
 
+@pytest.fixture(params=[False, True], ids=["lockstep", "pipelining"])
+def recorder(request: pytest.FixtureRequest) -> Recorder:
+    """Every test here runs against a server without and with PIPELINING (RFC 2920)."""
+    return Recorder(pipelining=request.param)
+
+
 def connect_to(server: SmtpServer) -> SmtpConnection:
     return SmtpConnection(
         SmtpSettings(host=server.host, port=server.port, security="none", timeout=5)
@@ -216,3 +222,48 @@ def test_rate_limiter_spaces_sends_at_the_rate() -> None:
     assert times[-1] - times[0] == pytest.approx(2.0 * 1.01, abs=0.01)  # 1% safety spacing
     # any one-second window holds at most 20 (a nanosecond of slack for float rounding)
     assert all(sum(1 for t in times if start <= t < start + 1 - 1e-9) <= 20 for start in times)
+
+
+def test_pipelining_is_used_when_offered(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """With PIPELINING the transcript shows MAIL, RCPT and DATA written before any reply, and
+    the next message's commands right behind the previous message's data; without it, every
+    command waits for its reply."""
+    from typer.testing import CliRunner
+
+    from mailcli.cli import app
+
+    files = make_campaign(tmp_path, many_rows(5))
+    result = CliRunner().invoke(
+        app,
+        [
+            "batch",
+            str(files.yaml),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(smtp_server.port),
+            "--security",
+            "none",
+            "--debug",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [
+        line.split(": ", 1)[1] for line in result.stderr.splitlines() if line.startswith("smtp: ")
+    ]
+    pairs = list(zip(lines, lines[1:], strict=False))
+    back_to_back = [
+        (a, b) for a, b in pairs if a.startswith("C: MAIL FROM:") and b.startswith("C: RCPT TO:")
+    ]
+    after_data = [
+        (a, b)
+        for a, b in pairs
+        if a.startswith("C: <message data") and b.startswith("C: MAIL FROM:")
+    ]
+    if recorder.pipelining:
+        assert len(back_to_back) == 5 and len(after_data) == 4
+    else:
+        assert back_to_back == [] and after_data == []
+    assert len(recorder.messages) == 5

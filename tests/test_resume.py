@@ -29,6 +29,12 @@ runner = CliRunner()
 FAST_RETRY = 'retry: {attempts: 3, delay: "50ms"}\n'
 
 
+@pytest.fixture(params=[False, True], ids=["lockstep", "pipelining"])
+def recorder(request: pytest.FixtureRequest) -> Recorder:
+    """Every test here runs against a server without and with PIPELINING (RFC 2920)."""
+    return Recorder(pipelining=request.param)
+
+
 def connect_to(server: SmtpServer) -> SmtpConnection:
     return SmtpConnection(
         SmtpSettings(host=server.host, port=server.port, security="none", timeout=10)
