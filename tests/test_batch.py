@@ -253,7 +253,7 @@ def test_pipelining_is_used_when_offered(
     lines = [
         line.split(": ", 1)[1] for line in result.stderr.splitlines() if line.startswith("smtp: ")
     ]
-    pairs = list(zip(lines, lines[1:], strict=False))
+    pairs = list(itertools.pairwise(lines))
     back_to_back = [
         (a, b) for a, b in pairs if a.startswith("C: MAIL FROM:") and b.startswith("C: RCPT TO:")
     ]
