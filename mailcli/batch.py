@@ -410,10 +410,11 @@ class _Run:
             if self.stop():
                 self._revert(group[index:])
                 raise _Stop("stopped by a signal")
-            self.limiter.wait()
             self.attempted += 1
             try:
-                outcome = _send_with_reconnect(self.connection, queued.built, self.sleep)
+                outcome = _send_with_reconnect(
+                    self.connection, queued.built, self.sleep, self.limiter.wait
+                )
             except ConnectionLost as exc:
                 if not exc.handed_over:
                     self._revert(group[index:])
@@ -536,7 +537,10 @@ class _Run:
 
 
 def _send_with_reconnect(
-    connection: SmtpConnection, built: Built, sleep: Callable[[float], None]
+    connection: SmtpConnection,
+    built: Built,
+    sleep: Callable[[float], None],
+    pace: Callable[[], object] | None = None,
 ) -> SmtpOutcome:
     """Send; if the connection broke before the message was handed over, reconnect and resend."""
     tries = len(RECONNECT_DELAYS)
@@ -544,7 +548,7 @@ def _send_with_reconnect(
         if not connection.is_open and not _reconnect(connection, sleep):
             raise ConnectionLost("reconnecting failed", handed_over=False)
         try:
-            return connection.send(built)
+            return connection.send(built, pace)
         except ConnectionLost as exc:
             if exc.handed_over or attempt == tries - 1:
                 raise
