@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from dataclasses import dataclass
-
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from types import ModuleType
 
 
 class AddressError(ValueError):
@@ -46,7 +46,21 @@ _PLAIN = re.compile(
     r"(?=[^@]{1,64}@)[A-Za-z0-9_%+'-]+(?:\.[A-Za-z0-9_%+'-]+)*"
     r"@(?=.{4,253}$)(?:(?!-)(?!..--)[A-Za-z0-9-]{1,63}(?<!-)\.)+[A-Za-z]{2,63}"
 )
-_SPECIAL_USE = frozenset(SPECIAL_USE_DOMAIN_NAMES)
+
+
+@functools.cache
+def _validator() -> ModuleType:
+    """email-validator, imported on first use (its tables take 25 ms to build)."""
+    import email_validator
+
+    return email_validator
+
+
+# A superset of email-validator's special-use names (RFC 6761 and later): an address under one
+# of them is handed to email-validator, which decides and says why.
+_DEFER_TLDS = frozenset(
+    {"arpa", "invalid", "local", "localhost", "onion", "test", "alt", "internal", "example"}
+)
 
 
 def _plain(text: str) -> str | None:
@@ -58,8 +72,8 @@ def _plain(text: str) -> str | None:
     labels = domain.split(".")
     if any(label.startswith("xn--") for label in labels):
         return None  # punycode: let email-validator check the IDNA
-    if any(".".join(labels[i:]) in _SPECIAL_USE for i in range(len(labels))):
-        return None  # e.g. .test, .local, .invalid: email-validator says why
+    if labels[-1] in _DEFER_TLDS:
+        return None  # e.g. .test, .local, .invalid: email-validator decides and says why
     return f"{local}@{domain}"
 
 
@@ -74,8 +88,8 @@ def normalize_address(addr: str) -> str:
     if quick is not None:
         return quick
     try:
-        return validate_email(text, check_deliverability=False).normalized
-    except EmailNotValidError as exc:
+        return str(_validator().validate_email(text, check_deliverability=False).normalized)
+    except _validator().EmailNotValidError as exc:
         raise AddressError(f"invalid address {text!r}: {exc}") from None
 
 

@@ -7,8 +7,9 @@ in a `Summary`, never raised.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,7 @@ class _Run:
         self.limit, self.retry_unknown, self.skip_invalid = limit, retry_unknown, skip_invalid
         self.progress, self.sleep, self.stop = progress, sleep, stop
         self.attempted = 0
+        self.produced = 0
         rate = limiter.rate
         # The group is the unknown window: at most WINDOW messages, and about a second's worth
         # at a slow rate, so a crash strands few recipients in 'unknown'.
@@ -333,8 +335,28 @@ class _Run:
             self.sleep(min(left, 0.5))
 
     def _pass(self, *, first: bool) -> None:
-        group: list[_Queued] = []
-        now = time.time()
+        source = self._candidates(first=first, now=time.time())
+        group = list(itertools.islice(source, self.group_size))
+        while group:
+            upcoming: list[_Queued] = []
+
+            def prepare(upcoming: list[_Queued] = upcoming) -> None:
+                # Called while the server works on what was just written: the next group is
+                # rendered and built in the time the connection would otherwise sit idle.
+                if len(upcoming) < self.group_size:
+                    queued = next(source, None)
+                    if queued is not None:
+                        upcoming.append(queued)
+
+            self._send_group(group, prepare)
+            upcoming.extend(itertools.islice(source, self.group_size - len(upcoming)))
+            group = upcoming
+        self.state.flush()  # the retry rounds read what this pass recorded
+        if first and self.limit is not None:
+            self.summary.pending = self._count_left()
+
+    def _candidates(self, *, first: bool, now: float) -> Iterator[_Queued]:
+        """The messages due in this pass, rendered and built, in list order (at most --limit)."""
         for item in self.pipeline.items(render=False):
             if isinstance(item, RowProblem):
                 if first:  # reached only with --skip-invalid: record it and go on
@@ -344,20 +366,14 @@ class _Run:
                 continue
             if isinstance(item, Duplicate):
                 continue  # counted in pass 1
+            if self.limit is not None and self.produced >= self.limit:
+                if first:
+                    continue  # keep counting skipped rows; the rest is left for the next run
+                return
             queued = self._consider(item, first=first, now=now)
-            if queued is None:
-                continue
-            group.append(queued)
-            if len(group) >= self.group_size:
-                self._send_group(group)
-                group = []
-            if self.limit is not None and self.attempted + len(group) >= self.limit:
-                break
-        if group:
-            self._send_group(group)
-        self.state.flush()  # the retry rounds read what this pass recorded
-        if first and self.limit is not None:
-            self.summary.pending = self._count_left()
+            if queued is not None:
+                self.produced += 1
+                yield queued
 
     def _consider(self, item: Ready, *, first: bool, now: float) -> _Queued | None:
         """A queued message when this row is due now, else None (counted as skipped etc.)."""
@@ -369,8 +385,6 @@ class _Run:
                 self.summary.skipped += 1
                 self.summary.failed_before += entry.rejected
                 self.summary.unknown += entry.status == "unknown"
-                return None
-            if self.limit is not None and self.attempted >= self.limit:
                 return None
         elif not (
             entry is not None
@@ -399,12 +413,12 @@ class _Run:
         self.summary.problem(RowProblem(r.row, r.line, problem, r.email))
         self.state.record_invalid(r.email, r.row, problem)
 
-    def _send_group(self, group: list[_Queued]) -> None:
+    def _send_group(self, group: list[_Queued], prepare: Callable[[], None]) -> None:
         self.state.begin_flight(
             (q.ready.recipient.email, q.ready.recipient.row, q.entry) for q in group
         )
         if self.connection.pipelining and len(group) > 1:
-            self._send_group_pipelined(group)
+            self._send_group_pipelined(group, prepare)
             return
         for index, queued in enumerate(group):
             if self.stop():
@@ -435,7 +449,7 @@ class _Run:
             if self.progress is not None:
                 self.progress(self.summary)
 
-    def _send_group_pipelined(self, group: list[_Queued]) -> None:
+    def _send_group_pipelined(self, group: list[_Queued], prepare: Callable[[], None]) -> None:
         """The group in one pipelined stream; what was not handed over is resent after a
         reconnect, and the run stops after RECONNECT_DELAYS rounds without progress."""
         todo = group
@@ -451,7 +465,7 @@ class _Run:
                 )
             self.attempted += len(todo)
             results = self.connection.send_pipelined(
-                [q.built for q in todo], pace=self.limiter.wait
+                [q.built for q in todo], pace=self.limiter.wait, idle=prepare
             )
             again: list[_Queued] = []
             reason = ""

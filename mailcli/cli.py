@@ -17,24 +17,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from mailcli import __version__
+import mailcli
 from mailcli.batch import Summary, dry_run, send_batch
 from mailcli.campaign import Campaign, SmtpConfig, load_campaign, parse_rate
-from mailcli.diagnose import Diagnosis, diagnose
 from mailcli.errors import ExitCode, MailcliError, UsageError
 from mailcli.preview import Preview, preview_one, write_files
-from mailcli.sandbox import EmlWriter, SmtpServer, sandbox
 from mailcli.secrets import keyring_delete, keyring_key, keyring_set, password_source
 from mailcli.sending import OneOff, build_one_off, deliver_one_off
 from mailcli.settings import Profile, load_profile, resolve_smtp
 from mailcli.status import StatusReport, campaign_status
 from mailcli.transport import SmtpConnection, SmtpSettings
+
+if TYPE_CHECKING:  # imported where used: they pull in cryptography and aiosmtpd
+    from mailcli.diagnose import Diagnosis
 
 DEFAULT_OUTBOX = "outbox"
 PROGRESS_EVERY_S = 5.0
@@ -114,7 +115,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"mailcli {__version__}")
+        typer.echo(f"mailcli {mailcli.__version__}")
         raise typer.Exit()
 
 
@@ -399,6 +400,8 @@ def _batch_sandbox(
     quiet: bool,
     transcript: Callable[[str], None] | None,
 ) -> Summary:
+    from mailcli.sandbox import sandbox
+
     trial = _sandboxed(campaign, folder)
     with sandbox(folder) as (server, _writer):
         settings = SmtpSettings(host=server.host, port=server.port, security="none")
@@ -672,6 +675,8 @@ def send(
             sys.stdout.buffer.flush()
         return
     if sandbox_dir is not None:
+        from mailcli.sandbox import sandbox
+
         with sandbox(Path(sandbox_dir)) as (server, _writer):
             settings = SmtpSettings(host=server.host, port=server.port, security="none")
             connection = SmtpConnection(settings, transcript=flags.transcript())
@@ -785,6 +790,8 @@ def test_connection(
     flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
     campaign_smtp = load_campaign(campaign_file).smtp if campaign_file is not None else None
     settings, prof = flags.resolve(campaign_smtp)
+    from mailcli.diagnose import diagnose
+
     report = diagnose(settings, password_source(settings, prof), flags.transcript())
     if json_:
         _emit(report.to_json())
@@ -928,7 +935,19 @@ def sink(
     Example: mailcli sink --port 2525 --dir captured
     """
     stop = threading.Event()
-    writer = _ReportingWriter(folder)
+    from mailcli.sandbox import EmlWriter, SmtpServer
+
+    class ReportingWriter(EmlWriter):
+        def save(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> Path:
+            path = super().save(mail_from, rcpt_tos, data)
+            typer.echo(
+                f"saved {path.name} from <{mail_from}> to {', '.join(rcpt_tos)} "
+                f"({len(data)} bytes)",
+                err=True,
+            )
+            return path
+
+    writer = ReportingWriter(folder)
     server = SmtpServer(writer, host, port).start()
     typer.echo(
         f"mailcli sink: listening on {server.host}:{server.port}, saving to {folder}/ "
@@ -947,16 +966,6 @@ def sink(
     finally:
         server.stop()
     typer.echo(f"mailcli sink: stopped after {writer.count} messages", err=True)
-
-
-class _ReportingWriter(EmlWriter):
-    def save(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> Path:
-        path = super().save(mail_from, rcpt_tos, data)
-        typer.echo(
-            f"saved {path.name} from <{mail_from}> to {', '.join(rcpt_tos)} ({len(data)} bytes)",
-            err=True,
-        )
-        return path
 
 
 def main() -> None:

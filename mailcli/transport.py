@@ -438,7 +438,10 @@ class SmtpConnection:
         return "pipelining" in self.extensions
 
     def send_pipelined(
-        self, messages: Sequence[Built], pace: Callable[[], object] | None = None
+        self,
+        messages: Sequence[Built],
+        pace: Callable[[], object] | None = None,
+        idle: Callable[[], object] | None = None,
     ) -> list[Outcome | ConnectionLost]:
         """Send several messages with RFC 2920 pipelining: one result for each, in order.
 
@@ -448,11 +451,13 @@ class SmtpConnection:
         whose data was sent gets ConnectionLost(handed_over=True) ('unknown'), the others
         ConnectionLost(handed_over=False) (safe to send again). `pace` (the rate limiter) is
         called before each message's data is written: the data is what delivers a message.
+        `idle` is called after each write, while the server works: the caller prepares its
+        next messages there.
         """
         smtp = self._smtp
         if smtp is None:
             return [ConnectionLost("not connected", handed_over=False) for _ in messages]
-        run = _Pipeline(smtp, messages, self._mail_options, pace)
+        run = _Pipeline(smtp, messages, self._mail_options, pace, idle)
         try:
             run.execute()
         except _ServerClosing as exc:
@@ -541,8 +546,10 @@ class _Pipeline:
         messages: Sequence[Built],
         options: Callable[[Built], list[str]],
         pace: Callable[[], object] | None,
+        idle: Callable[[], object] | None,
     ) -> None:
         self.smtp, self.messages, self.options, self.pace = smtp, messages, options, pace
+        self.idle = idle
         self.results: list[Outcome | ConnectionLost | None] = [None] * len(messages)
         self.txns = [_Txn() for _ in messages]
         self.expect: deque[tuple[str, int, str]] = deque()
@@ -550,6 +557,8 @@ class _Pipeline:
 
     def execute(self) -> None:
         self._write_commands(rset=False)
+        if self.idle is not None:
+            self.idle()
         while self.expect:
             kind, index, rcpt = self.expect.popleft()
             code, text = self.smtp.getreply()
@@ -590,6 +599,8 @@ class _Pipeline:
             # it, so a failure part-way may come after the server has the whole message.
             txn.handed_over = True
             _send_data(self.smtp, payload, following)
+            if self.idle is not None:
+                self.idle()
             return
         if reply.code == 354:
             # DATA accepted although no recipient was: end an empty message at once.

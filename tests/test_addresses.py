@@ -82,3 +82,12 @@ def test_parse_mailbox_keeps_the_display_name() -> None:
     )
     with pytest.raises(AddressError):
         parse_mailbox("a@example.com, b@example.com")
+
+
+def test_deferred_tlds_cover_email_validators_special_use_names() -> None:
+    """Every special-use name email-validator refuses is one the fast path hands to it."""
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES
+
+    from mailcli.addresses import _DEFER_TLDS
+
+    assert {name.rsplit(".", 1)[-1] for name in SPECIAL_USE_DOMAIN_NAMES} <= _DEFER_TLDS
