@@ -182,7 +182,9 @@ def send_batch(
         CampaignLock(lock_path(campaign), campaign.name),
         State.open(campaign.state_path, campaign.name) as state,
     ):
-        if not _validate(pipeline, state, summary, retry_unknown) and not skip_invalid:
+        # On a first run no row has a record: the per-row lookups of the first pass are skipped.
+        fresh = state.empty
+        if not _validate(pipeline, state, summary, retry_unknown, fresh) and not skip_invalid:
             summary.elapsed_s = time.monotonic() - started
             summary.exit_code = ExitCode.DATAERR
             return summary
@@ -202,6 +204,7 @@ def send_batch(
             progress=progress,
             sleep=sleep,
             stop=stop or (lambda: False),
+            fresh=fresh,
         )
         try:
             run.execute()
@@ -219,7 +222,9 @@ def lock_path(campaign: Campaign) -> Path:
     return campaign.state_path.with_name(campaign.state_path.name + ".lock")
 
 
-def _validate(pipeline: Pipeline, state: State, summary: Summary, retry_unknown: bool) -> bool:
+def _validate(
+    pipeline: Pipeline, state: State, summary: Summary, retry_unknown: bool, fresh: bool
+) -> bool:
     """Pass 1: read every row and render every one that is due; no connection yet.
 
     Counts the due rows in `summary.would_send`.
@@ -230,7 +235,7 @@ def _validate(pipeline: Pipeline, state: State, summary: Summary, retry_unknown:
             summary.problem(item)
         elif isinstance(item, Duplicate):
             summary.duplicates += 1
-        elif _due(state.lookup(item.recipient.email), retry_unknown):
+        elif fresh or _due(state.lookup(item.recipient.email), retry_unknown):
             try:
                 pipeline.render(item.recipient)
                 summary.would_send += 1
@@ -289,6 +294,7 @@ class _Run:
         progress: Progress | None,
         sleep: Callable[[float], None],
         stop: Callable[[], bool],
+        fresh: bool = False,
     ) -> None:
         self.pipeline, self.state, self.connection = pipeline, state, connection
         self.summary, self.limiter, self.retry = summary, limiter, retry
@@ -296,6 +302,7 @@ class _Run:
         self.progress, self.sleep, self.stop = progress, sleep, stop
         self.attempted = 0
         self.produced = 0
+        self.fresh = fresh
         rate = limiter.rate
         # The group is the unknown window: at most WINDOW messages, and about a second's worth
         # at a slow rate, so a crash strands few recipients in 'unknown'.
@@ -378,7 +385,8 @@ class _Run:
     def _consider(self, item: Ready, *, first: bool, now: float) -> _Queued | None:
         """A queued message when this row is due now, else None (counted as skipped etc.)."""
         r = item.recipient
-        entry = self.state.lookup(r.email)
+        # In the first pass of a first run every row is new (duplicates are gone already).
+        entry = None if first and self.fresh else self.state.lookup(r.email)
         if first:
             if not _due(entry, self.retry_unknown):
                 assert entry is not None

@@ -247,6 +247,11 @@ class State:
 
     # -- recipients -----------------------------------------------------------------------
 
+    @property
+    def empty(self) -> bool:
+        """No recipient recorded yet (a campaign's first run)."""
+        return self.db.execute("SELECT 1 FROM recipients LIMIT 1").fetchone() is None
+
     def lookup(self, email: str) -> Entry | None:
         """The recorded state of an address, or None if no run has met it yet."""
         row = self.db.execute(
