@@ -29,8 +29,10 @@ from mailcli.transport import Outcome as SmtpOutcome
 # Problems kept for the report; beyond this only the count grows, so memory stays bounded.
 MAX_PROBLEMS = 1000
 RECONNECT_DELAYS = (1.0, 2.0, 4.0)
-# Messages marked in flight together (one fsync): the most a crash can leave 'unknown'.
-WINDOW = 20
+# Messages marked in flight together (one fsync, one pipelined stream): the most a crash can
+# leave 'unknown'. Tens, so that a crash strands few; not a handful, so that the fsync and the
+# pipeline draining at each group's end cost little per message.
+WINDOW = 32
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,18 +267,27 @@ class State:
         """
         now = _now()
         run = self.run_id
+        rows = [
+            (
+                address_key(email),
+                email,
+                row,
+                run,
+                entry.run_tries + 1 if entry is not None and entry.run == run else 1,
+                now,
+            )
+            for email, row, entry in group
+        ]
         with self._transaction():
             self._write_outcomes()
-            for email, row, entry in group:
-                tries = entry.run_tries + 1 if entry is not None and entry.run == run else 1
-                self.db.execute(
-                    "INSERT INTO recipients (key, email, row, status, attempts, run, run_tries,"
-                    " updated) VALUES (?, ?, ?, 'unknown', 1, ?, ?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET status='unknown', attempts=attempts+1, "
-                    "run=excluded.run, run_tries=excluded.run_tries, updated=excluded.updated,"
-                    " email=excluded.email, row=excluded.row",
-                    (address_key(email), email, row, run, tries, now),
-                )
+            self.db.executemany(
+                "INSERT INTO recipients (key, email, row, status, attempts, run, run_tries,"
+                " updated) VALUES (?, ?, ?, 'unknown', 1, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET status='unknown', attempts=attempts+1, "
+                "run=excluded.run, run_tries=excluded.run_tries, updated=excluded.updated,"
+                " email=excluded.email, row=excluded.row",
+                rows,
+            )
 
     def record(self, outcome: Outcome) -> None:
         """Buffer an outcome; it is committed with the next group (or by flush)."""
@@ -305,13 +314,15 @@ class State:
 
     def _write_outcomes(self) -> None:
         now = _now()
-        for o in self._pending:
-            self.db.execute(
-                "UPDATE recipients SET status=?, code=?, reply=?, message_id=COALESCE(?, "
-                "message_id), next_at=?, updated=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE "
-                "sent_at END WHERE key=?",
-                (o.status, o.code, o.reply, o.message_id, o.next_at, now, o.status, now, o.key),
-            )
+        self.db.executemany(
+            "UPDATE recipients SET status=?, code=?, reply=?, message_id=COALESCE(?, "
+            "message_id), next_at=?, updated=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE "
+            "sent_at END WHERE key=?",
+            [
+                (o.status, o.code, o.reply, o.message_id, o.next_at, now, o.status, now, o.key)
+                for o in self._pending
+            ],
+        )
         self._pending.clear()
         for key, entry in self._reverts:
             if entry is None:
