@@ -64,25 +64,53 @@ def main() -> None:
             theirs: list[float] = []
             for _ in range(args.runs):
                 shutil.rmtree(campaign.parent / ".mailcli", ignore_errors=True)
-                run = run_process(mailcli("batch", str(campaign), "--host", "127.0.0.1",
-                                          "--port", str(port), "--security", "none", "--json"))
+                run = run_process(
+                    mailcli(
+                        "batch",
+                        str(campaign),
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--security",
+                        "none",
+                        "--json",
+                    )
+                )
                 summary = json.loads(run.stdout)
                 assert summary["sent"] == args.messages and summary["connections"] == 1, summary
                 ours.append(run.seconds)
-                source = run_process(["smtp-source", "-d", "-s", "1", "-m", str(args.messages),
-                                      "-l", str(size), f"127.0.0.1:{port}"])
+                source = run_process(
+                    [
+                        "smtp-source",
+                        "-d",
+                        "-s",
+                        "1",
+                        "-m",
+                        str(args.messages),
+                        "-l",
+                        str(size),
+                        f"127.0.0.1:{port}",
+                    ]
+                )
                 assert source.returncode == 0
                 theirs.append(source.seconds)
     finally:
         sink.terminate()
         sink.wait(10)
     mine, base = statistics.median(ours), statistics.median(theirs)
-    print(f"{args.messages} messages over one connection into smtp-sink, {size} bytes each "
-          f"(smtp-source: -l {size} plus its own headers)")
-    print(f"  mailcli batch:    {args.messages / mine:7.0f} messages/s "
-          f"(median {mine:.2f} s of {', '.join(f'{s:.2f}' for s in ours)})")
-    print(f"  smtp-source -d:   {args.messages / base:7.0f} messages/s "
-          f"(median {base:.2f} s of {', '.join(f'{s:.2f}' for s in theirs)})")
+    print(
+        f"{args.messages} messages over one connection into smtp-sink, {size} bytes each "
+        f"(smtp-source: -l {size} plus its own headers)"
+    )
+    print(
+        f"  mailcli batch:    {args.messages / mine:7.0f} messages/s "
+        f"(median {mine:.2f} s of {', '.join(f'{s:.2f}' for s in ours)})"
+    )
+    print(
+        f"  smtp-source -d:   {args.messages / base:7.0f} messages/s "
+        f"(median {base:.2f} s of {', '.join(f'{s:.2f}' for s in theirs)})"
+    )
     print(f"  mailcli / smtp-source: {base / mine:.2f}x")
 
 
