@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import make_campaign, mailcli, run_process
+from common import mailcli, make_campaign, run_process
 from delay_proxy import DelayProxy
 from vs_smtp_source import free_port, start_sink
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import make_campaign, mailcli, run_process
+from common import mailcli, make_campaign, run_process
 
 
 def free_port() -> int:
