@@ -189,7 +189,11 @@ def file_part(
     disposition: str = "attachment",
     content_id: str | None = None,
 ) -> Part:
-    """An attachment or inline image, base64-encoded."""
+    """An attachment or inline image, base64-encoded.
+
+    The name is trimmed of edge whitespace, which readers (the stdlib's among them) drop.
+    """
+    filename = filename.strip() or "attachment"
     lines = [
         f"Content-Type: {ctype}; {param('name', filename)}",
         "Content-Transfer-Encoding: base64",
