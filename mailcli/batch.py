@@ -21,7 +21,7 @@ from mailcli.pipeline import Duplicate, Pipeline, Ready
 from mailcli.preview import Preview
 from mailcli.ratelimit import RateLimiter
 from mailcli.recipients import Recipient, RowProblem
-from mailcli.render import RenderError
+from mailcli.render import Rendered, RenderError
 from mailcli.state import CampaignLock, Entry, Outcome, State
 from mailcli.transport import ConnectionLost, SmtpConnection
 from mailcli.transport import Outcome as SmtpOutcome
@@ -186,7 +186,11 @@ def send_batch(
     ):
         # On a first run no row has a record: the per-row lookups of the first pass are skipped.
         fresh = state.empty
-        if not _validate(pipeline, state, summary, retry_unknown, fresh) and not skip_invalid:
+        cache = RenderCache()
+        if (
+            not _validate(pipeline, state, summary, retry_unknown, fresh, cache)
+            and not skip_invalid
+        ):
             summary.elapsed_s = time.monotonic() - started
             summary.exit_code = ExitCode.DATAERR
             return summary
@@ -207,6 +211,7 @@ def send_batch(
             sleep=sleep,
             stop=stop or (lambda: False),
             fresh=fresh,
+            cache=cache,
         )
         try:
             run.execute()
@@ -224,8 +229,45 @@ def lock_path(campaign: Campaign) -> Path:
     return campaign.state_path.with_name(campaign.state_path.name + ".lock")
 
 
+class RenderCache:
+    """What pass 1 rendered, kept for the sending pass within a fixed budget.
+
+    Every due row is rendered before connecting (to validate it) and again to send it; for the
+    first rows up to the budget the second rendering is skipped. The budget, not the list,
+    bounds the memory.
+    """
+
+    MAX_ENTRIES = 20_000
+    MAX_CHARS = 16_000_000
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[int, str], Rendered] = {}
+        self._chars = 0
+
+    def put(self, row: int, email: str, rendered: Rendered) -> None:
+        """Keep a rendering if the budget allows."""
+        size = len(rendered.subject) + len(rendered.text or "") + len(rendered.html or "")
+        if len(self._items) < self.MAX_ENTRIES and self._chars + size <= self.MAX_CHARS:
+            self._items[(row, email)] = rendered
+            self._chars += size
+
+    def take(self, row: int, email: str) -> Rendered | None:
+        """The kept rendering of a row, once."""
+        rendered = self._items.pop((row, email), None)
+        if rendered is not None:
+            self._chars -= (
+                len(rendered.subject) + len(rendered.text or "") + len(rendered.html or "")
+            )
+        return rendered
+
+
 def _validate(
-    pipeline: Pipeline, state: State, summary: Summary, retry_unknown: bool, fresh: bool
+    pipeline: Pipeline,
+    state: State,
+    summary: Summary,
+    retry_unknown: bool,
+    fresh: bool,
+    cache: RenderCache,
 ) -> bool:
     """Pass 1: read every row and render every one that is due; no connection yet.
 
@@ -239,7 +281,8 @@ def _validate(
             summary.duplicates += 1
         elif fresh or _due(state.lookup(item.recipient.email), retry_unknown):
             try:
-                pipeline.render(item.recipient)
+                r = item.recipient
+                cache.put(r.row, r.email, pipeline.render(r))
                 summary.would_send += 1
             except RenderError as exc:
                 r = item.recipient
@@ -297,6 +340,7 @@ class _Run:
         sleep: Callable[[float], None],
         stop: Callable[[], bool],
         fresh: bool = False,
+        cache: RenderCache | None = None,
     ) -> None:
         self.pipeline, self.state, self.connection = pipeline, state, connection
         self.summary, self.limiter, self.retry = summary, limiter, retry
@@ -305,6 +349,7 @@ class _Run:
         self.attempted = 0
         self.produced = 0
         self.fresh = fresh
+        self.cache = cache or RenderCache()
         rate = limiter.rate
         # The group is the unknown window: at most WINDOW messages, and about a second's worth
         # at a slow rate, so a crash strands few recipients in 'unknown'.
@@ -405,7 +450,9 @@ class _Run:
         ):
             return None
         try:
-            rendered = self.pipeline.render(r)
+            rendered = (self.cache.take(r.row, r.email) if first else None) or (
+                self.pipeline.render(r)
+            )
         except RenderError as exc:
             self._invalid(r, str(exc))
             return None

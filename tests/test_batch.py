@@ -267,3 +267,25 @@ def test_pipelining_is_used_when_offered(
     else:
         assert back_to_back == [] and after_data == []
     assert len(recorder.messages) == 5
+
+
+def test_render_cache_is_bounded_and_hands_each_rendering_out_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pass 1's renderings are kept up to the budget only, and each is reused at most once."""
+    from mailcli.batch import RenderCache
+    from mailcli.render import Rendered
+
+    monkeypatch.setattr(RenderCache, "MAX_ENTRIES", 2)
+    cache = RenderCache()
+    rendered = Rendered(subject="s", text="t" * 10, html=None)
+    for row in range(1, 6):
+        cache.put(row, f"u{row}@example.com", rendered)
+    assert cache.take(1, "u1@example.com") is rendered
+    assert cache.take(1, "u1@example.com") is None
+    assert cache.take(3, "u3@example.com") is None  # past the budget: rendered again later
+    monkeypatch.setattr(RenderCache, "MAX_CHARS", 15)
+    small = RenderCache()
+    small.put(1, "a@example.com", rendered)
+    small.put(2, "b@example.com", rendered)  # 11 + 11 characters: over the budget
+    assert small.take(2, "b@example.com") is None and small.take(1, "a@example.com")
