@@ -50,6 +50,31 @@ def make_campaign(folder: Path, rows: int, *, extra: str = "") -> Path:
     return campaign
 
 
+def make_plain_campaign(folder: Path, rows: int) -> Path:
+    """The sample campaign reduced to one text and one HTML template and a personal subject:
+    no inheritance, no attachment, no extra headers."""
+    campaign = make_campaign(folder, rows)
+    (folder / "plain.txt.j2").write_text(
+        "Hello {{ first_name }},\n\nwelcome to {{ company }}! Your {{ plan }} plan is ready.\n"
+        "Questions go to {{ support_url }}.\n\n-- The {{ company }} team\n",
+        encoding="utf-8",
+    )
+    (folder / "plain.html.j2").write_text(
+        "<html><body><h1>Hello {{ first_name }},</h1>\n<p>welcome to <b>{{ company }}</b>! "
+        'Your <i>{{ plan }}</i> plan is ready.</p>\n<p>Questions go to <a href="{{ support_url }}'
+        '">{{ support_url }}</a>.</p>\n<p>The {{ company }} team</p></body></html>\n',
+        encoding="utf-8",
+    )
+    campaign.write_text(
+        'name: plain\nfrom: "Acme Team <team@acme.example>"\n'
+        'subject: "Welcome to Acme, {{ first_name }}!"\ntext: plain.txt.j2\n'
+        "html: plain.html.j2\nrecipients: recipients.csv\n"
+        'vars: {company: Acme, support_url: "https://acme.example/help"}\n',
+        encoding="utf-8",
+    )
+    return campaign
+
+
 @dataclass(frozen=True)
 class ProcessRun:
     """A finished child process: its wall time, peak RSS and output."""

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import mailcli, make_campaign, run_process
+from common import mailcli, make_campaign, make_plain_campaign, run_process
 
 from mailcli.campaign import load_campaign
 from mailcli.pipeline import Pipeline, Ready
@@ -70,8 +70,20 @@ def main() -> None:
             seconds = statistics.median(r.seconds for r in runs)
             peaks[rows] = max(r.peak_rss_mb for r in runs)
             print(
-                f"dry-run {rows:>7} rows: {rows / seconds:>8.0f} messages/s whole process "
-                f"(median of {len(runs)}: {seconds:.2f} s), peak RSS {peaks[rows]:.1f} MB"
+                f"dry-run {rows:>7} rows, sample campaign: {rows / seconds:>8.0f} messages/s "
+                f"whole process (median of {len(runs)}: {seconds:.2f} s), "
+                f"peak RSS {peaks[rows]:.1f} MB"
+            )
+            plain = make_plain_campaign(Path(tmp) / f"p{rows}", rows)
+            plain_runs = [
+                run_process(mailcli("batch", str(plain), "--dry-run", "--json"))
+                for _ in range(args.repeat)
+            ]
+            plain_seconds = statistics.median(r.seconds for r in plain_runs)
+            print(
+                f"dry-run {rows:>7} rows, plain campaign:  {rows / plain_seconds:>8.0f} "
+                f"messages/s whole process (median of {len(plain_runs)}: {plain_seconds:.2f} s),"
+                f" peak RSS {max(r.peak_rss_mb for r in plain_runs):.1f} MB"
             )
         baseline = stdlib_rate(make_campaign(Path(tmp) / "base", 5_000), 5_000)
         print(
