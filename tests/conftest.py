@@ -223,6 +223,19 @@ def campaign_files(tmp_path: Path) -> CampaignFiles:
     return make_campaign(tmp_path / "camp")
 
 
+def connect_to(server: SmtpServer) -> Any:
+    """A plain-SMTP connection to a test server (10 s timeout)."""
+    from mailcli.transport import SmtpConnection, SmtpSettings
+
+    return SmtpConnection(
+        SmtpSettings(host=server.host, port=server.port, security="none", timeout=10)
+    )
+
+
+def no_sleep(seconds: float) -> None:
+    """Reconnect backoff without waiting: what is sent is under test, not the clock."""
+
+
 def server_args(server: SmtpServer) -> list[str]:
     """The SMTP options that point a command at a test server (plain SMTP on loopback)."""
     return ["--host", "127.0.0.1", "--port", str(server.port), "--security", "none"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Recorder, make_campaign, many_rows
+from conftest import Recorder, connect_to, make_campaign, many_rows, no_sleep
 
 from mailcli.batch import dry_run, send_batch
 from mailcli.campaign import Rate, load_campaign
@@ -21,16 +21,6 @@ from mailcli.transport import SmtpConnection, SmtpSettings
 def recorder(request: pytest.FixtureRequest) -> Recorder:
     """Every test here runs against a server without and with PIPELINING (RFC 2920)."""
     return Recorder(pipelining=request.param)
-
-
-def connect_to(server: SmtpServer) -> SmtpConnection:
-    return SmtpConnection(
-        SmtpSettings(host=server.host, port=server.port, security="none", timeout=5)
-    )
-
-
-def no_sleep(seconds: float) -> None:
-    """Reconnect backoff without waiting: the behaviour under test is what is sent."""
 
 
 def test_thousand_recipients_arrive_over_one_connection_each_once(

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Recorder, make_campaign, many_rows, server_args, write_csv
+from conftest import (
+    Recorder,
+    connect_to,
+    make_campaign,
+    many_rows,
+    no_sleep,
+    server_args,
+    write_csv,
+)
 from typer.testing import CliRunner
 
 from mailcli.batch import WINDOW, send_batch
@@ -23,7 +31,6 @@ from mailcli.campaign import load_campaign
 from mailcli.cli import app
 from mailcli.errors import ExitCode
 from mailcli.sandbox import SmtpServer
-from mailcli.transport import SmtpConnection, SmtpSettings
 
 runner = CliRunner()
 FAST_RETRY = 'retry: {attempts: 3, delay: "50ms"}\n'
@@ -33,16 +40,6 @@ FAST_RETRY = 'retry: {attempts: 3, delay: "50ms"}\n'
 def recorder(request: pytest.FixtureRequest) -> Recorder:
     """Every test here runs against a server without and with PIPELINING (RFC 2920)."""
     return Recorder(pipelining=request.param)
-
-
-def connect_to(server: SmtpServer) -> SmtpConnection:
-    return SmtpConnection(
-        SmtpSettings(host=server.host, port=server.port, security="none", timeout=10)
-    )
-
-
-def no_sleep(seconds: float) -> None:
-    """Reconnect backoff without waiting: what is sent is under test, not the clock."""
 
 
 def cli(*args: str | Path) -> Any:
