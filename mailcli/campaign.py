@@ -118,7 +118,8 @@ class DkimConfig:
 
     domain: str
     selector: str
-    key: Path
+    key: Path | None = None  # a PEM file ...
+    key_env: str | None = None  # ... or an environment variable holding the PEM text
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,7 @@ class Campaign:
     smtp: SmtpConfig = SmtpConfig()
     rate: Rate | None = None
     retry: Retry = Retry()
+    inline_css: bool = False
 
     @property
     def folder(self) -> Path:
@@ -214,6 +216,7 @@ TOP_KEYS = (
     "unsubscribe",
     "list_id",
     "inline_images",
+    "inline_css",
     "dkim",
     "smtp",
     "rate",
@@ -288,6 +291,7 @@ def _build(top: Section, file: Path) -> Campaign:
         smtp=_smtp(top),
         rate=_parsed(top, "rate", parse_rate),
         retry=_retry(top),
+        inline_css=bool(top.get("inline_css", bool, "true or false", False)),
         state_path=_state(top, folder, name),
     )
 
@@ -450,14 +454,20 @@ def _dkim(top: Section, folder: Path) -> DkimConfig | None:
     sec = top.section("dkim")
     if sec is None:
         return None
-    sec.reject_unknown(("domain", "selector", "key"))
+    sec.reject_unknown(("domain", "selector", "key", "key_env"))
     domain = sec.text("domain", required=True)
     selector = sec.text("selector", required=True)
     key = _file(sec, "key", folder, what="private key")
-    if key is None:
-        raise ConfigError("missing required key 'dkim.key'", path=top.file, line=sec.line)
+    key_env = sec.text("key_env")
+    if (key is None) == (key_env is None):
+        raise ConfigError(
+            "'dkim' needs exactly one of 'key' (a PEM file) and 'key_env' (an "
+            "environment variable holding the key)",
+            path=top.file,
+            line=sec.line,
+        )
     assert domain is not None and selector is not None
-    return DkimConfig(domain=domain, selector=selector, key=key)
+    return DkimConfig(domain=domain, selector=selector, key=key, key_env=key_env)
 
 
 def _smtp(top: Section) -> SmtpConfig:

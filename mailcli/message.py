@@ -92,6 +92,25 @@ def needs_smtputf8(addr: str) -> bool:
     return not addr.rpartition("@")[0].isascii()
 
 
+def _dkim_key(config: DkimConfig) -> bytes:
+    """The PEM private key, from its file or its environment variable."""
+    if config.key_env is not None:
+        pem = os.environ.get(config.key_env, "").replace("\\n", "\n").encode()
+        where = f"the environment variable {config.key_env}"
+        if not pem:
+            raise ConfigError(f"dkim.key_env: {where} is not set or empty")
+    else:
+        assert config.key is not None
+        try:
+            pem = config.key.read_bytes()
+        except OSError as exc:
+            raise open_error(config.key, exc, "DKIM private key") from None
+        where = str(config.key)
+    if b"PRIVATE KEY" not in pem:
+        raise ConfigError(f"the DKIM key in {where} is not a PEM private key")
+    return pem
+
+
 class MessageBuilder:
     """Builds one campaign's messages; prepares the shared pieces once."""
 
@@ -136,12 +155,7 @@ class MessageBuilder:
         self.dkim = dkim_config
         self._dkim_key = b""
         if dkim_config is not None:
-            try:
-                self._dkim_key = dkim_config.key.read_bytes()
-            except OSError as exc:
-                raise open_error(dkim_config.key, exc, "DKIM private key") from None
-            if b"PRIVATE KEY" not in self._dkim_key:
-                raise ConfigError("dkim.key is not a PEM private key", path=dkim_config.key)
+            self._dkim_key = _dkim_key(dkim_config)
 
     def file(self, path: Path, *, static: bool) -> FilePart:
         """Load an attachment; static ones are read once and reused for every message."""
@@ -312,5 +326,5 @@ class MessageBuilder:
                 include_headers=headers,
             )
         except dkim.DKIMException as exc:
-            raise ConfigError(f"DKIM signing failed: {exc}", path=self.dkim.key) from None
+            raise ConfigError(f"DKIM signing failed: {exc}") from None
         return bytes(signature) + data

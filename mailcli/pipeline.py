@@ -50,6 +50,7 @@ def campaign_content(campaign: Campaign) -> Content:
         headers=campaign.headers,
         unsubscribe=campaign.unsubscribe,
         attachments=tuple((a.source, a.path) for a in campaign.attachments),
+        inline_css=campaign.inline_css,
     )
 
 

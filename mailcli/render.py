@@ -59,6 +59,7 @@ class Content:
     headers: Mapping[str, str] | None = None
     unsubscribe: str | None = None
     attachments: tuple[tuple[str, Path | None], ...] = ()  # (source, static path or None)
+    inline_css: bool = False  # move <style> rules into style="" attributes (for Outlook, Gmail)
 
 
 def _markdown() -> MarkdownIt:
@@ -150,6 +151,10 @@ class Renderer:
             if self.markdown_t is not None and self._md is not None:
                 text = _render(self.markdown_t, context)
                 html = HTML_SHELL.format(body=self._md.render(text))
+            if html is not None and self.content.inline_css:
+                html = inline_css(html)
+            if text is None and html is not None:
+                text = html_to_text(html)
             headers = tuple(
                 (name, _header_value(f"header {name}", _render(t, context)))
                 for name, t in self.header_ts
@@ -214,6 +219,28 @@ def _render(template: jinja2.Template, context: dict[str, Any]) -> str:
     except Exception:
         template.environment.handle_exception()
         raise  # handle_exception always raises; this keeps type checkers informed
+
+
+def inline_css(html: str) -> str:
+    """Apply the document's <style> rules as style="" attributes (css-inline), as mail clients
+    that ignore <style> (Outlook, some webmail) need."""
+    import css_inline
+
+    try:
+        return str(css_inline.inline(html))
+    except ValueError as exc:
+        raise RenderError(f"CSS inlining failed: {exc}") from None
+
+
+def html_to_text(html: str) -> str:
+    """A readable text part for an HTML-only message (inscriptis): paragraphs, lists, tables, and
+    links as `text (url)`-style references."""
+    from inscriptis import get_text
+    from inscriptis.model.config import ParserConfig
+
+    text = get_text(html, ParserConfig(display_links=True))
+    lines = [line.rstrip() for line in text.strip("\n").splitlines()]
+    return "\n".join(lines) + "\n"
 
 
 def _header_value(what: str, value: str) -> str:
