@@ -134,6 +134,20 @@ def write_files(preview: Preview, folder: Path) -> list[Path]:
     written = [eml]
     html = preview.html()
     if html is not None:
+        # Inline images are written beside the page and the page points at them, so a browser
+        # shows the message as a mail client will (with its CSS already inlined, if asked).
+        for part in preview.parsed.walk():
+            cid = part.get("Content-ID")
+            if cid is None or part.get_content_maintype() == "multipart":
+                continue
+            name = cid.strip().strip("<>")
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+            suffix = Path(part.get_filename() or "").suffix
+            image = folder / f"{stem}-{safe}{suffix}"
+            payload = part.get_payload(decode=True)
+            image.write_bytes(payload if isinstance(payload, bytes) else b"")
+            written.append(image)
+            html = html.replace(f"cid:{name}", image.name)
         page = folder / f"{stem}.html"
         page.write_text(html, encoding="utf-8")
         written.append(page)
