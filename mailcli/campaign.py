@@ -149,6 +149,7 @@ class Campaign:
     attachments: tuple[Attachment, ...] = ()
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     unsubscribe: str | None = None
+    unsubscribe_mailto: str | None = None
     list_id: str | None = None
     inline_images: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
     dkim: DkimConfig | None = None
@@ -271,6 +272,7 @@ def _build(top: Section, file: Path) -> Campaign:
             "use it instead of 'text'/'html', not with them",
         )
 
+    unsubscribe_url, unsubscribe_mailto = _unsubscribe(top)
     return Campaign(
         path=file,
         name=name,
@@ -284,7 +286,8 @@ def _build(top: Section, file: Path) -> Campaign:
         vars=MappingProxyType(_vars(top)),
         attachments=_attachments(top, folder),
         headers=MappingProxyType(_headers(top)),
-        unsubscribe=_unsubscribe(top),
+        unsubscribe=unsubscribe_url,
+        unsubscribe_mailto=unsubscribe_mailto,
         list_id=_list_id(top),
         inline_images=MappingProxyType(_inline_images(top, folder)),
         dkim=_dkim(top, folder),
@@ -413,14 +416,29 @@ def _headers(top: Section) -> dict[str, str]:
     return headers
 
 
-def _unsubscribe(top: Section) -> str | None:
+def _unsubscribe(top: Section) -> tuple[str | None, str | None]:
+    """(https URL, mailto) templates: `unsubscribe: URL-or-mailto` or `{url: ..., mailto: ...}`."""
+    if not top.has("unsubscribe"):
+        return None, None
+    if isinstance(top.node("unsubscribe"), yaml.MappingNode):
+        sec = top.section("unsubscribe")
+        assert sec is not None
+        sec.reject_unknown(("url", "mailto"))
+        url, mailto = sec.text("url"), sec.text("mailto")
+        if url is None and mailto is None:
+            raise top.error("unsubscribe", "give 'url' (https), 'mailto', or both")
+        for key, value, scheme in (("url", url, "https://"), ("mailto", mailto, "mailto:")):
+            if value is not None:
+                _no_newlines(sec, key, value)
+                if not is_template(value) and not value.startswith(scheme):
+                    raise sec.error(key, f"must start with {scheme}")
+        return url, mailto
     value = top.text("unsubscribe")
-    if value is None:
-        return None
+    assert value is not None
     _no_newlines(top, "unsubscribe", value)
     if not is_template(value) and not value.startswith(("https://", "mailto:")):
         raise top.error("unsubscribe", "must be an https:// URL or a mailto: address")
-    return value
+    return (None, value) if value.startswith("mailto:") else (value, None)
 
 
 def _list_id(top: Section) -> str | None:

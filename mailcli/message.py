@@ -223,10 +223,12 @@ class MessageBuilder:
         ]
         if self._list_id is not None:
             headers.append(self._list_id)
-        if rendered.unsubscribe:
-            # The literal <URL>, never folded or encoded (RFC 2369); render checked it is ASCII.
-            headers.append(f"List-Unsubscribe: <{rendered.unsubscribe}>".encode("ascii"))
-            if rendered.unsubscribe.startswith("https://"):
+        targets = [t for t in (rendered.unsubscribe_mailto, rendered.unsubscribe) if t]
+        if targets:
+            # Literal <URL>s, never encoded (RFC 2369); render checked they are ASCII.
+            value = ",\r\n ".join(f"<{t}>" for t in targets)
+            headers.append(f"List-Unsubscribe: {value}".encode("ascii"))
+            if any(t.startswith("https://") for t in targets):
                 # RFC 8058 one-click: only meaningful with an HTTPS URL.
                 headers.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         for name, value in rendered.headers:

@@ -49,6 +49,7 @@ def campaign_content(campaign: Campaign) -> Content:
         markdown=campaign.markdown,
         headers=campaign.headers,
         unsubscribe=campaign.unsubscribe,
+        unsubscribe_mailto=campaign.unsubscribe_mailto,
         attachments=tuple((a.source, a.path) for a in campaign.attachments),
         inline_css=campaign.inline_css,
     )

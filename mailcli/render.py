@@ -44,6 +44,7 @@ class Rendered:
     headers: tuple[tuple[str, str], ...] = ()
     unsubscribe: str | None = None
     attachments: tuple[Path, ...] = ()
+    unsubscribe_mailto: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class Content:
     markdown: Path | str | None = None
     headers: Mapping[str, str] | None = None
     unsubscribe: str | None = None
+    unsubscribe_mailto: str | None = None
     attachments: tuple[tuple[str, Path | None], ...] = ()  # (source, static path or None)
     inline_css: bool = False  # move <style> rules into style="" attributes (for Outlook, Gmail)
 
@@ -99,6 +101,11 @@ class Renderer:
         self.header_ts = tuple(
             (name, self._string(value, f"headers.{name}"))
             for name, value in (content.headers or {}).items()
+        )
+        self.unsubscribe_mailto_t = (
+            self._string(content.unsubscribe_mailto, "unsubscribe.mailto")
+            if content.unsubscribe_mailto
+            else None
         )
         self.unsubscribe_t = (
             self._string(content.unsubscribe, "unsubscribe") if content.unsubscribe else None
@@ -159,16 +166,8 @@ class Renderer:
                 (name, _header_value(f"header {name}", _render(t, context)))
                 for name, t in self.header_ts
             )
-            unsubscribe = None
-            if self.unsubscribe_t is not None:
-                unsubscribe = _header_value("unsubscribe", _render(self.unsubscribe_t, context))
-                if not unsubscribe.isascii() or len(unsubscribe) > 900:
-                    raise RenderError(
-                        "unsubscribe URL must be ASCII (percent-encode it, e.g. with "
-                        "`| urlencode`) and at most 900 characters"
-                    )
-                if not unsubscribe.startswith(("https://", "mailto:")):
-                    raise RenderError(f"unsubscribe URL {unsubscribe!r} is not https:// or mailto:")
+            unsubscribe = _unsubscribe(self.unsubscribe_t, context, ("https://", "mailto:"))
+            mailto = _unsubscribe(self.unsubscribe_mailto_t, context, ("mailto:",))
             attachments = tuple(
                 item if isinstance(item, Path) else self._attachment(source, item, context)
                 for source, item in self.attachment_ts
@@ -189,7 +188,7 @@ class Renderer:
             raise RenderError(
                 f"template error: {exc.__class__.__name__}: {exc}{_template_place(exc)}"
             ) from None
-        return Rendered(subject, text, html, headers, unsubscribe, attachments)
+        return Rendered(subject, text, html, headers, unsubscribe, attachments, mailto)
 
     def _attachment(self, source: str, template: jinja2.Template, context: dict[str, Any]) -> Path:
         rendered = _render(template, context).strip()
@@ -241,6 +240,23 @@ def html_to_text(html: str) -> str:
     text = get_text(html, ParserConfig(display_links=True))
     lines = [line.rstrip() for line in text.strip("\n").splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def _unsubscribe(
+    template: jinja2.Template | None, context: dict[str, Any], schemes: tuple[str, ...]
+) -> str | None:
+    """A rendered unsubscribe target: one line, ASCII, at most 900 characters, right scheme."""
+    if template is None:
+        return None
+    value = _header_value("unsubscribe", _render(template, context))
+    if not value.isascii() or len(value) > 900:
+        raise RenderError(
+            "unsubscribe URL must be ASCII (percent-encode it, e.g. with "
+            "`| urlencode`) and at most 900 characters"
+        )
+    if not value.startswith(schemes):
+        raise RenderError(f"unsubscribe URL {value!r} is not {' or '.join(schemes)}")
+    return value
 
 
 def _header_value(what: str, value: str) -> str:
