@@ -1,9 +1,12 @@
 """`batch --dry-run` throughput and peak memory at 20,000 and 200,000 rows.
 
-Each figure is a whole `mailcli` process (start-up included): rows read, validated, rendered
-(text + HTML with template inheritance) and built into exact bytes with an attachment. The
-baseline, from the same run, is the same messages built with the standard library's
-`email.message.EmailMessage`, which is how most Python mail tools build them.
+Each figure is a whole `mailcli` process (start-up included), for two campaigns: "sample" is the
+shipped one (text + HTML with template inheritance, an attachment, List-Id, a personal
+unsubscribe URL); "plain" is a personalised text + HTML message and nothing else. Each is run
+with the default worker count (one per core for a big list) and with `--jobs 1`. Memory is the
+peak of the summed RSS of mailcli and its workers. The baseline, from the same run, is the same
+messages built with the standard library's `email.message.EmailMessage`, which is how most
+Python mail tools build them.
 
     python benchmarks/dry_run.py [--rows 20000 200000]
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -51,44 +55,44 @@ def stdlib_rate(campaign: Path, count: int) -> float:
     return len(ready) / (time.perf_counter() - started)
 
 
+def measure(campaign: Path, rows: int, repeat: int, *flags: str) -> tuple[float, float]:
+    """Median messages/s over `repeat` whole-process runs, and the peak tree RSS in MB."""
+    runs = [
+        run_process(mailcli("batch", str(campaign), "--dry-run", "--json", *flags))
+        for _ in range(repeat)
+    ]
+    for run in runs:
+        summary = json.loads(run.stdout)
+        assert run.returncode == 0 and summary["would_send"] == rows, run.stdout[:300]
+    seconds = statistics.median(r.seconds for r in runs)
+    return rows / seconds, max(r.tree_rss_mb for r in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     peaks: dict[int, float] = {}
+    print(f"{os.cpu_count()} cores; each figure is the median of {args.repeat} whole processes")
     with tempfile.TemporaryDirectory() as tmp:
         for rows in args.rows:
-            campaign = make_campaign(Path(tmp) / f"c{rows}", rows)
-            runs = [
-                run_process(mailcli("batch", str(campaign), "--dry-run", "--json"))
-                for _ in range(args.repeat)
-            ]
-            for run in runs:
-                summary = json.loads(run.stdout)
-                assert run.returncode == 0 and summary["would_send"] == rows, run.stdout[:300]
-            seconds = statistics.median(r.seconds for r in runs)
-            peaks[rows] = max(r.peak_rss_mb for r in runs)
-            print(
-                f"dry-run {rows:>7} rows, sample campaign: {rows / seconds:>8.0f} messages/s "
-                f"whole process (median of {len(runs)}: {seconds:.2f} s), "
-                f"peak RSS {peaks[rows]:.1f} MB"
-            )
-            plain = make_plain_campaign(Path(tmp) / f"p{rows}", rows)
-            plain_runs = [
-                run_process(mailcli("batch", str(plain), "--dry-run", "--json"))
-                for _ in range(args.repeat)
-            ]
-            plain_seconds = statistics.median(r.seconds for r in plain_runs)
-            print(
-                f"dry-run {rows:>7} rows, plain campaign:  {rows / plain_seconds:>8.0f} "
-                f"messages/s whole process (median of {len(plain_runs)}: {plain_seconds:.2f} s),"
-                f" peak RSS {max(r.peak_rss_mb for r in plain_runs):.1f} MB"
-            )
+            for label, make in (("sample", make_campaign), ("plain", make_plain_campaign)):
+                campaign = make(Path(tmp) / f"{label}{rows}", rows)
+                for jobs in ("auto", "1"):
+                    flags = () if jobs == "auto" else ("--jobs", jobs)
+                    rate, peak = measure(campaign, rows, args.repeat, *flags)
+                    if label == "sample" and jobs == "auto":
+                        peaks[rows] = peak
+                    print(
+                        f"dry-run {rows:>7} rows, {label:>6} campaign, jobs {jobs:>4}: "
+                        f"{rate:>7.0f} messages/s, peak RSS {peak:6.1f} MB "
+                        "(all processes summed)"
+                    )
         baseline = stdlib_rate(make_campaign(Path(tmp) / "base", 5_000), 5_000)
         print(
             f"baseline: email.message.EmailMessage builds {baseline:.0f} messages/s "
-            "(the same messages, build step alone)"
+            "(the same messages, build step alone, one process)"
         )
     if len(peaks) >= 2:
         small, large = min(peaks), max(peaks)

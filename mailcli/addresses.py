@@ -5,16 +5,15 @@ from __future__ import annotations
 import email.utils
 import functools
 import re
-from dataclasses import dataclass
 from types import ModuleType
+from typing import NamedTuple
 
 
 class AddressError(ValueError):
     """An address that cannot be sent to."""
 
 
-@dataclass(frozen=True, slots=True)
-class Mailbox:
+class Mailbox(NamedTuple):
     """A display name and a validated, normalised addr-spec."""
 
     name: str

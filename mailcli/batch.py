@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailcli import workers
 from mailcli.campaign import Campaign, Rate, Retry
 from mailcli.errors import ExitCode, UnavailableError
 from mailcli.message import Built
-from mailcli.pipeline import Duplicate, Pipeline, Ready
+from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
 from mailcli.preview import Preview
 from mailcli.ratelimit import RateLimiter
 from mailcli.recipients import Recipient, RowProblem
@@ -132,31 +133,48 @@ def dry_run(
     limit: int | None = None,
     progress: Progress | None = None,
     on_message: Callable[[Preview], None] | None = None,
+    jobs: int | None = None,
 ) -> Summary:
-    """Read, validate, render and build every row; open no connection, write no state."""
+    """Read, validate, render and build every row; open no connection, write no state.
+
+    `jobs` worker processes render and build (None: every core for a big list, see
+    `workers.default_jobs`); the outcome is the same for any number. `on_message` needs the
+    bytes, so it keeps the work in this process.
+    """
     started = time.monotonic()
     summary = Summary(campaign=campaign.name, dry_run=True)
     pipeline = Pipeline(campaign, sender=sender)
-    for item in pipeline.items():
+    if on_message is not None:
+        jobs = 1
+    elif jobs is None:
+        jobs = workers.default_jobs(campaign.recipients.path)
+    rows = workers.checked(pipeline, jobs) if jobs > 1 else _checked_here(pipeline)
+    for item, outcome in rows:
         summary.total += 1
         if isinstance(item, RowProblem):
             summary.problem(item)
         elif isinstance(item, Duplicate):
             summary.duplicates += 1
-        elif limit is None or summary.would_send < limit:
-            built = pipeline.check(item)
-            if isinstance(built, RowProblem):
-                summary.problem(built)
+        elif isinstance(outcome, RowProblem):
+            summary.problem(outcome)
+        elif outcome is not None and (limit is None or summary.would_send < limit):
+            summary.would_send += 1
+            if isinstance(outcome, int):
+                summary.bytes += outcome
             else:
-                summary.would_send += 1
-                summary.bytes += len(built.data)
+                summary.bytes += len(outcome.data)
                 if on_message is not None:
-                    on_message(Preview(item.recipient.row, item.recipient.email, built))
+                    on_message(Preview(item.recipient.row, item.recipient.email, outcome))
         if progress is not None:
             progress(summary)
     summary.elapsed_s = time.monotonic() - started
     summary.exit_code = ExitCode.DATAERR if summary.invalid else ExitCode.OK
     return summary
+
+
+def _checked_here(pipeline: Pipeline) -> Iterator[tuple[Item, Built | RowProblem | None]]:
+    for item in pipeline.items(render=False):
+        yield item, pipeline.check_recipient(item.recipient) if isinstance(item, Ready) else None
 
 
 def send_batch(

@@ -301,6 +301,17 @@ def batch(
     sandbox_dir: SandboxOpt = None,
     json_: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            metavar="N",
+            min=1,
+            help="With --dry-run: render and build in N worker processes "
+            "(default: one per core for lists over 512 KB, else 1).",
+        ),
+    ] = None,
 ) -> None:
     """Send a campaign to every recipient of its list, over one SMTP connection.
 
@@ -312,7 +323,7 @@ def batch(
     campaign = load_campaign(campaign_file)
     progress = None if (quiet or json_) else _progress_printer()
     if dry_run_:
-        summary = dry_run(campaign, limit=limit, progress=progress)
+        summary = dry_run(campaign, limit=limit, progress=progress, jobs=jobs)
         _report(summary, json_=json_, quiet=quiet)
         raise typer.Exit(summary.exit_code)
     options: dict[str, Any] = {

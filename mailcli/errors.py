@@ -49,6 +49,10 @@ class MailcliError(Exception):
         self.recipient = recipient
         self.hint = hint
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # An error raised in a worker process crosses back to the parent whole, place included.
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
     @property
     def location(self) -> str:
         """`file:line`, `file row N`, or '' when the error has no place."""
@@ -63,6 +67,13 @@ class MailcliError(Exception):
         where = self.location
         text = f"{where}: {self.message}" if where else self.message
         return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+def _rebuild(cls: type[MailcliError], state: dict[str, object]) -> MailcliError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
 
 
 class UsageError(MailcliError):

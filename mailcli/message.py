@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from mailcli import mime
 from mailcli.addresses import Mailbox, parse_mailbox
@@ -66,8 +67,7 @@ class FilePart:
         return cls(path.name, maintype, subtype, data)
 
 
-@dataclass(frozen=True, slots=True)
-class Built:
+class Built(NamedTuple):
     """A finished message: its bytes, Message-ID and SMTP envelope."""
 
     data: bytes
@@ -137,8 +137,9 @@ class MessageBuilder:
         self._files: dict[Path, FilePart] = {}
         self._parts: dict[Path, mime.Part] = {}
         self._boundaries = mime.Boundaries()
-        self._id_prefix = f"{os.getpid()}.{os.urandom(5).hex()}"
+        self._id_prefix = ""
         self._count = 0
+        self.reseed()
         self._date_second = -1
         self._date_text = b""
         self.inline_images = {cid: FilePart.load(p) for cid, p in (inline_images or {}).items()}
@@ -156,6 +157,12 @@ class MessageBuilder:
         self._dkim_key = b""
         if dkim_config is not None:
             self._dkim_key = _dkim_key(dkim_config)
+
+    def reseed(self) -> None:
+        """Fresh Message-ID and boundary prefixes, as a forked worker needs to stay unique."""
+        self._boundaries = mime.Boundaries()
+        self._id_prefix = f"{os.getpid()}.{os.urandom(5).hex()}"
+        self._count = 0
 
     def file(self, path: Path, *, static: bool) -> FilePart:
         """Load an attachment; static ones are read once and reused for every message."""

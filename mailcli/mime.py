@@ -16,7 +16,7 @@ import binascii
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 CRLF = b"\r\n"
 MAX_LINE = 78
@@ -162,8 +162,7 @@ def param(name: str, value: str) -> str:
     return f"{name}*=utf-8''{quote(value, safe='')}"
 
 
-@dataclass(frozen=True, slots=True)
-class Part:
+class Part(NamedTuple):
     """A MIME entity: its headers (without a trailing CRLF) and its encoded body."""
 
     headers: bytes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mailcli.addresses import AddressError, Mailbox, parse_mailbox
 from mailcli.campaign import Campaign
@@ -19,8 +19,7 @@ from mailcli.recipients import Recipient, RecipientReader, RowProblem, SeenAddre
 from mailcli.render import Content, Rendered, Renderer, RenderError
 
 
-@dataclass(frozen=True, slots=True)
-class Ready:
+class Ready(NamedTuple):
     """A valid, first-seen recipient and its rendered parts."""
 
     recipient: Recipient
@@ -53,6 +52,10 @@ def campaign_content(campaign: Campaign) -> Content:
         attachments=tuple((a.source, a.path) for a in campaign.attachments),
         inline_css=campaign.inline_css,
     )
+
+
+# What a Ready carries when rendering is left to a later step (one object for every row).
+UNRENDERED = Rendered(subject="", text=None, html=None)
 
 
 class Pipeline:
@@ -110,12 +113,20 @@ class Pipeline:
                     yield Duplicate(entry.row, entry.email, first)
                     continue
                 if not render:
-                    yield Ready(entry, Rendered(subject="", text=None, html=None))
+                    yield Ready(entry, UNRENDERED)
                     continue
                 try:
                     yield Ready(entry, self.render(entry))
                 except RenderError as exc:
                     yield RowProblem(entry.row, entry.line, str(exc), entry.email)
+
+    def check_recipient(self, recipient: Recipient) -> Built | RowProblem:
+        """Render and build one row (as a dry run does), any per-row failure as a RowProblem."""
+        try:
+            rendered = self.render(recipient)
+        except RenderError as exc:
+            return RowProblem(recipient.row, recipient.line, str(exc), recipient.email)
+        return self.check(Ready(recipient, rendered))
 
     def check(self, ready: Ready, *, smtputf8: bool = True) -> Built | RowProblem:
         """Build a message, turning a per-row build failure into a RowProblem."""

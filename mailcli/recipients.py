@@ -12,7 +12,8 @@ import io
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from pathlib import Path
+from typing import NamedTuple
 
 from mailcli.addresses import AddressError, Mailbox, address_key, normalize_address
 from mailcli.campaign import RecipientsSource
@@ -22,8 +23,7 @@ from mailcli.errors import DataError, open_error
 csv.field_size_limit(16 * 1024 * 1024)
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
+class Recipient(NamedTuple):
     """One valid row: its 1-based data row number, mailbox and every column's value."""
 
     row: int
@@ -75,7 +75,8 @@ class RecipientReader:
         except OSError as exc:
             raise open_error(src.path, exc, "recipient list") from None
         with handle:
-            lines = _DecodedLines(handle, encoding)
+            # Decoded in C, a chunk at a time; only a decode error goes back for its line.
+            lines = io.TextIOWrapper(handle, encoding=encoding, newline="")
             reader = csv.reader(lines, delimiter=src.delimiter, strict=False)
             try:
                 yield from self._rows(reader)
@@ -84,7 +85,7 @@ class RecipientReader:
                     f"cannot decode the file as {src.encoding} "
                     f"(byte 0x{exc.object[exc.start]:02x} on this line)",
                     path=src.path,
-                    line=lines.number,
+                    line=_undecodable_line(src.path, encoding),
                     hint="set the file's real encoding, e.g. `recipients: {path: ..., "
                     "encoding: cp1252}`",
                 ) from None
@@ -172,34 +173,23 @@ class RecipientReader:
             yield Recipient(number, start, Mailbox(name, addr), fields)
 
 
-class _DecodedLines:
-    """A binary file decoded one physical line at a time, so a bad byte is found on its line."""
-
-    def __init__(self, handle: BinaryIO, encoding: str) -> None:
-        self.number = 0
-        self._handle = handle
-        name = codecs.lookup(encoding).name
-        # Splitting bytes on b"\n" is only safe where "\n" is the byte 0x0a (not UTF-16/32).
-        self._by_line = not name.startswith(("utf-16", "utf-32"))
-        self._text: Iterator[str] | None = None
-        if not self._by_line:
-            self._text = iter(io.TextIOWrapper(handle, encoding=encoding, newline=""))
-        self._decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        self.number += 1
-        if self._text is not None:
-            return next(self._text)
-        raw = self._handle.readline()
-        if not raw:
-            tail = self._decoder.decode(b"", final=True)
-            if tail:
-                return tail
-            raise StopIteration
-        return self._decoder.decode(raw)
+def _undecodable_line(path: Path, encoding: str) -> int | None:
+    """The physical line holding the first byte `encoding` cannot decode (None if unknown)."""
+    # Splitting bytes on b"\n" is only safe where "\n" is the byte 0x0a (not UTF-16/32).
+    if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+        return None
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    number = 0
+    try:
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):  # noqa: B007 (used after the loop)
+                decoder.decode(raw)
+            decoder.decode(b"", final=True)  # a character cut short by the end of the file
+    except UnicodeDecodeError:
+        return number
+    except OSError:
+        return None
+    return None
 
 
 def _find_column(columns: tuple[str, ...], wanted: str) -> int | None:

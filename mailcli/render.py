@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jinja2
 from jinja2.exceptions import SecurityError
@@ -34,8 +34,7 @@ class RenderError(Exception):
     """A problem rendering one recipient's message; recorded against that row."""
 
 
-@dataclass(frozen=True, slots=True)
-class Rendered:
+class Rendered(NamedTuple):
     """Everything personalised about one message, ready for the message builder."""
 
     subject: str
@@ -85,6 +84,9 @@ class Renderer:
             "undefined": jinja2.StrictUndefined,
             "keep_trailing_newline": True,
             "auto_reload": False,
+            # A plain dict instead of the locked LRU: a campaign has a handful of templates, and
+            # every render of a template that extends another looks its parent up.
+            "cache_size": -1,
         }
         # Two environments so that anything an HTML template extends or includes is escaped too,
         # whatever its file name, and nothing in the text part is.
@@ -94,26 +96,33 @@ class Renderer:
             env.globals.update(globals_ or {})
         self._globals: dict[str, Any] = dict(self.text_env.globals)
         self._md = _markdown() if content.markdown else None
-        self.subject_t = self._string(content.subject, "subject")
+        self.subject_t = self._value(content.subject, "subject")
         self.text_t = self._template(self.text_env, content.text, "text")
         self.html_t = self._template(self.html_env, content.html, "html")
         self.markdown_t = self._template(self.text_env, content.markdown, "markdown")
         self.header_ts = tuple(
-            (name, self._string(value, f"headers.{name}"))
+            (name, self._value(value, f"headers.{name}"))
             for name, value in (content.headers or {}).items()
         )
         self.unsubscribe_mailto_t = (
-            self._string(content.unsubscribe_mailto, "unsubscribe.mailto")
+            self._value(content.unsubscribe_mailto, "unsubscribe.mailto")
             if content.unsubscribe_mailto
             else None
         )
         self.unsubscribe_t = (
-            self._string(content.unsubscribe, "unsubscribe") if content.unsubscribe else None
+            self._value(content.unsubscribe, "unsubscribe") if content.unsubscribe else None
         )
         self.attachment_ts: tuple[tuple[str, Path | jinja2.Template], ...] = tuple(
             (source, static if static is not None else self._string(source, "attachments"))
             for source, static in content.attachments
         )
+
+    def _value(self, source: str, what: str) -> jinja2.Template | str:
+        """A one-line template (subject, header, URL); text without Jinja markup stays a
+        constant, so a static value costs nothing per recipient."""
+        if not any(start in source for start in ("{{", "{%", "{#")):
+            return source
+        return self._string(source, what)
 
     def _string(
         self, source: str, what: str, env: SandboxedEnvironment | None = None
@@ -203,13 +212,15 @@ class Renderer:
         return path
 
 
-def _render(template: jinja2.Template, context: dict[str, Any]) -> str:
+def _render(template: jinja2.Template | str, context: dict[str, Any]) -> str:
     """Template.render() without its per-call copy of the globals into a new dict.
 
     The caller's context already holds the globals (merged once per row), so it is shared with
     Jinja as it is; errors still go through Jinja's handler, which points tracebacks at the
-    template's own lines.
+    template's own lines. A constant (see `Renderer._value`) is its own rendering.
     """
+    if isinstance(template, str):
+        return template
     try:
         ctx = new_context(
             template.environment, template.name, template.blocks, context, shared=True
@@ -243,7 +254,7 @@ def html_to_text(html: str) -> str:
 
 
 def _unsubscribe(
-    template: jinja2.Template | None, context: dict[str, Any], schemes: tuple[str, ...]
+    template: jinja2.Template | str | None, context: dict[str, Any], schemes: tuple[str, ...]
 ) -> str | None:
     """A rendered unsubscribe target: one line, ASCII, at most 900 characters, right scheme."""
     if template is None:
