@@ -116,28 +116,42 @@ def address_list(name: str, mailboxes: Sequence[tuple[str, str]], *, utf8: bool 
     return text.encode("utf-8" if utf8 else "ascii")
 
 
+# A line longer than SMTP allows (RFC 5321 4.5.3.1.6: 998 characters before the CRLF).
+_LONG_LINE = re.compile(r"[^\n]{999}")
+
+
+def _unix_lines(text: str) -> str:
+    # Only CR and LF end a line on the wire (str.splitlines() would split on \f, \v, ...).
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def _encoding_of(normal: str) -> str:
+    if normal.isascii():
+        if len(normal) <= 998 or not _LONG_LINE.search(normal):
+            return "7bit"
+        return "quoted-printable"
+    # Sizes measured in C: quoted-printable spends three characters on each non-ASCII byte.
+    size = len(normal.encode("utf-8"))
+    ascii_chars = len(normal.encode("ascii", "ignore"))
+    qp_size = ascii_chars + 3 * (size - ascii_chars)
+    return "base64" if qp_size > size * 4 // 3 + size // 10 else "quoted-printable"
+
+
 def body_encoding(text: str) -> str:
     """A transfer encoding that any server accepts (no 8BITMIME needed, lines within limits).
 
     Plain ASCII with short lines goes as is; mostly-ASCII text as quoted-printable, which stays
     readable; text that is mostly non-ASCII (Cyrillic, CJK) as base64, which is shorter.
     """
-    if text.isascii():
-        # Only CR and LF end a line on the wire (str.splitlines() would split on \f, \v, ...).
-        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        if max(map(len, lines)) <= 998:
-            return "7bit"
-        return "quoted-printable"
-    # Sizes measured in C: quoted-printable spends three characters on each non-ASCII byte.
-    size = len(text.encode("utf-8"))
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    qp_size = ascii_chars + 3 * (size - ascii_chars)
-    return "base64" if qp_size > size * 4 // 3 + size // 10 else "quoted-printable"
+    return _encoding_of(_unix_lines(text))
 
 
 def encode_body(text: str, cte: str) -> bytes:
     """The encoded body with CRLF line endings and a final CRLF."""
-    normal = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _encoded(_unix_lines(text), cte)
+
+
+def _encoded(normal: str, cte: str) -> bytes:
     if cte == "7bit":
         data = normal.encode("ascii")
     elif cte == "quoted-printable":
@@ -173,11 +187,23 @@ class Part(NamedTuple):
         return self.headers + CRLF + CRLF + self.body
 
 
+_TEXT_HEADERS = {
+    (subtype, cte): (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}'
+    ).encode("ascii")
+    for subtype in ("plain", "html")
+    for cte in ("7bit", "quoted-printable", "base64")
+}
+
+
 def text_part(text: str, subtype: str) -> Part:
     """A text/plain or text/html part in a transfer encoding any server takes."""
-    cte = body_encoding(text)
-    headers = f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}'
-    return Part(headers.encode("ascii"), encode_body(text, cte))
+    normal = _unix_lines(text)
+    cte = _encoding_of(normal)
+    headers = _TEXT_HEADERS.get((subtype, cte))
+    if headers is None:
+        headers = f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}'.encode()
+    return Part(headers, _encoded(normal, cte))
 
 
 def file_part(
