@@ -119,7 +119,8 @@ class DkimConfig:
     domain: str
     selector: str
     key: Path | None = None  # a PEM file ...
-    key_env: str | None = None  # ... or an environment variable holding the PEM text
+    key_env: str | None = None  # ... or an environment variable holding the PEM text ...
+    key_keyring: bool = False  # ... or the keyring entry `dkim:SELECTOR._domainkey.DOMAIN`
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,20 +473,31 @@ def _dkim(top: Section, folder: Path) -> DkimConfig | None:
     sec = top.section("dkim")
     if sec is None:
         return None
-    sec.reject_unknown(("domain", "selector", "key", "key_env"))
+    sec.reject_unknown(("domain", "selector", "key", "key_env", "key_keyring"))
     domain = sec.text("domain", required=True)
     selector = sec.text("selector", required=True)
     key = _file(sec, "key", folder, what="private key")
     key_env = sec.text("key_env")
-    if (key is None) == (key_env is None):
+    key_keyring = bool(sec.get("key_keyring", bool, "true or false", False))
+    if [key is not None, key_env is not None, key_keyring].count(True) != 1:
         raise ConfigError(
-            "'dkim' needs exactly one of 'key' (a PEM file) and 'key_env' (an "
-            "environment variable holding the key)",
+            "'dkim' needs exactly one of 'key' (a PEM file), 'key_env' (an environment "
+            "variable holding the key) and 'key_keyring: true' (the key stored by "
+            "`mailcli dkim store`)",
             path=top.file,
             line=sec.line,
         )
     assert domain is not None and selector is not None
-    return DkimConfig(domain=domain, selector=selector, key=key, key_env=key_env)
+    for what, value in (("domain", domain), ("selector", selector)):
+        if not value.isascii() or any(c.isspace() or c in ";=" for c in value):
+            raise ConfigError(
+                f"dkim.{what} {value!r} must be an ASCII DNS name (IDNA for a non-ASCII domain)",
+                path=top.file,
+                line=sec.line,
+            )
+    return DkimConfig(
+        domain=domain, selector=selector, key=key, key_env=key_env, key_keyring=key_keyring
+    )
 
 
 def _smtp(top: Section) -> SmtpConfig:

@@ -928,6 +928,98 @@ def password_delete(
     typer.echo(f"deleted the password for {keyring_key(user, server)}")
 
 
+dkim_app = typer.Typer(
+    name="dkim",
+    help="Create, store and delete DKIM signing keys (RSA, for dkim: in a campaign).",
+    no_args_is_help=True,
+)
+app.add_typer(dkim_app)
+DomainArg = Annotated[str, typer.Argument(metavar="DOMAIN", help="The signing domain (d=).")]
+SelectorArg = Annotated[str, typer.Argument(metavar="SELECTOR", help="The selector (s=).")]
+
+
+def _dkim_published(domain: str, selector: str, record: str, source: str) -> None:
+    name = f"{selector}._domainkey.{domain}"
+    # A TXT string holds at most 255 bytes; zone files take a long record as several strings.
+    strings = " ".join(f'"{record[i : i + 255]}"' for i in range(0, len(record), 255))
+    typer.echo(f"Publish this TXT record at {name}:\n\n{record}\n")
+    typer.echo(f"(as a zone file line: {name}. IN TXT ( {strings} ))\n")
+    typer.echo(
+        f"Then sign a campaign with:\n\ndkim: {{domain: {domain}, selector: {selector}, {source}}}"
+    )
+
+
+@dkim_app.command("keygen")
+def dkim_keygen(
+    domain: DomainArg,
+    selector: SelectorArg,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="FILE", help="Write the private key to FILE (mode 0600)."),
+    ] = None,
+    keyring_: Annotated[
+        bool, typer.Option("--keyring", help="Store the private key in the system keyring.")
+    ] = False,
+    bits: Annotated[int, typer.Option("--bits", min=1024, max=4096, help="RSA key size.")] = 2048,
+) -> None:
+    """Create an RSA key pair; print the DNS TXT record that publishes its public half.
+
+    Example: mailcli dkim keygen acme.example s1 --out dkim-private.pem
+    """
+    from mailcli.dkimsign import DkimSigner, generate_key
+    from mailcli.secrets import dkim_keyring_entry, keyring_write
+
+    if (out is None) == (not keyring_):
+        raise UsageError("give exactly one of --out FILE and --keyring")
+    pem = generate_key(bits)
+    record = DkimSigner(pem, domain=domain, selector=selector, where="new key").public_key_record
+    if out is not None:
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise UsageError(f"{out} exists; not overwriting a key") from None
+        except OSError as exc:
+            raise MailcliError(f"cannot write {out}: {exc.strerror}", path=out) from None
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+        source = f"key: {out}"
+    else:
+        keyring_write(dkim_keyring_entry(domain, selector), pem.decode("ascii"))
+        source = "key_keyring: true"
+    _dkim_published(domain, selector, record, source)
+
+
+@dkim_app.command("store")
+def dkim_store(domain: DomainArg, selector: SelectorArg) -> None:
+    """Store a PEM private key, read from stdin, in the system keyring.
+
+    Example: mailcli dkim store acme.example s1 < dkim-private.pem
+    """
+    from mailcli.dkimsign import DkimSigner
+    from mailcli.secrets import dkim_keyring_entry, keyring_write
+
+    if sys.stdin.isatty():
+        raise UsageError("pipe the key in: mailcli dkim store DOMAIN SELECTOR < key.pem")
+    pem = sys.stdin.read()
+    signer = DkimSigner(pem.encode(), domain=domain, selector=selector, where="stdin")
+    keyring_write(dkim_keyring_entry(domain, selector), pem)
+    _dkim_published(domain, selector, signer.public_key_record, "key_keyring: true")
+
+
+@dkim_app.command("delete")
+def dkim_delete(domain: DomainArg, selector: SelectorArg) -> None:
+    """Delete a DKIM private key from the system keyring.
+
+    Example: mailcli dkim delete acme.example s1
+    """
+    from mailcli.secrets import dkim_keyring_entry, keyring_remove
+
+    entry = dkim_keyring_entry(domain, selector)
+    if not keyring_remove(entry):
+        raise UsageError(f"no DKIM key is stored under {entry!r}")
+    typer.echo(f"deleted {entry!r} from the system keyring")
+
+
 @app.command()
 def sink(
     host: Annotated[

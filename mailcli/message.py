@@ -14,13 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from mailcli import mime
 from mailcli.addresses import Mailbox, parse_mailbox
 from mailcli.campaign import DkimConfig
 from mailcli.errors import ConfigError, InputFileError, open_error
 from mailcli.render import Rendered
+
+if TYPE_CHECKING:
+    from mailcli.dkimsign import DkimSigner
 
 DKIM_HEADERS = (
     b"From",
@@ -92,13 +95,27 @@ def needs_smtputf8(addr: str) -> bool:
     return not addr.rpartition("@")[0].isascii()
 
 
-def _dkim_key(config: DkimConfig) -> bytes:
-    """The PEM private key, from its file or its environment variable."""
+def _dkim_key(config: DkimConfig) -> tuple[bytes, str]:
+    """The PEM private key, from its file, its environment variable or the keyring; and where
+    it came from, for messages."""
     if config.key_env is not None:
         pem = os.environ.get(config.key_env, "").replace("\\n", "\n").encode()
         where = f"the environment variable {config.key_env}"
         if not pem:
             raise ConfigError(f"dkim.key_env: {where} is not set or empty")
+    elif config.key_keyring:
+        from mailcli.secrets import dkim_keyring_entry, keyring_read
+
+        entry = dkim_keyring_entry(config.domain, config.selector)
+        where = f"the keyring entry {entry!r}"
+        stored = keyring_read(entry)
+        if stored is None:
+            raise ConfigError(
+                f"dkim.key_keyring: nothing is stored under {entry!r}",
+                hint=f"store it with `mailcli dkim store {config.domain} {config.selector} "
+                "< key.pem`, or create one with `mailcli dkim keygen ... --keyring`",
+            )
+        pem = stored.encode()
     else:
         assert config.key is not None
         try:
@@ -108,7 +125,7 @@ def _dkim_key(config: DkimConfig) -> bytes:
         where = str(config.key)
     if b"PRIVATE KEY" not in pem:
         raise ConfigError(f"the DKIM key in {where} is not a PEM private key")
-    return pem
+    return pem, where
 
 
 class MessageBuilder:
@@ -154,9 +171,14 @@ class MessageBuilder:
             for cid, img in self.inline_images.items()
         ]
         self.dkim = dkim_config
-        self._dkim_key = b""
+        self._signer: DkimSigner | None = None
         if dkim_config is not None:
-            self._dkim_key = _dkim_key(dkim_config)
+            from mailcli.dkimsign import DkimSigner  # only for campaigns that sign
+
+            pem, where = _dkim_key(dkim_config)
+            self._signer = DkimSigner(
+                pem, domain=dkim_config.domain, selector=dkim_config.selector, where=where
+            )
 
     def reseed(self) -> None:
         """Fresh Message-ID and boundary prefixes, as a forked worker needs to stay unique."""
@@ -199,6 +221,7 @@ class MessageBuilder:
         `smtputf8` says whether the server offers SMTPUTF8 (a dry run assumes it does); it is
         used only for a message whose addresses need it.
         """
+        self._boundaries.restart()
         everyone = [*to, *cc, *bcc]
         texts = "\0".join(
             [
@@ -316,24 +339,5 @@ class MessageBuilder:
         return part
 
     def _sign(self, data: bytes) -> bytes:
-        import dkim  # imported only for campaigns that sign: it pulls in a DNS library
-
-        assert self.dkim is not None
-        present = {
-            line.split(b":", 1)[0].strip().lower()
-            for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-            if line and line[:1] not in b" \t"
-        }
-        headers = [h for h in DKIM_HEADERS if h.lower() in present]
-        try:
-            signature = dkim.sign(
-                data,
-                self.dkim.selector.encode("ascii"),
-                self.dkim.domain.encode("ascii"),
-                self._dkim_key,
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=headers,
-            )
-        except dkim.DKIMException as exc:
-            raise ConfigError(f"DKIM signing failed: {exc}") from None
-        return bytes(signature) + data
+        assert self._signer is not None
+        return self._signer.sign(data, DKIM_HEADERS)

@@ -202,7 +202,9 @@ def text_part(text: str, subtype: str) -> Part:
     cte = _encoding_of(normal)
     headers = _TEXT_HEADERS.get((subtype, cte))
     if headers is None:
-        headers = f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}'.encode()
+        headers = (
+            f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}'
+        ).encode("ascii")
     return Part(headers, _encoded(normal, cte))
 
 
@@ -241,9 +243,15 @@ class Boundaries:
         self.count = 0
 
     def next(self) -> str:
-        """A fresh boundary string."""
+        """A boundary not yet used in this message."""
         self.count += 1
         return f"{self.prefix}_{self.count}"
+
+    def restart(self) -> None:
+        """Begin a new message: boundaries need only be unique within one, and repeating them
+        keeps a body that is the same for every recipient byte-identical (its DKIM body hash
+        is then computed once)."""
+        self.count = 0
 
 
 def multipart(subtype: str, parts: Sequence[Part], boundary: str) -> Part:

@@ -52,34 +52,54 @@ def _keyring_backend() -> ModuleType:
     return keyring
 
 
+def dkim_keyring_entry(domain: str, selector: str) -> str:
+    """The keyring entry name for a DKIM private key: its DNS name, prefixed `dkim:`."""
+    return f"dkim:{selector}._domainkey.{domain}"
+
+
 def keyring_get(username: str, host: str) -> str | None:
     """The stored password, or None; KeyringUnavailable when there is no keyring at all."""
+    return keyring_read(keyring_key(username, host))
+
+
+def keyring_set(username: str, host: str, password: str) -> None:
+    """Store a password in the system keyring."""
+    keyring_write(keyring_key(username, host), password)
+
+
+def keyring_delete(username: str, host: str) -> bool:
+    """Remove a stored password; False when there was none."""
+    return keyring_remove(keyring_key(username, host))
+
+
+def keyring_read(entry: str) -> str | None:
+    """A secret stored under `entry` (service `mailcli`), or None."""
     keyring = _keyring_backend()
     try:
-        value = keyring.get_password(KEYRING_SERVICE, keyring_key(username, host))
+        value = keyring.get_password(KEYRING_SERVICE, entry)
     except Exception as exc:  # backends raise their own errors (D-Bus, locked collections, ...)
         raise KeyringUnavailable(f"the system keyring could not be read: {exc}") from None
     return value if isinstance(value, str) else None
 
 
-def keyring_set(username: str, host: str, password: str) -> None:
-    """Store a password in the system keyring."""
+def keyring_write(entry: str, secret: str) -> None:
+    """Store a secret under `entry` (service `mailcli`)."""
     keyring = _keyring_backend()
     from keyring.errors import KeyringError
 
     try:
-        keyring.set_password(KEYRING_SERVICE, keyring_key(username, host), password)
+        keyring.set_password(KEYRING_SERVICE, entry, secret)
     except KeyringError as exc:
-        raise KeyringUnavailable(f"the system keyring refused the password: {exc}") from None
+        raise KeyringUnavailable(f"the system keyring refused the secret: {exc}") from None
 
 
-def keyring_delete(username: str, host: str) -> bool:
-    """Remove a stored password; False when there was none."""
+def keyring_remove(entry: str) -> bool:
+    """Remove the secret under `entry`; False when there was none."""
     keyring = _keyring_backend()
     from keyring.errors import KeyringError, PasswordDeleteError
 
     try:
-        keyring.delete_password(KEYRING_SERVICE, keyring_key(username, host))
+        keyring.delete_password(KEYRING_SERVICE, entry)
     except PasswordDeleteError:
         return False
     except KeyringError as exc:

@@ -18,7 +18,7 @@ from mailcli.addresses import parse_mailbox
 from mailcli.batch import dry_run
 from mailcli.campaign import load_campaign
 from mailcli.cli import app
-from mailcli.errors import ConfigError
+from mailcli.errors import DataError
 from mailcli.message import MessageBuilder
 
 
@@ -99,16 +99,15 @@ def test_limit_counts_the_first_rows_in_list_order(tmp_path: Path) -> None:
 
 
 def test_an_error_raised_in_a_worker_keeps_its_exit_code_and_place(tmp_path: Path) -> None:
-    key = tmp_path / "c" / "dkim.pem"
+    """An included template is compiled when a worker first renders it: its syntax error
+    reaches the parent as the same error, file and line included."""
     files = make_campaign(
-        tmp_path / "c",
-        many_rows(600),
-        extra="dkim: {domain: example.com, selector: s1, key: dkim.pem}\n",
+        tmp_path / "c", many_rows(600), text='Hi {{ first_name }}\n{% include "footer.j2" %}\n'
     )
-    key.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    (files.folder / "footer.j2").write_text("Bye\n{% if %}\n")
     result = runner.invoke(app, ["batch", str(files.yaml), "--dry-run", "-j", "2"])
-    assert result.exit_code == ConfigError.exit_code == 78
-    assert "DKIM signing failed" in result.stderr
+    assert result.exit_code == DataError.exit_code == 65
+    assert f"{files.folder / 'footer.j2'}:2: template syntax error" in result.stderr
     assert "Traceback" not in result.output + result.stderr
 
 
