@@ -291,7 +291,7 @@ def _build(top: Section, file: Path) -> Campaign:
         unsubscribe_mailto=unsubscribe_mailto,
         list_id=_list_id(top),
         inline_images=MappingProxyType(_inline_images(top, folder)),
-        dkim=_dkim(top, folder),
+        dkim=read_dkim(top, folder),
         smtp=_smtp(top),
         rate=_parsed(top, "rate", parse_rate),
         retry=_retry(top),
@@ -469,7 +469,8 @@ def _inline_images(top: Section, folder: Path) -> dict[str, Path]:
     return images
 
 
-def _dkim(top: Section, folder: Path) -> DkimConfig | None:
+def read_dkim(top: Section, folder: Path) -> DkimConfig | None:
+    """The `dkim:` mapping of a campaign file or an SMTP profile (None when absent)."""
     sec = top.section("dkim")
     if sec is None:
         return None

@@ -646,6 +646,29 @@ def send(
     ] = False,
     sandbox_dir: SandboxOpt = None,
     json_: JsonOpt = False,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", metavar="'NAME: VALUE'", help="Extra header (repeatable)."),
+    ] = None,
+    unsubscribe: Annotated[
+        str | None,
+        typer.Option(
+            "--unsubscribe",
+            metavar="URL",
+            help="List-Unsubscribe target: an https:// URL (one-click) or a mailto: address.",
+        ),
+    ] = None,
+    list_id: Annotated[
+        str | None, typer.Option("--list-id", metavar="TEXT", help="List-Id header (RFC 2919).")
+    ] = None,
+    inline_image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--inline-image",
+            metavar="CID=FILE",
+            help='An image the HTML shows as src="cid:CID" (repeatable).',
+        ),
+    ] = None,
 ) -> None:
     """Send one message to one or more recipients.
 
@@ -667,9 +690,18 @@ def send(
         attachments=tuple(attach or ()),
         sender=sender,
         reply_to=reply_to,
+        headers=tuple(header or ()),
+        unsubscribe=unsubscribe,
+        list_id=list_id,
+        inline_images=tuple(inline_image or ()),
     )
-    if dry_run_:
+    if dry_run_ or sandbox_dir is not None:
         prof = load_profile(flags.options.profile or os.environ.get("MAILCLI_PROFILE"))
+    else:
+        settings, prof = flags.resolve()
+    if prof is not None and prof.dkim is not None:
+        spec = dataclasses.replace(spec, dkim=prof.dkim)
+    if dry_run_:
         built = build_one_off(spec, sender_fallback=prof.sender if prof else None)
         if json_:
             _emit(
@@ -691,9 +723,10 @@ def send(
         with sandbox(Path(sandbox_dir)) as (server, _writer):
             settings = SmtpSettings(host=server.host, port=server.port, security="none")
             connection = SmtpConnection(settings, transcript=flags.transcript())
-            result = deliver_one_off(spec, connection, sender_fallback=None)
+            result = deliver_one_off(
+                spec, connection, sender_fallback=prof.sender if prof else None
+            )
     else:
-        settings, prof = flags.resolve()
         result = deliver_one_off(
             spec, flags.connector(settings, prof)(), sender_fallback=prof.sender if prof else None
         )

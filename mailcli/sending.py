@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mailcli.addresses import AddressError, Mailbox, parse_mailbox
+from mailcli.campaign import HEADER_NAME_RE, RESERVED_HEADERS, DkimConfig
 from mailcli.errors import (
     DataError,
     ExitCode,
@@ -38,6 +39,41 @@ class OneOff:
     attachments: tuple[Path, ...] = ()
     sender: str | None = None
     reply_to: str | None = None
+    headers: tuple[str, ...] = ()  # "Name: value" (templated)
+    unsubscribe: str | None = None  # https URL or mailto (templated)
+    list_id: str | None = None
+    inline_images: tuple[str, ...] = ()  # "CID=FILE"
+    dkim: DkimConfig | None = None  # from the SMTP profile
+
+
+def parse_headers(items: tuple[str, ...]) -> dict[str, str]:
+    """`Name: value` strings to a dict; raise UsageError for a malformed or reserved one."""
+    result: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not HEADER_NAME_RE.match(name):
+            raise UsageError(f"--header takes 'Name: value', not {item!r}")
+        if name.lower() in RESERVED_HEADERS:
+            raise UsageError(f"--header {name}: mailcli sets this header itself")
+        if "\r" in value or "\n" in value:
+            raise UsageError(f"--header {name}: the value contains a line break")
+        result[name] = value
+    return result
+
+
+def parse_inline_images(items: tuple[str, ...]) -> dict[str, Path]:
+    """`CID=FILE` strings to a dict; the files must exist."""
+    result: dict[str, Path] = {}
+    for item in items:
+        cid, sep, file = item.partition("=")
+        if not sep or not cid.strip() or not file.strip():
+            raise UsageError(f"--inline-image takes CID=FILE, not {item!r}")
+        path = Path(file.strip())
+        if not path.is_file():
+            raise InputFileError("inline image not found", path=path)
+        result[cid.strip()] = path
+    return result
 
 
 def parse_vars(items: tuple[str, ...]) -> dict[str, str]:
@@ -108,20 +144,40 @@ class _Prepared:
                     "attachment not found" if not path.exists() else "attachment is not a file",
                     path=path,
                 )
+        if spec.list_id is not None and ("\r" in spec.list_id or "\n" in spec.list_id):
+            raise UsageError("--list-id contains a line break")
+        unsubscribe = mailto = None
+        if spec.unsubscribe is not None:
+            if spec.unsubscribe.startswith("mailto:"):
+                mailto = spec.unsubscribe
+            elif spec.unsubscribe.startswith("https://"):
+                unsubscribe = spec.unsubscribe
+            else:
+                raise UsageError("--unsubscribe takes an https:// URL or a mailto: address")
         content = Content(
             folder=Path.cwd(),
             subject=spec.subject,
             text=text,
             html=html,
             markdown=markdown,
+            headers=parse_headers(spec.headers),
+            unsubscribe=unsubscribe,
+            unsubscribe_mailto=mailto,
             attachments=tuple((str(p), p.resolve()) for p in spec.attachments),
         )
+        images = parse_inline_images(spec.inline_images)
         renderer = Renderer(content)
         try:
             self.rendered = renderer.render(parse_vars(spec.variables))
         except RenderError as exc:
             raise DataError(str(exc)) from None
-        self.builder = MessageBuilder(self.sender, reply_to=spec.reply_to)
+        self.builder = MessageBuilder(
+            self.sender,
+            reply_to=spec.reply_to,
+            list_id=spec.list_id,
+            inline_images=images,
+            dkim_config=spec.dkim,
+        )
         self.builder.preload([p.resolve() for p in spec.attachments])
 
     def build(self, smtputf8: bool) -> Built:

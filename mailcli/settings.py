@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailcli.addresses import AddressError, parse_mailbox
-from mailcli.campaign import SECURITY_MODES, SMTP_KEYS, SmtpConfig, read_smtp
+from mailcli.campaign import SECURITY_MODES, SMTP_KEYS, DkimConfig, SmtpConfig, read_dkim, read_smtp
 from mailcli.errors import ConfigError, UsageError
 from mailcli.transport import AUTH_MECHANISMS, DEFAULT_PORTS, SmtpSettings
 from mailcli.yamlconf import Section, load_mapping
@@ -26,6 +26,7 @@ PROFILE_KEYS = (
     "auth",
     "allow_plaintext_auth",
     "insecure_skip_verify",
+    "dkim",
 )
 
 
@@ -40,6 +41,7 @@ class Profile:
     auth: str | None = None
     allow_plaintext_auth: bool = False
     insecure_skip_verify: bool = False
+    dkim: DkimConfig | None = None  # signs what `mailcli send` sends through this profile
 
 
 def config_file(env: Mapping[str, str] | None = None) -> Path:
@@ -78,10 +80,10 @@ def load_profile(name: str | None, env: Mapping[str, str] | None = None) -> Prof
     sec = profiles.section(wanted)
     if sec is None:
         raise profiles.error(wanted, "must be a mapping of SMTP settings")
-    return _profile(wanted, sec)
+    return _profile(wanted, sec, path.parent)
 
 
-def _profile(name: str, sec: Section) -> Profile:
+def _profile(name: str, sec: Section, folder: Path) -> Profile:
     sec.reject_unknown(PROFILE_KEYS)
     auth = sec.text("auth")
     if auth is not None and auth.lower() not in AUTH_MECHANISMS:
@@ -100,6 +102,7 @@ def _profile(name: str, sec: Section) -> Profile:
         auth=auth.lower() if auth else None,
         allow_plaintext_auth=bool(sec.get("allow_plaintext_auth", bool, "true or false")),
         insecure_skip_verify=bool(sec.get("insecure_skip_verify", bool, "true or false")),
+        dkim=read_dkim(sec, folder),
     )
 
 

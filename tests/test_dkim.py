@@ -15,7 +15,7 @@ import pytest
 from conftest import Recorder, make_campaign, many_rows, server_args
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from test_deliverability import make_key, rich_campaign
+from test_deliverability import PNG, make_key, rich_campaign
 from typer.testing import CliRunner
 
 from mailcli.addresses import parse_mailbox
@@ -244,3 +244,64 @@ def test_the_record_is_base64_of_the_public_key(tmp_path: Path) -> None:
     der = base64.b64decode(signer.public_key_record.split("p=", 1)[1])
     loaded = serialization.load_der_public_key(der)
     assert isinstance(loaded, rsa.RSAPublicKey) and loaded.key_size == 2048
+
+
+def test_send_signs_with_the_profiles_key_and_carries_list_headers(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mailcli send` through a profile with `dkim:`: signed, with one-click unsubscribe, List-Id,
+    a custom header and an inline image in multipart/related, as a campaign would."""
+    key_path, record = make_key(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "profiles:\n  default:\n    from: news@acme.example\n"
+        f"    dkim: {{domain: acme.example, selector: s1, key: {key_path.name}}}\n"
+    )
+    monkeypatch.setenv("MAILCLI_CONFIG", str(config))
+    html = tmp_path / "body.html"
+    html.write_text('<p>Hi</p><img src="cid:logo">\n')
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(PNG)
+    result = runner.invoke(
+        app,
+        [
+            "send", "--to", "ann@example.org", "--subject", "News", "--text", "Hi\n",
+            "--html-file", str(html), "--inline-image", f"logo={logo}",
+            "--unsubscribe", "https://acme.example/u/ann", "--list-id", "News <news.acme.example>",
+            "--header", "Feedback-ID: spring:news:acme", *server_args(smtp_server),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (received,) = recorder.messages
+    assert dkim.verify(received.data, dnsfunc=dns_answer(record))
+    message = received.message
+    assert message["List-Unsubscribe"] == "<https://acme.example/u/ann>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["List-Id"] == "News <news.acme.example>"
+    assert message["Feedback-ID"] == "spring:news:acme"
+    signed = re.sub(rb"\r\n[ \t]+", b" ", received.data.split(b"\r\n\r\n")[0])
+    covered = re.search(rb"h=([^;]+)", signed)
+    assert covered is not None
+    for name in (b"list-unsubscribe", b"list-unsubscribe-post", b"list-id", b"feedback-id"):
+        assert name in covered.group(1)
+    related = next(p for p in message.walk() if p.get_content_type() == "multipart/related")
+    image = next(p for p in related.walk() if p.get_content_type() == "image/png")
+    assert image["Content-ID"] == "<logo>" and image.get_payload(decode=True) == PNG
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--header", "From: x@y.example"], "mailcli sets this header itself"),
+        (["--header", "no colon"], "--header takes 'Name: value'"),
+        (["--unsubscribe", "http://plain.example/u"], "https:// URL or a mailto:"),
+        (["--inline-image", "logo"], "--inline-image takes CID=FILE"),
+        (["--inline-image", "logo=missing.png"], "inline image not found"),
+    ],
+)
+def test_send_refuses_bad_deliverability_options(args: list[str], problem: str) -> None:
+    base = ["send", "--to", "a@example.org", "--from", "b@example.org", "--subject", "S"]
+    result = runner.invoke(app, [*base, "--text", "x", *args, "--dry-run"])
+    assert result.exit_code in (2, 66), result.output
+    assert problem in result.stderr
+    assert "Traceback" not in result.output
