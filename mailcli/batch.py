@@ -8,6 +8,7 @@ in a `Summary`, never raised.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from mailcli.state import CampaignLock, Entry, Outcome, State
 from mailcli.transport import ConnectionLost, SmtpConnection
 from mailcli.transport import Outcome as SmtpOutcome
 
+log = logging.getLogger(__name__)
 # Problems kept for the report; beyond this only the count grows, so memory stays bounded.
 MAX_PROBLEMS = 1000
 RECONNECT_DELAYS = (1.0, 2.0, 4.0)
@@ -69,6 +71,8 @@ class Summary:
     connections: int = 0
     exit_code: int = 0
     error: str | None = None
+    # "checking" (pass 1 of a real run), "sending", or "building" (a dry run); for displays.
+    phase: str = "checking"
     problems: list[RowProblem] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
 
@@ -142,7 +146,7 @@ def dry_run(
     bytes, so it keeps the work in this process.
     """
     started = time.monotonic()
-    summary = Summary(campaign=campaign.name, dry_run=True)
+    summary = Summary(campaign=campaign.name, dry_run=True, phase="building")
     pipeline = Pipeline(campaign, sender=sender)
     if on_message is not None:
         jobs = 1
@@ -206,7 +210,7 @@ def send_batch(
         fresh = state.empty
         cache = RenderCache()
         if (
-            not _validate(pipeline, state, summary, retry_unknown, fresh, cache)
+            not _validate(pipeline, state, summary, retry_unknown, fresh, cache, progress)
             and not skip_invalid
         ):
             summary.elapsed_s = time.monotonic() - started
@@ -214,6 +218,15 @@ def send_batch(
             return summary
         summary.problems.clear()
         summary.invalid = 0
+        summary.phase = "sending"
+        log.info(
+            "campaign %r: %d rows read, %d due in this run",
+            campaign.name,
+            summary.total,
+            summary.would_send,
+        )
+        if progress is not None:
+            progress(summary)
         state.start_run()
         run = _Run(
             pipeline,
@@ -286,6 +299,7 @@ def _validate(
     retry_unknown: bool,
     fresh: bool,
     cache: RenderCache,
+    progress: Progress | None = None,
 ) -> bool:
     """Pass 1: read every row and render every one that is due; no connection yet.
 
@@ -293,6 +307,8 @@ def _validate(
     """
     for item in pipeline.items(render=False):
         summary.total += 1
+        if progress is not None:
+            progress(summary)
         if isinstance(item, RowProblem):
             summary.problem(item)
         elif isinstance(item, Duplicate):
@@ -388,9 +404,11 @@ class _Run:
                 due_at = self.state.next_retry(self.retry.attempts)
                 if due_at is None:
                     break
+                log.info("retrying deferred recipients in %.0f s", max(0.0, due_at - time.time()))
                 self._wait_until(due_at)
                 self._pass(first=False)
         except _Stop as exc:
+            log.warning("run stopped: %s", exc)
             self.summary.error = str(exc)
         except KeyboardInterrupt:
             # A second signal: whatever was in flight stays 'unknown'; the rest is recorded.
@@ -572,6 +590,9 @@ class _Run:
         refusal = outcome.refused.get(queued.built.rcpt_to[0])
         if outcome.delivered:
             self.summary.sent += 1
+            log.debug(
+                "row %d %s: sent (%d %s)", r.row, r.email, outcome.reply.code, outcome.reply.text
+            )
             self.state.record(
                 Outcome(
                     key, "sent", outcome.reply.code, outcome.reply.text, queued.built.message_id
@@ -585,12 +606,14 @@ class _Run:
             if tries < self.retry.attempts:
                 next_at = time.time() + self.retry.delay_s * 2 ** (tries - 1)
             self.summary.deferred += 1
+            log.info("row %d %s: deferred: %d %s", r.row, r.email, deciding.code, deciding.text)
             self.state.record(
                 Outcome(key, "deferred", deciding.code, deciding.text, next_at=next_at)
             )
             _fail(self.summary, r.row, r.email, "deferred", deciding.code, deciding.text)
         else:
             self.summary.failed += 1
+            log.info("row %d %s: failed: %d %s", r.row, r.email, deciding.code, deciding.text)
             self.state.record(Outcome(key, "failed", deciding.code, deciding.text))
             _fail(self.summary, r.row, r.email, "failed", deciding.code, deciding.text)
 
@@ -603,6 +626,7 @@ class _Run:
     def _record_unknown(self, queued: _Queued, reason: str) -> None:
         r = queued.ready.recipient
         self.summary.unknown += 1
+        log.warning("row %d %s: unknown: %s", r.row, r.email, reason)
         self.state.record(Outcome(r.key, "unknown", None, reason, queued.built.message_id))
         _fail(self.summary, r.row, r.email, "unknown", None, reason)
 
@@ -647,12 +671,14 @@ def _send_with_reconnect(
 def _reconnect(connection: SmtpConnection, sleep: Callable[[float], None]) -> bool:
     """Reconnect with backoff; False after RECONNECT_DELAYS consecutive failures."""
     for delay in RECONNECT_DELAYS:
+        log.warning("reconnecting to %s in %.0f s", connection.settings.endpoint, delay)
         sleep(delay)
         try:
             connection.close()
             connection.open()
             return True
-        except UnavailableError:
+        except UnavailableError as exc:
+            log.warning("reconnecting failed: %s", exc)
             continue
     return False
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
+import logging
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +26,28 @@ from typer.exceptions import TyperException
 import mailcli
 from mailcli.batch import Summary, dry_run, send_batch
 from mailcli.campaign import Campaign, SmtpConfig, load_campaign, parse_rate
+from mailcli.console import (
+    BatchProgress,
+    console,
+    estimate_rows,
+    is_terminal,
+    preview_view,
+    setup_logging,
+    status_view,
+    summary_table,
+)
 from mailcli.errors import ExitCode, MailcliError, UsageError
 from mailcli.preview import Preview, preview_one, write_files
 from mailcli.secrets import keyring_delete, keyring_key, keyring_set, password_source
 from mailcli.sending import OneOff, build_one_off, deliver_one_off
 from mailcli.settings import Profile, load_profile, resolve_smtp
-from mailcli.status import StatusReport, campaign_status
+from mailcli.status import campaign_status
 from mailcli.transport import SmtpConnection, SmtpSettings
 
 if TYPE_CHECKING:  # imported where used: they pull in cryptography and aiosmtpd
     from mailcli.diagnose import Diagnosis
 
 DEFAULT_OUTBOX = "outbox"
-PROGRESS_EVERY_S = 5.0
 
 
 class MailcliGroup(TyperGroup):
@@ -195,6 +204,20 @@ SandboxOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Log what happens (connections, retries, refusals) on stderr."
+    ),
+]
+LogFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-file",
+        metavar="FILE",
+        help="Append a timestamped log to FILE (for cron); --debug adds the SMTP dialogue.",
+    ),
+]
 CampaignArg = Annotated[Path, typer.Argument(metavar="CAMPAIGN.yaml", help="Campaign file.")]
 
 
@@ -217,8 +240,12 @@ class SmtpFlags:
         return settings, profile
 
     def transcript(self) -> Callable[[str], None] | None:
-        """Where --debug prints the SMTP dialogue."""
-        return (lambda line: typer.echo(f"smtp: {line}", err=True)) if self.debug else None
+        """Where --debug sends the SMTP dialogue: the `mailcli.smtp` logger (stderr, and the
+        --log-file if one is given)."""
+        if not self.debug:
+            return None
+        smtp_log = logging.getLogger("mailcli.smtp")
+        return lambda line: smtp_log.debug("%s", line)
 
     def connector(
         self, settings: SmtpSettings, profile: Profile | None
@@ -301,6 +328,8 @@ def batch(
     sandbox_dir: SandboxOpt = None,
     json_: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")] = False,
+    verbose: VerboseOpt = False,
+    log_file: LogFileOpt = None,
     jobs: Annotated[
         int | None,
         typer.Option(
@@ -318,12 +347,18 @@ def batch(
     Example: mailcli batch campaigns/welcome/campaign.yaml --dry-run
     """
     _json_mode(ctx, json_)
+    setup_logging(verbose=verbose, debug=debug, log_file=log_file)
     parsed_rate = _rate(rate)
     flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
     campaign = load_campaign(campaign_file)
-    progress = None if (quiet or json_) else _progress_printer()
+    display = BatchProgress(
+        dry_run=dry_run_,
+        expected_rows=estimate_rows(campaign.recipients.path),
+        enabled=not (quiet or json_),
+    )
     if dry_run_:
-        summary = dry_run(campaign, limit=limit, progress=progress, jobs=jobs)
+        with display.running():
+            summary = dry_run(campaign, limit=limit, progress=display, jobs=jobs)
         _report(summary, json_=json_, quiet=quiet)
         raise typer.Exit(summary.exit_code)
     options: dict[str, Any] = {
@@ -331,9 +366,9 @@ def batch(
         "rate": parsed_rate,
         "skip_invalid": skip_invalid,
         "retry_unknown": retry_unknown,
-        "progress": progress,
+        "progress": display,
     }
-    with _StopOnSignal(quiet or json_) as stop:
+    with _StopOnSignal(quiet or json_) as stop, display.running():
         if sandbox_dir is not None:
             summary = _batch_sandbox(
                 campaign, Path(sandbox_dir), options, stop, quiet or json_, flags.transcript()
@@ -426,24 +461,6 @@ def _batch_sandbox(
         )
 
 
-def _progress_printer() -> Callable[[Summary], None]:
-    last = [time.monotonic()]
-
-    def show(summary: Summary) -> None:
-        now = time.monotonic()
-        if now - last[0] >= PROGRESS_EVERY_S:
-            last[0] = now
-            done = summary.would_send if summary.dry_run else summary.sent
-            verb = "built" if summary.dry_run else "sent"
-            typer.echo(
-                f"progress: {summary.total} rows read, {done} {verb}, "
-                f"{summary.failed} failed, {summary.invalid} invalid",
-                err=True,
-            )
-
-    return show
-
-
 def summary_line(summary: Summary) -> str:
     """The one-line human summary of a batch or dry run."""
     s = summary
@@ -493,10 +510,14 @@ def _report(summary: Summary, *, json_: bool, quiet: bool) -> None:
             + ("" if summary.dry_run else " (--skip-invalid sends the valid rows)"),
             err=True,
         )
+    logging.getLogger("mailcli.batch").info("%s", summary_line(summary))
     if json_:
         _emit(summary.to_json())
     elif not quiet:
-        typer.echo(summary_line(summary))
+        if is_terminal(sys.stdout):
+            console().print(summary_table(summary))
+        else:
+            typer.echo(summary_line(summary))
 
 
 @app.command()
@@ -554,6 +575,8 @@ def preview(
         sys.stdout.buffer.flush()
     elif fmt == "html":
         typer.echo(shown.html() or "(this message has no HTML part)")
+    elif is_terminal(sys.stdout):
+        console().print(preview_view(shown))
     else:
         typer.echo(_text_view(shown))
 
@@ -641,6 +664,8 @@ def send(
     timeout: TimeoutOpt = None,
     insecure: InsecureOpt = False,
     debug: DebugOpt = False,
+    verbose: VerboseOpt = False,
+    log_file: LogFileOpt = None,
     dry_run_: Annotated[
         bool, typer.Option("--dry-run", help="Print the exact message bytes; send nothing.")
     ] = False,
@@ -676,6 +701,7 @@ def send(
     --var name=Ann --sandbox
     """
     _json_mode(ctx, json_)
+    setup_logging(verbose=verbose, debug=debug, log_file=log_file)
     flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
     spec = OneOff(
         to=tuple(to),
@@ -770,40 +796,10 @@ def status(
     if json_:
         _emit(report.to_json(with_recipients=failed))
         return
-    typer.echo(format_status(report, with_recipients=failed))
+    view = status_view(report, with_recipients=failed, terminal=is_terminal(sys.stdout))
+    console().print(view)
     if report.list_error:
         typer.echo(f"mailcli: warning: the list could not be read: {report.list_error}", err=True)
-
-
-def format_status(report: StatusReport, *, with_recipients: bool) -> str:
-    """The human status report."""
-    counts = report.to_json(with_recipients=False)
-    lines = [f"Campaign '{report.campaign}' (state: {report.state_file})"]
-    for key in ("total", "sent", "pending", "failed", "deferred", "unknown"):
-        lines.append(f"  {key:<9}{counts[key]:>8}")
-    if report.invalid_rows:
-        lines.append(f"  {'invalid':<9}{report.invalid_rows:>8}  rows of the list (not counted)")
-    run = report.last_run
-    if run:
-        ended = (
-            f"finished {run['finished']}, exit {run['exit_code']}"
-            if run["finished"]
-            else "still running or stopped without finishing"
-        )
-        lines.append(
-            f"Last run: started {run['started']} (pid {run['pid']} on {run['host']}), {ended}"
-        )
-    else:
-        lines.append("No run yet.")
-    if with_recipients:
-        shown = report.recipients
-        lines.append(f"Not delivered: {len(shown)}" if shown else "Not delivered: none")
-        for r in shown:
-            code = f"{r.code} " if r.code else ""
-            lines.append(f"  row {r.row}: {r.email}: {r.status}: {code}{r.reply or ''}".rstrip())
-    elif any(counts[k] for k in ("failed", "deferred", "unknown")):
-        lines.append("(--failed lists the recipients not delivered)")
-    return "\n".join(lines)
 
 
 @app.command("test-connection")
@@ -821,6 +817,8 @@ def test_connection(
     timeout: TimeoutOpt = None,
     insecure: InsecureOpt = False,
     debug: DebugOpt = False,
+    verbose: VerboseOpt = False,
+    log_file: LogFileOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Diagnose an SMTP server: banner, capabilities, TLS, certificate, AUTH and timings.
@@ -831,6 +829,7 @@ def test_connection(
     Example: mailcli test-connection --host smtp.example.com --port 587 --username me@example.com
     """
     _json_mode(ctx, json_)
+    setup_logging(verbose=verbose, debug=debug, log_file=log_file)
     flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
     campaign_smtp = load_campaign(campaign_file).smtp if campaign_file is not None else None
     settings, prof = flags.resolve(campaign_smtp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import smtplib
 import socket
 import ssl
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 from mailcli.errors import AuthError, ConfigError, UnavailableError
 from mailcli.message import Built
 
+log = logging.getLogger(__name__)
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 AUTH_MECHANISMS = ("plain", "login", "cram-md5", "xoauth2")
 # PLAIN first (it runs inside TLS); CRAM-MD5 last, as it needs the server to keep the password.
@@ -389,6 +391,14 @@ class SmtpConnection:
             except BaseException:
                 self.close()
                 raise
+        tls = smtp.sock.version() if isinstance(smtp.sock, ssl.SSLSocket) else None
+        log.info(
+            "connected to %s (%s%s%s)",
+            self.settings.endpoint,
+            f"TLS {tls}" if tls else "no TLS",
+            f", logged in as {self.settings.username}" if self.settings.username else "",
+            ", pipelining" if self.pipelining else "",
+        )
 
     def send(self, message: Built, pace: Callable[[], object] | None = None) -> Outcome:
         """Run one MAIL/RCPT/DATA transaction; refusals are data, a broken link ConnectionLost.

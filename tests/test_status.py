@@ -119,7 +119,7 @@ def test_human_report_shows_the_counts(tmp_path: Path) -> None:
     files = sent_campaign(tmp_path)
     result = status(files.yaml)
     assert result.exit_code == 0
-    table = dict(re.findall(r"^  (\w+) +(\d+)$", result.stdout, re.M))
+    table = dict(re.findall(r"^\| (\w+) +\| +(\d+) \|", result.stdout, re.M))
     assert table == {
         "total": "6",
         "sent": "2",
@@ -137,7 +137,11 @@ def test_human_failed_lists_rows(tmp_path: Path) -> None:
     files = sent_campaign(tmp_path)
     out = status(files.yaml, "--failed").stdout
     assert "Not delivered: 3" in out
-    assert f"row 3: {user(3)}: failed: 550 5.1.1 no such user" in out
+    assert re.search(
+        rf"^\| +3 \| {re.escape(user(3))} +\| failed +\| +550 \| 5\.1\.1 no such user +\|$",
+        out,
+        re.M,
+    )
     assert out.index(user(3)) < out.index(user(4)) < out.index(user(5))
 
 
@@ -149,7 +153,7 @@ def test_invalid_rows_are_reported_but_not_counted(tmp_path: Path) -> None:
     obj = status_json(files.yaml)
     assert (obj["invalid_rows"], obj["total"], obj["pending"]) == (2, 3, 3)
     out = status(files.yaml).stdout
-    assert re.search(r"^  invalid +2  rows of the list \(not counted\)$", out, re.M)
+    assert re.search(r"^\| invalid rows +\| +2 \| not counted \|$", out, re.M)
 
 
 def test_missing_list_still_reports_the_state(tmp_path: Path) -> None:
