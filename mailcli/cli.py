@@ -36,7 +36,7 @@ from mailcli.console import (
     status_view,
     summary_table,
 )
-from mailcli.errors import ExitCode, MailcliError, UsageError
+from mailcli.errors import CantCreateError, ExitCode, MailcliError, UsageError
 from mailcli.preview import Preview, preview_one, write_files
 from mailcli.secrets import keyring_delete, keyring_key, keyring_set, password_source
 from mailcli.sending import OneOff, build_one_off, deliver_one_off
@@ -114,7 +114,8 @@ app = typer.Typer(
     cls=MailcliGroup,
     name="mailcli",
     help="Mass mailing from the command line: YAML campaigns, CSV lists, Jinja templates, "
-    "one persistent SMTP connection.",
+    "one persistent SMTP connection.\n\n"
+    "Example: mailcli init news && mailcli batch news/campaign.yaml --sandbox",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -905,9 +906,40 @@ def _caps_text(features: dict[str, str]) -> str:
     return ", ".join(f"{k.upper()} {v.strip()}".strip() for k, v in features.items()) or "(none)"
 
 
+@app.command()
+def init(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            metavar="NAME",
+            help="The folder to create; its name is the campaign's name.",
+        ),
+    ],
+) -> None:
+    """Create a campaign folder: a commented campaign.yaml, text and HTML templates, a sample
+    list; it runs as it is (--dry-run, --sandbox).
+
+    Example: mailcli init spring-news && mailcli batch spring-news/campaign.yaml --sandbox
+    """
+    from mailcli.scaffold import create_campaign
+
+    written = create_campaign(folder)
+    typer.echo(f"Created campaign '{folder.resolve().name}' in {folder}/:")
+    for path in written:
+        typer.echo(f"  {path.relative_to(folder).as_posix()}")
+    yaml = (folder / "campaign.yaml").as_posix()
+    typer.echo(
+        "Next:\n"
+        f"  mailcli preview {yaml} --row 1      # one message, as it will arrive\n"
+        f"  mailcli batch {yaml} --dry-run      # check every row\n"
+        f"  mailcli batch {yaml} --sandbox      # deliver to ./outbox, nothing leaves the machine"
+    )
+
+
 password_app = typer.Typer(
     name="password",
-    help="Store or delete the SMTP password in the system keyring (service 'mailcli').",
+    help="Store or delete the SMTP password in the system keyring (service 'mailcli').\n\n"
+    "Example: mailcli password set --host smtp.example.com --username news@example.com",
     no_args_is_help=True,
 )
 app.add_typer(password_app)
@@ -962,7 +994,8 @@ def password_delete(
 
 dkim_app = typer.Typer(
     name="dkim",
-    help="Create, store and delete DKIM signing keys (RSA, for dkim: in a campaign).",
+    help="Create, store and delete DKIM signing keys (RSA, for dkim: in a campaign).\n\n"
+    "Example: mailcli dkim keygen acme.example s1 --out dkim-private.pem",
     no_args_is_help=True,
 )
 app.add_typer(dkim_app)
@@ -1011,7 +1044,7 @@ def dkim_keygen(
         except FileExistsError:
             raise UsageError(f"{out} exists; not overwriting a key") from None
         except OSError as exc:
-            raise MailcliError(f"cannot write {out}: {exc.strerror}", path=out) from None
+            raise CantCreateError(f"cannot write the key: {exc.strerror}", path=out) from None
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
         source = f"key: {out}"

@@ -82,9 +82,9 @@ def setup_logging(*, verbose: bool, debug: bool, log_file: Path | None) -> None:
         try:
             handler = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:
-            from mailcli.errors import InputFileError
+            from mailcli.errors import CantCreateError
 
-            raise InputFileError(
+            raise CantCreateError(
                 f"cannot open the log file: {exc.strerror}", path=log_file
             ) from None
         handler.setFormatter(

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     DATAERR = 65
     NOINPUT = 66
+    CANTCREAT = 73
     SOFTWARE = 70
     UNAVAILABLE = 69
     TEMPFAIL = 75
@@ -92,6 +93,12 @@ class InputFileError(MailcliError):
     """An input file is missing or unreadable."""
 
     exit_code = ExitCode.NOINPUT
+
+
+class CantCreateError(MailcliError):
+    """An output file or folder cannot be written (init, a key file, a log file)."""
+
+    exit_code = ExitCode.CANTCREAT
 
 
 class UnavailableError(MailcliError):

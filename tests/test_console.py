@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Recorder, make_campaign, many_rows, server_args
@@ -179,7 +180,7 @@ def test_a_log_file_that_cannot_be_opened_is_a_clean_error(tmp_path: Path) -> No
     result = runner.invoke(
         app, ["batch", str(files.yaml), "--dry-run", "--log-file", str(tmp_path / "no" / "x.log")]
     )
-    assert result.exit_code == 66
+    assert result.exit_code == 73
     assert "cannot open the log file" in result.stderr
 
 
@@ -188,3 +189,105 @@ def test_json_mode_prints_one_object_and_no_progress(campaign: Path, tmp_path: P
     assert code == 0
     assert not ANSI.search(out)
     assert json.loads(out)["would_send"] == 240
+
+
+def test_preview_in_a_terminal_shows_panels_and_an_html_summary(tmp_path: Path) -> None:
+    files = make_campaign(
+        tmp_path / "c",
+        many_rows(2),
+        html='<html><head><title>T</title></head><body><a href="https://acme.example/x">x</a>'
+        '<img src="cid:logo"></body></html>\n',
+    )
+    code, out = mailcli_in_pty(["preview", str(files.yaml), "--row", "2"], tmp_path)
+    assert code == 0, out
+    shown = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out)
+    assert re.search(r"╭─ row 2: user00002@example\.com ─", shown)
+    assert re.search(r"│ Subject:\s+Hello U2", shown)
+    assert "─ text/plain ─" in shown and "Hi U2," in shown
+    assert "─ text/html ─" in shown
+    assert "title: T" in shown
+    assert "1 links: https://acme.example/x" in shown and "1 images: cid:logo" in shown
+
+
+def test_init_makes_a_campaign_that_runs_as_it_is(tmp_path: Path) -> None:
+    from mailcli.campaign import TOP_KEYS, load_campaign
+
+    folder = tmp_path / "spring-news"
+    made = runner.invoke(app, ["init", str(folder)])
+    assert made.exit_code == 0, made.output
+    assert "mailcli batch" in made.stdout and "--sandbox" in made.stdout
+    yaml = (folder / "campaign.yaml").read_text()
+    for key in TOP_KEYS:  # every key is there, set or commented with what it does
+        assert re.search(rf"^#? ?{key}:", yaml, re.M), key
+    campaign = load_campaign(folder / "campaign.yaml")
+    assert campaign.name == "spring-news"
+    assert (folder / ".gitignore").read_text().startswith("# mailcli")
+    dry = runner.invoke(app, ["batch", str(folder / "campaign.yaml"), "--dry-run", "--json"])
+    assert dry.exit_code == 0 and json.loads(dry.stdout)["would_send"] == 3
+    sent = runner.invoke(
+        app, ["batch", str(folder / "campaign.yaml"), "--sandbox", str(tmp_path / "out"), "--json"]
+    )
+    assert sent.exit_code == 0 and json.loads(sent.stdout)["sent"] == 3
+    assert len(list((tmp_path / "out").glob("*.eml"))) == 3
+
+
+@pytest.mark.parametrize(
+    ("target", "code", "message"),
+    [
+        ("exists", 2, "already exists and is not an empty folder"),
+        ("bad name!", 2, "cannot name a campaign"),
+        ("a-file/inside", 73, "cannot write the campaign"),
+    ],
+)
+def test_init_refuses_what_it_cannot_do(
+    tmp_path: Path, target: str, code: int, message: str
+) -> None:
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "keep.txt").write_text("mine\n")
+    (tmp_path / "a-file").write_text("not a folder\n")
+    result = runner.invoke(app, ["init", str(tmp_path / target)])
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    assert (tmp_path / "exists" / "keep.txt").read_text() == "mine\n"
+
+
+def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    for name, command in group.commands.items():
+        found.append((*prefix, name))
+        if hasattr(command, "commands"):  # a group: password, dkim
+            found += _commands(command, (*prefix, name))
+    return found
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    commands = _commands(group)
+    top = {c[0] for c in commands}
+    contract = {"batch", "preview", "send", "status", "test-connection", "sink", "password"}
+    assert contract | {"init", "dkim"} <= top
+    listing = runner.invoke(app, ["--help"])
+    assert listing.exit_code == 0
+    for name in contract | {"init"}:
+        assert re.search(rf"^  {name} ", listing.stdout, re.M), name
+    for command in [(), *commands]:
+        shown = runner.invoke(app, [*command, "--help"])
+        assert shown.exit_code == 0, command
+        assert re.search(r"Example: [^\n]*mailcli ", shown.stdout), command
+
+
+def test_version_and_shell_completion() -> None:
+    import mailcli
+
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout == f"mailcli {mailcli.__version__}\n"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("mailcli")), "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert "_MAILCLI_COMPLETE=complete_bash" in proc.stdout
