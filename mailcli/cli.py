@@ -191,7 +191,8 @@ DebugOpt = Annotated[
     bool,
     typer.Option(
         "--debug",
-        help="Print the SMTP dialogue on stderr (passwords and message data left out).",
+        help="Log the SMTP dialogue and each message's outcome on stderr and to --log-file "
+        "(passwords and message data left out).",
         rich_help_panel="SMTP",
     ),
 ]

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import Recorder, make_campaign, many_rows, server_args
@@ -249,33 +248,6 @@ def test_init_refuses_what_it_cannot_do(
     assert result.exit_code == code, result.output
     assert message in result.stderr
     assert (tmp_path / "exists" / "keep.txt").read_text() == "mine\n"
-
-
-def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    found: list[tuple[str, ...]] = []
-    for name, command in group.commands.items():
-        found.append((*prefix, name))
-        if hasattr(command, "commands"):  # a group: password, dkim
-            found += _commands(command, (*prefix, name))
-    return found
-
-
-def test_every_command_has_help_with_an_example() -> None:
-    import typer.main
-
-    group = typer.main.get_command(app)
-    commands = _commands(group)
-    top = {c[0] for c in commands}
-    contract = {"batch", "preview", "send", "status", "test-connection", "sink", "password"}
-    assert contract | {"init", "dkim"} <= top
-    listing = runner.invoke(app, ["--help"])
-    assert listing.exit_code == 0
-    for name in contract | {"init"}:
-        assert re.search(rf"^  {name} ", listing.stdout, re.M), name
-    for command in [(), *commands]:
-        shown = runner.invoke(app, [*command, "--help"])
-        assert shown.exit_code == 0, command
-        assert re.search(r"Example: [^\n]*mailcli ", shown.stdout), command
 
 
 def test_version_and_shell_completion() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import typer
@@ -12,6 +13,9 @@ from mailcli.campaign import TOP_KEYS
 from mailcli.cli import app
 
 ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import command_reference  # noqa: E402
+
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
@@ -44,27 +48,27 @@ def test_every_campaign_key_is_documented() -> None:
 
 
 def test_every_command_is_documented_with_help_and_example() -> None:
-    """Each command has a README section and a --help that shows an example."""
+    """Each command has a README section, and every --help (the program's, each group's, each
+    command's) shows an example; the program's lists the contract's commands and init."""
     runner = CliRunner()
-    root = typer.main.get_command(app)
-    commands: list[list[str]] = []
-    for name, command in root.commands.items():  # type: ignore[attr-defined]
-        subcommands = getattr(command, "commands", None)
-        commands.extend([[name, sub] for sub in subcommands] if subcommands else [[name]])
-    assert {c[0] for c in commands} >= {
-        "batch",
-        "preview",
-        "send",
-        "status",
-        "test-connection",
-        "sink",
-        "password",
-    }
-    for words in commands:
-        assert f"### `mailcli {words[0]}`" in README
+    commands = command_reference.commands(typer.main.get_command(app))
+    contract = {"batch", "preview", "send", "status", "test-connection", "sink", "password"}
+    assert contract | {"init", "dkim"} <= {c[0] for c in commands}
+    listing = runner.invoke(app, ["--help"])
+    for name in contract | {"init"}:
+        assert re.search(rf"^  {name} ", listing.stdout, re.M), name
+    for words in [(), *commands]:
+        if words:
+            assert f"### `mailcli {words[0]}`" in README
         result = runner.invoke(app, [*words, "--help"])
         assert result.exit_code == 0
-        assert "Example:" in result.stdout and "mailcli " + " ".join(words) in result.stdout
+        assert re.search(r"Example: [^\n]*mailcli " + " ".join(words), result.stdout), words
+
+
+def test_the_command_reference_is_the_help_verbatim() -> None:
+    """README's command reference is every --help as it prints today
+    (`python scripts/command_reference.py --write` regenerates it)."""
+    assert command_reference.readme_section(README) == command_reference.reference()
 
 
 def test_sample_campaign_ships_every_file_it_names() -> None:
