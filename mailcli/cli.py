@@ -63,6 +63,11 @@ class MailcliGroup(TyperGroup):
             _fail(ctx, str(exc), int(exc.exit_code))
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", int(ExitCode.TEMPFAIL))
+        except BrokenPipeError:
+            # The reader went away (`mailcli preview ... | head`): stop quietly, as `cat` does.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(128 + signal.SIGPIPE) from None
         except (typer.Exit, typer.Abort, SystemExit, TyperException):
             raise  # usage errors (exit 2) and exits are Typer's to report
         except Exception as exc:  # a bug: still one line, never a traceback

@@ -139,5 +139,9 @@ class InvalidRowsError(DataError):
 
 def open_error(path: Path, exc: OSError, what: str) -> InputFileError:
     """Turn an OSError from opening an input file into a one-line error naming the file."""
+    if isinstance(exc, FileNotFoundError):
+        return InputFileError(f"{what} not found", path=path)
+    if isinstance(exc, IsADirectoryError):
+        return InputFileError(f"the {what} is a folder, not a file", path=path)
     reason = exc.strerror or exc.__class__.__name__
     return InputFileError(f"cannot read {what}: {reason}", path=path)

@@ -162,11 +162,12 @@ class RecipientReader:
             fields = {columns[i]: values[i] for i in keep}
             name = values[name_col].strip() if name_col is not None else ""
             if "\r" in name or "\n" in name or "\0" in name:
+                what = "a NUL character" if "\0" in name else "a line break"
                 yield RowProblem(
                     number,
                     start,
-                    f"the name in column {columns[name_col or 0]!r} contains a "
-                    "line break (it would go into the To header)",
+                    f"the name in column {columns[name_col or 0]!r} contains "
+                    f"{what} (it would go into the To header)",
                     raw_email,
                 )
                 continue

@@ -63,6 +63,55 @@ class Content:
     inline_css: bool = False  # move <style> rules into style="" attributes (for Outlook, Gmail)
 
 
+# The most characters (or items) one template expression may make: a message is never near it,
+# and `{{ "x" * 10**10 }}` would otherwise take the machine's memory.
+MAX_SIZE = 10_000_000
+
+
+class BoundedSandbox(SandboxedEnvironment):
+    """Jinja's sandbox (no attribute escapes, no unsafe calls, bounded `range`) with bounds on
+    the two operators that make huge values from small ones, `*` and `**`, and on the padding
+    filters (`center`, `indent`)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.filters["center"] = _bounded_center
+        indent = self.filters["indent"]
+        self.filters["indent"] = lambda s, width=4, *a, **k: indent(
+            s, _bounded_width(width), *a, **k
+        )
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(count, int)
+                if sized and len(seq) * count > MAX_SIZE:
+                    raise SecurityError(
+                        f"'*' would make {len(seq) * count:,} items (the limit is {MAX_SIZE:,})"
+                    )
+        if (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and abs(left) > 1
+            and abs(left).bit_length() * right > 100_000
+        ):
+            raise SecurityError("'**' would make a number of more than 100,000 bits")
+        return super().call_binop(context, operator, left, right)
+
+
+def _bounded_width(width: Any) -> Any:
+    if isinstance(width, int) and width > MAX_SIZE:
+        raise SecurityError(f"a width of {width:,} is over the limit of {MAX_SIZE:,}")
+    return width
+
+
+def _bounded_center(value: Any, width: int = 80) -> str:
+    return str(value).center(_bounded_width(width))
+
+
 def _markdown() -> MarkdownIt:
     from markdown_it import MarkdownIt  # only for Markdown campaigns: it costs 30 ms to import
 
@@ -90,8 +139,8 @@ class Renderer:
         }
         # Two environments so that anything an HTML template extends or includes is escaped too,
         # whatever its file name, and nothing in the text part is.
-        self.text_env = SandboxedEnvironment(autoescape=False, **common)
-        self.html_env = SandboxedEnvironment(autoescape=True, **common)
+        self.text_env = BoundedSandbox(autoescape=False, **common)
+        self.html_env = BoundedSandbox(autoescape=True, **common)
         for env in (self.text_env, self.html_env):
             env.globals.update(globals_ or {})
         self._globals: dict[str, Any] = dict(self.text_env.globals)

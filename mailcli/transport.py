@@ -236,6 +236,12 @@ def establish(
             smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         info.peer = smtp.sock.getpeername()[0] if smtp.sock else None
         info.banner = f"{code} {banner.decode('utf-8', 'replace')}"
+        if code == -1:  # smtplib's code for a first line that is not "NNN text"
+            raise UnavailableError(
+                f"{s.endpoint} is not an SMTP server: its greeting is not an SMTP reply "
+                f"(...{banner.decode('ascii', 'replace')[:60]!r})",
+                hint="check the port: 587 or 25 speak SMTP; an HTTP or IMAP port does not",
+            )
         if code != 220:
             raise UnavailableError(f"{s.endpoint} refused the session: {info.banner}")
         started = time.perf_counter()

@@ -117,6 +117,20 @@ def describe(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases (`*name`): a campaign never needs them, and nested aliases can
+    make a few lines stand for billions of values (the "billion laughs")."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed", event.start_mark
+            )
+        node: yaml.Node | None = super().compose_node(parent, index)
+        return node
+
+
 def load_mapping(file: Path, what: str) -> Section:
     """Parse a YAML file whose top level is a mapping; raise ConfigError/InputFileError."""
     try:
@@ -126,7 +140,7 @@ def load_mapping(file: Path, what: str) -> Section:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text (byte {exc.start})", path=file) from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_NoAliases)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

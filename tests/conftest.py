@@ -63,6 +63,8 @@ class Recorder:
     hangup_every: int | None = None
     mail_reply: Callable[[int], str | None] | None = None
     on_data: Callable[[Any], None] | None = None
+    # Seconds to sit on a message (after reading it all) before replying, chosen per envelope.
+    stall_data: Callable[[Any], float] | None = None
     pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads pipelined commands in order)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _hung_at: set[int] = field(default_factory=set)
@@ -117,6 +119,9 @@ class Recorder:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.on_data is not None:
             self.on_data(envelope)
+        if self.stall_data is not None and (stall := self.stall_data(envelope)) > 0:
+            await asyncio.sleep(stall)
+            return "451 4.3.0 too late: the client gave up"
         if self.hangup_after_data is not None and self.hangup_after_data(envelope):
             server.transport.close()
             await asyncio.sleep(0)

@@ -443,7 +443,7 @@ def test_unhashable_key_in_vars_is_a_config_error(tmp_path: Path) -> None:
 def test_missing_campaign_file_is_an_input_error(tmp_path: Path) -> None:
     """A campaign file that does not exist is exit 66 naming it."""
     path = tmp_path / "nope.yaml"
-    with pytest.raises(InputFileError, match="cannot read campaign file") as info:
+    with pytest.raises(InputFileError, match="campaign file not found") as info:
         load_campaign(path)
     assert (info.value.exit_code, info.value.path) == (66, str(path))
 

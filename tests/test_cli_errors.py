@@ -62,6 +62,33 @@ def yaml_of(files: CampaignFiles) -> Path:
     return files.yaml
 
 
+def folder_instead(name: str) -> Callable[[CampaignFiles], None]:
+    """The file replaced by a folder of the same name (unreadable as a file, even as root)."""
+
+    def edit(files: CampaignFiles) -> None:
+        (files.folder / name).unlink()
+        (files.folder / name).mkdir()
+
+    return edit
+
+
+def both(*edits: Callable[[CampaignFiles], None]) -> Callable[[CampaignFiles], None]:
+    def edit(files: CampaignFiles) -> None:
+        for one in edits:
+            one(files)
+
+    return edit
+
+
+def symlink_out(files: CampaignFiles) -> None:
+    """A link inside the campaign folder to a folder outside it, with a file in it."""
+    outside = files.folder.parent / "outside"
+    outside.mkdir()
+    for name in ("Ann", "Bob", "Chloé"):
+        (outside / f"{name}.txt").write_text("secret\n")
+    (files.folder / "link").symlink_to(outside)
+
+
 @dataclass(frozen=True)
 class Case:
     edit: Callable[[CampaignFiles], None]
@@ -180,6 +207,96 @@ CASES: dict[str, Case] = {
         write_csv_bytes(CSV_HEAD + b'a@example.com,"A\nB",A\n'),
         65,
         r"row 1: the name in column 'name' contains a line break",
+    ),
+    "missing campaign file": Case(remove("campaign.yaml"), 66, r"{yaml}: campaign file not found"),
+    "campaign file is a folder": Case(
+        folder_instead("campaign.yaml"), 66, r"{yaml}: the campaign file is a folder, not a file"
+    ),
+    "template is a folder": Case(
+        folder_instead("body.txt.j2"), 66, r"{yaml}:4: 'text': file is a folder: .*body.txt.j2"
+    ),
+    "yaml alias bomb": Case(
+        append_yaml("vars: {a: &a [x, x, x], b: [*a, *a, *a]}\n"),
+        78,
+        r"{yaml}:8: invalid YAML: YAML aliases \(\*name\) are not allowed",
+    ),
+    "attachment path with ..": Case(
+        append_yaml('attachments: ["../outside/{{ first_name }}.txt"]\n'),
+        65,
+        r"row 1: attachment path '\.\./outside/Ann\.txt' is outside the campaign folder",
+    ),
+    "absolute attachment path": Case(
+        append_yaml("attachments: [\"/etc/host{{ 'name' }}\"]\n"),
+        65,
+        r"row 1: attachment path '/etc/hostname' is outside the campaign folder",
+    ),
+    "attachment through a symlink": Case(
+        both(symlink_out, append_yaml('attachments: ["link/{{ first_name }}.txt"]\n')),
+        65,
+        r"row 1: attachment path 'link/Ann\.txt' is outside the campaign folder",
+    ),
+    "per-row attachment missing": Case(
+        append_yaml('attachments: ["invoices/{{ first_name }}.pdf"]\n'),
+        65,
+        r"row 1: attachment not found: invoices/Ann\.pdf",
+    ),
+    "crlf in a header from data": Case(
+        both(
+            replace_in(yaml_of, 'subject: "Hello {{ first_name }}"', 'subject: "Hello"'),
+            append_yaml('headers: {X-Ref: "{{ first_name }}"}\n'),
+            write_csv_bytes(CSV_HEAD + b'a@example.com,A,"x\r\nBcc: evil@example.com"\n'),
+        ),
+        65,
+        r"row 1: header X-Ref contains a line break",
+    ),
+    "crlf in the unsubscribe url from data": Case(
+        both(
+            replace_in(yaml_of, 'subject: "Hello {{ first_name }}"', 'subject: "Hello"'),
+            append_yaml('unsubscribe: "https://x.example/u/{{ first_name }}"\n'),
+            write_csv_bytes(CSV_HEAD + b'a@example.com,A,"x\nBcc: evil@example.com"\n'),
+        ),
+        65,
+        r"row 1: unsubscribe contains a line break",
+    ),
+    "nul in a name": Case(
+        write_csv_bytes(CSV_HEAD + b"a@example.com,A\x00B,A\n"),
+        65,
+        r"row 1: the name in column 'name' contains a NUL character",
+    ),
+    "line break inside an address": Case(
+        write_csv_bytes(CSV_HEAD + b'"a@example.com\nb@example.com",A,A\n'),
+        65,
+        r"row 1: address 'a@example\.com\\nb@example\.com' contains a control character",
+    ),
+    "a field larger than csv allows": Case(
+        write_csv_bytes(CSV_HEAD + b"a@example.com,A," + b"x" * (16 * 1024 * 1024 + 1) + b"\n"),
+        65,
+        r"{csv}: line 2: unreadable CSV: field larger than field limit",
+    ),
+    "template includes itself": Case(
+        write_text_template('{% include "body.txt.j2" %}\n'),
+        65,
+        r"row 1: template error: RecursionError",
+    ),
+    "sandbox subclasses": Case(
+        write_text_template("{{ ().__class__.__base__.__subclasses__() }}\n"),
+        65,
+        r"row 1: unsafe template operation blocked: access to attribute '__class__'",
+    ),
+    "format string escape": Case(
+        write_text_template('{{ "{0.__class__}".format(email) }}\n'),
+        65,
+        r"row 1: unsafe template operation blocked",
+    ),
+    "include outside the folder": Case(
+        write_text_template('{% include "../../../../etc/passwd" %}\n'),
+        65,
+        r"row 1: template not found: \.\./\.\./\.\./\.\./etc/passwd",
+    ),
+    "memory bomb in a template": Case(
+        write_text_template('{{ "x" * 10**10 }}\n'),
+        65,
+        r"row 1: unsafe template operation blocked: '\*' would make 10,000,000,000 items",
     ),
 }
 

@@ -96,7 +96,7 @@ def test_wrong_encoding_names_the_line_of_the_bad_byte(tmp_path: Path) -> None:
 def test_missing_file_is_an_input_error(tmp_path: Path) -> None:
     """A recipient list that does not exist is exit 66 naming the path."""
     path = tmp_path / "nobody.csv"
-    with pytest.raises(InputFileError, match="cannot read recipient list") as info:
+    with pytest.raises(InputFileError, match="recipient list not found") as info:
         read(path)
     assert (info.value.exit_code, info.value.path) == (66, str(path))
 
