@@ -120,7 +120,7 @@ class CampaignLock:
 
     def acquire(self) -> None:
         """Take the lock or raise TempFailError (exit 75) naming the run that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
         if not _try_lock(handle):
             handle.seek(0)
@@ -187,7 +187,9 @@ class State:
         if not create and not path.exists():
             raise InputFileError("no state yet: the campaign has not been sent", path=path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # The folder mailcli makes for its state is private: the database holds every
+            # recipient's address and the server's replies about them.
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             db = sqlite3.connect(path, isolation_level=None, timeout=30)
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: the 'unknown' mark must be on disk before a message is handed over, even if

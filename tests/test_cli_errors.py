@@ -293,6 +293,11 @@ CASES: dict[str, Case] = {
         65,
         r"row 1: template not found: \.\./\.\./\.\./\.\./etc/passwd",
     ),
+    "number bomb in a template": Case(
+        write_text_template("{{ 2 ** 1000000 }}\n"),
+        65,
+        r"row 1: unsafe template operation blocked: '\*\*' would make a number of more than",
+    ),
     "memory bomb in a template": Case(
         write_text_template('{{ "x" * 10**10 }}\n'),
         65,

@@ -84,3 +84,17 @@ def test_sample_campaign_ships_every_file_it_names() -> None:
         "files/getting-started.txt",
     ):
         assert (folder / name).is_file(), name
+
+
+def test_the_security_section_states_the_guarantees_and_how_to_report() -> None:
+    """README's Security section covers what issue readers look for first."""
+    section = README.split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    for topic in (
+        "TLS is verified",
+        "Secrets come from four places only",
+        "Templates are sandboxed",
+        "No header injection",
+        "Attachments stay in the campaign folder",
+        "Reporting a problem",
+    ):
+        assert topic in section, topic

@@ -250,3 +250,14 @@ def test_fuzzed_recipient_lists_end_cleanly(tmp_path: Path, data: bytes) -> None
     else:
         assert summary["invalid"] == 0
     del files
+
+
+def test_the_state_folder_is_private(tmp_path: Path) -> None:
+    """The progress database names every recipient: the folder mailcli makes for it is 0700."""
+    import stat
+
+    files = make_campaign(tmp_path / "c", many_rows(2))
+    result = runner.invoke(app, ["batch", str(files.yaml), "--sandbox", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    state = tmp_path / "out" / ".mailcli"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
