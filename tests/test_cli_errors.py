@@ -80,6 +80,18 @@ def both(*edits: Callable[[CampaignFiles], None]) -> Callable[[CampaignFiles], N
     return edit
 
 
+def injected_first_name(yaml_line: str, line_break: bytes) -> Callable[[CampaignFiles], None]:
+    """`first_name` used in `yaml_line` (the subject no longer uses it) and, in the data, a
+    line break followed by a Bcc header: the classic header injection."""
+    return both(
+        replace_in(yaml_of, 'subject: "Hello {{ first_name }}"', 'subject: "Hello"'),
+        append_yaml(yaml_line),
+        write_csv_bytes(
+            CSV_HEAD + b'a@example.com,A,"x' + line_break + b'Bcc: evil@example.com"\n'
+        ),
+    )
+
+
 def symlink_out(files: CampaignFiles) -> None:
     """A link inside the campaign folder to a folder outside it, with a file in it."""
     outside = files.folder.parent / "outside"
@@ -241,20 +253,12 @@ CASES: dict[str, Case] = {
         r"row 1: attachment not found: invoices/Ann\.pdf",
     ),
     "crlf in a header from data": Case(
-        both(
-            replace_in(yaml_of, 'subject: "Hello {{ first_name }}"', 'subject: "Hello"'),
-            append_yaml('headers: {X-Ref: "{{ first_name }}"}\n'),
-            write_csv_bytes(CSV_HEAD + b'a@example.com,A,"x\r\nBcc: evil@example.com"\n'),
-        ),
+        injected_first_name('headers: {X-Ref: "{{ first_name }}"}\n', b"\r\n"),
         65,
         r"row 1: header X-Ref contains a line break",
     ),
     "crlf in the unsubscribe url from data": Case(
-        both(
-            replace_in(yaml_of, 'subject: "Hello {{ first_name }}"', 'subject: "Hello"'),
-            append_yaml('unsubscribe: "https://x.example/u/{{ first_name }}"\n'),
-            write_csv_bytes(CSV_HEAD + b'a@example.com,A,"x\nBcc: evil@example.com"\n'),
-        ),
+        injected_first_name('unsubscribe: "https://x.example/u/{{ first_name }}"\n', b"\n"),
         65,
         r"row 1: unsubscribe contains a line break",
     ),
