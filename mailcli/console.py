@@ -50,7 +50,7 @@ def is_terminal(stream: IO[str]) -> bool:
 def console(stream: IO[str] | None = None) -> Console:
     """A Rich console on `stream` (stdout by default); colour follows NO_COLOR and the TTY."""
     stream = stream or sys.stdout
-    return Console(file=stream, highlight=False, soft_wrap=False, force_terminal=None)
+    return Console(file=stream, highlight=False, soft_wrap=True)
 
 
 # --- logging --------------------------------------------------------------------------------
