@@ -200,7 +200,7 @@ def parse_duration(value: object) -> float:
 
 def is_template(text: str) -> bool:
     """True when a string holds Jinja syntax and must be rendered per recipient."""
-    return "{{" in text or "{%" in text
+    return "{{" in text or "{%" in text or "{#" in text
 
 
 TOP_KEYS = (

@@ -18,6 +18,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import new_context
 from jinja2.sandbox import SandboxedEnvironment
 
+from mailcli.campaign import is_template
 from mailcli.errors import DataError, InputFileError
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class Renderer:
     def _value(self, source: str, what: str) -> jinja2.Template | str:
         """A one-line template (subject, header, URL); text without Jinja markup stays a
         constant, so a static value costs nothing per recipient."""
-        if not any(start in source for start in ("{{", "{%", "{#")):
+        if not is_template(source):
             return source
         return self._string(source, what)
 

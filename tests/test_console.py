@@ -20,7 +20,7 @@ from test_cli import runner
 
 from mailcli.batch import Summary
 from mailcli.cli import app
-from mailcli.console import BatchProgress
+from mailcli.cli.console import BatchProgress
 from mailcli.sandbox import SmtpServer
 
 ANSI = re.compile(r"\x1b\[")

@@ -9,7 +9,7 @@ import sys
 
 import mailcli
 
-CLI_MODULES = {"mailcli.cli", "mailcli.console", "mailcli.__main__"}
+CLI_MODULES = {"mailcli.cli", "mailcli.__main__"}
 
 
 def core_modules() -> list[str]:

@@ -26,7 +26,7 @@ from typer.exceptions import TyperException
 import mailcli
 from mailcli.batch import Summary, dry_run, send_batch
 from mailcli.campaign import Campaign, SmtpConfig, load_campaign, parse_rate
-from mailcli.console import (
+from mailcli.cli.console import (
     BatchProgress,
     console,
     estimate_rows,
