@@ -19,7 +19,7 @@ import dkim
 from common import make_campaign
 
 from mailcli.campaign import DkimConfig, load_campaign
-from mailcli.dkimsign import DkimSigner, generate_key
+from mailcli.dkimsign import DkimSigner, generate_key, load_signer
 from mailcli.message import DKIM_HEADERS, MessageBuilder
 from mailcli.pipeline import Pipeline, Ready
 
@@ -41,7 +41,7 @@ def main() -> None:
         build_s = time.perf_counter() - started
 
         config = DkimConfig(domain="acme.example", selector="s1", key=Path(tmp) / "dkim.pem")
-        signing = MessageBuilder(plain.sender, dkim_config=config, list_id=campaign.list_id)
+        signing = MessageBuilder(plain.sender, signer=load_signer(config), list_id=campaign.list_id)
         started = time.perf_counter()
         ours = [signing.build(r.rendered, [r.recipient.mailbox]).data for r in ready]
         ours_s = time.perf_counter() - started

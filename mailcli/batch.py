@@ -17,8 +17,8 @@ from typing import Any
 
 from mailcli import workers
 from mailcli.campaign import Campaign, Rate, Retry
+from mailcli.envelope import Built
 from mailcli.errors import ExitCode, UnavailableError
-from mailcli.message import Built
 from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
 from mailcli.preview import Preview
 from mailcli.ratelimit import RateLimiter

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import time
 from collections.abc import Sequence
 
@@ -24,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy
 
-from mailcli.errors import ConfigError
+from mailcli.campaign import DkimConfig
+from mailcli.errors import ConfigError, open_error
 
 HEADER = b"DKIM-Signature"
 # RFC 8301: verifiers must reject RSA keys under 1024 bits; 2048 is what providers ask for.
@@ -125,3 +127,42 @@ def generate_key(bits: int = 2048) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+def _key_pem(config: DkimConfig) -> tuple[bytes, str]:
+    """The PEM private key, from its file, its environment variable or the keyring; and where
+    it came from, for messages."""
+    if config.key_env is not None:
+        pem = os.environ.get(config.key_env, "").replace("\\n", "\n").encode()
+        where = f"the environment variable {config.key_env}"
+        if not pem:
+            raise ConfigError(f"dkim.key_env: {where} is not set or empty")
+    elif config.key_keyring:
+        from mailcli.secrets import dkim_keyring_entry, keyring_read
+
+        entry = dkim_keyring_entry(config.domain, config.selector)
+        where = f"the keyring entry {entry!r}"
+        stored = keyring_read(entry)
+        if stored is None:
+            raise ConfigError(
+                f"dkim.key_keyring: nothing is stored under {entry!r}",
+                hint=f"store it with `mailcli dkim store {config.domain} {config.selector} "
+                "< key.pem`, or create one with `mailcli dkim keygen ... --keyring`",
+            )
+        pem = stored.encode()
+    else:
+        assert config.key is not None
+        try:
+            pem = config.key.read_bytes()
+        except OSError as exc:
+            raise open_error(config.key, exc, "DKIM private key") from None
+        where = str(config.key)
+    if b"PRIVATE KEY" not in pem:
+        raise ConfigError(f"the DKIM key in {where} is not a PEM private key")
+    return pem, where
+
+
+def load_signer(config: DkimConfig) -> DkimSigner:
+    """A signer for a campaign's or profile's `dkim:` settings, its key read and checked now."""
+    pem, where = _key_pem(config)
+    return DkimSigner(pem, domain=config.domain, selector=config.selector, where=where)

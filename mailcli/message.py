@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from mailcli import mime
 from mailcli.addresses import Mailbox, parse_mailbox
-from mailcli.campaign import DkimConfig
+from mailcli.envelope import Built
 from mailcli.errors import ConfigError, InputFileError, open_error
 from mailcli.render import Rendered
 
@@ -70,16 +70,6 @@ class FilePart:
         return cls(path.name, maintype, subtype, data)
 
 
-class Built(NamedTuple):
-    """A finished message: its bytes, Message-ID and SMTP envelope."""
-
-    data: bytes
-    message_id: str
-    mail_from: str
-    rcpt_to: tuple[str, ...]
-    smtputf8: bool = False
-
-
 def smtp_address(addr: str) -> str:
     """The envelope form of an address: an internationalised domain becomes IDNA (punycode)."""
     local, _, domain = addr.rpartition("@")
@@ -95,39 +85,6 @@ def needs_smtputf8(addr: str) -> bool:
     return not addr.rpartition("@")[0].isascii()
 
 
-def _dkim_key(config: DkimConfig) -> tuple[bytes, str]:
-    """The PEM private key, from its file, its environment variable or the keyring; and where
-    it came from, for messages."""
-    if config.key_env is not None:
-        pem = os.environ.get(config.key_env, "").replace("\\n", "\n").encode()
-        where = f"the environment variable {config.key_env}"
-        if not pem:
-            raise ConfigError(f"dkim.key_env: {where} is not set or empty")
-    elif config.key_keyring:
-        from mailcli.secrets import dkim_keyring_entry, keyring_read
-
-        entry = dkim_keyring_entry(config.domain, config.selector)
-        where = f"the keyring entry {entry!r}"
-        stored = keyring_read(entry)
-        if stored is None:
-            raise ConfigError(
-                f"dkim.key_keyring: nothing is stored under {entry!r}",
-                hint=f"store it with `mailcli dkim store {config.domain} {config.selector} "
-                "< key.pem`, or create one with `mailcli dkim keygen ... --keyring`",
-            )
-        pem = stored.encode()
-    else:
-        assert config.key is not None
-        try:
-            pem = config.key.read_bytes()
-        except OSError as exc:
-            raise open_error(config.key, exc, "DKIM private key") from None
-        where = str(config.key)
-    if b"PRIVATE KEY" not in pem:
-        raise ConfigError(f"the DKIM key in {where} is not a PEM private key")
-    return pem, where
-
-
 class MessageBuilder:
     """Builds one campaign's messages; prepares the shared pieces once."""
 
@@ -138,7 +95,7 @@ class MessageBuilder:
         reply_to: str | None = None,
         list_id: str | None = None,
         inline_images: dict[str, Path] | None = None,
-        dkim_config: DkimConfig | None = None,
+        signer: DkimSigner | None = None,
     ) -> None:
         self.sender = sender
         self.reply_to = parse_mailbox(reply_to) if reply_to else None
@@ -170,15 +127,9 @@ class MessageBuilder:
             )
             for cid, img in self.inline_images.items()
         ]
-        self.dkim = dkim_config
-        self._signer: DkimSigner | None = None
-        if dkim_config is not None:
-            from mailcli.dkimsign import DkimSigner  # only for campaigns that sign
-
-            pem, where = _dkim_key(dkim_config)
-            self._signer = DkimSigner(
-                pem, domain=dkim_config.domain, selector=dkim_config.selector, where=where
-            )
+        # A ready signer (see dkimsign.load_signer): the key is read and parsed once, by the
+        # caller, so building knows nothing of where keys are kept.
+        self._signer = signer
 
     def reseed(self) -> None:
         """Fresh Message-ID and boundary prefixes, as a forked worker needs to stay unique."""
@@ -269,8 +220,8 @@ class MessageBuilder:
             files = [self.attachment(path) for path in rendered.attachments]
             body = mime.multipart("mixed", [body, *files], self._boundaries.next())
         data = b"\r\n".join(headers) + b"\r\n" + body.to_bytes()
-        if self.dkim is not None:
-            data = self._sign(data)
+        if self._signer is not None:
+            data = self._signer.sign(data, DKIM_HEADERS)
         return Built(
             data=data,
             message_id=message_id,
@@ -337,7 +288,3 @@ class MessageBuilder:
                 loaded.data, f"{loaded.maintype}/{loaded.subtype}", loaded.filename
             )
         return part
-
-    def _sign(self, data: bytes) -> bytes:
-        assert self._signer is not None
-        return self._signer.sign(data, DKIM_HEADERS)

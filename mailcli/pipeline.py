@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mailcli.addresses import AddressError, Mailbox, parse_mailbox
 from mailcli.campaign import Campaign
+from mailcli.envelope import Built
 from mailcli.errors import ConfigError
-from mailcli.message import BuildError, Built, MessageBuilder
+from mailcli.message import BuildError, MessageBuilder
 from mailcli.recipients import Recipient, RecipientReader, RowProblem, SeenAddresses
 from mailcli.render import Content, Rendered, Renderer, RenderError
+
+if TYPE_CHECKING:
+    from mailcli.dkimsign import DkimSigner
 
 
 class Ready(NamedTuple):
@@ -58,6 +62,14 @@ def campaign_content(campaign: Campaign) -> Content:
 UNRENDERED = Rendered(subject="", text=None, html=None)
 
 
+def _signer(campaign: Campaign) -> DkimSigner | None:
+    if campaign.dkim is None:
+        return None
+    from mailcli.dkimsign import load_signer  # cryptography and dkimpy, only to sign
+
+    return load_signer(campaign.dkim)
+
+
 class Pipeline:
     """Turns a campaign's rows into rendered and built messages."""
 
@@ -79,7 +91,7 @@ class Pipeline:
             reply_to=campaign.reply_to,
             list_id=campaign.list_id,
             inline_images=dict(campaign.inline_images),
-            dkim_config=campaign.dkim,
+            signer=_signer(campaign),
         )
         self.builder.preload([a.path for a in campaign.attachments if a.path is not None])
         self.reader = RecipientReader(campaign.recipients)

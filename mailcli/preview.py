@@ -12,8 +12,8 @@ from typing import Any
 
 from mailcli.addresses import AddressError, normalize_address
 from mailcli.campaign import Campaign
+from mailcli.envelope import Built
 from mailcli.errors import DataError, UsageError
-from mailcli.message import Built
 from mailcli.pipeline import Pipeline, Ready
 from mailcli.recipients import Recipient, RowProblem
 from mailcli.render import RenderError

@@ -9,6 +9,7 @@ from typing import Any
 
 from mailcli.addresses import AddressError, Mailbox, parse_mailbox
 from mailcli.campaign import HEADER_NAME_RE, RESERVED_HEADERS, DkimConfig
+from mailcli.envelope import Built
 from mailcli.errors import (
     DataError,
     ExitCode,
@@ -18,7 +19,7 @@ from mailcli.errors import (
     UsageError,
     open_error,
 )
-from mailcli.message import BuildError, Built, MessageBuilder
+from mailcli.message import BuildError, MessageBuilder
 from mailcli.render import Content, Renderer, RenderError
 from mailcli.transport import ConnectionLost, SmtpConnection
 
@@ -166,6 +167,11 @@ class _Prepared:
             attachments=tuple((str(p), p.resolve()) for p in spec.attachments),
         )
         images = parse_inline_images(spec.inline_images)
+        signer = None
+        if spec.dkim is not None:
+            from mailcli.dkimsign import load_signer  # cryptography and dkimpy, only to sign
+
+            signer = load_signer(spec.dkim)
         renderer = Renderer(content)
         try:
             self.rendered = renderer.render(parse_vars(spec.variables))
@@ -176,7 +182,7 @@ class _Prepared:
             reply_to=spec.reply_to,
             list_id=spec.list_id,
             inline_images=images,
-            dkim_config=spec.dkim,
+            signer=signer,
         )
         self.builder.preload([p.resolve() for p in spec.attachments])
 

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
+from mailcli.envelope import Built
 from mailcli.errors import AuthError, ConfigError, UnavailableError
-from mailcli.message import Built
 
 log = logging.getLogger(__name__)
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}

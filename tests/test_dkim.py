@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from mailcli.addresses import parse_mailbox
 from mailcli.campaign import DkimConfig
 from mailcli.cli import app
-from mailcli.dkimsign import DkimSigner, generate_key
+from mailcli.dkimsign import DkimSigner, generate_key, load_signer
 from mailcli.errors import ConfigError
 from mailcli.message import MessageBuilder
 from mailcli.render import Rendered
@@ -160,7 +160,7 @@ def test_a_body_that_is_the_same_for_everyone_is_hashed_once_and_still_verifies(
 ) -> None:
     key_path, record = make_key(tmp_path)
     config = DkimConfig(domain="acme.example", selector="s1", key=key_path)
-    builder = MessageBuilder(SENDER, dkim_config=config)
+    builder = MessageBuilder(SENDER, signer=load_signer(config))
     same = Rendered(subject="News", text="The same for all\n", html="<p>The same for all</p>\n")
     messages = [
         builder.build(same, [parse_mailbox(f"User {i} <u{i}@example.org>")]).data for i in range(5)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from mailcli.addresses import Mailbox
 from mailcli.campaign import DkimConfig
+from mailcli.dkimsign import load_signer
 from mailcli.message import BuildError, Built, MessageBuilder
 from mailcli.render import Rendered
 
@@ -402,7 +403,7 @@ def dkim_builder(tmp_path: Path) -> tuple[MessageBuilder, bytes]:
     )
     txt = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
     config = DkimConfig(domain="acme.example", selector="s1", key=pem)
-    return MessageBuilder(SENDER, dkim_config=config), txt
+    return MessageBuilder(SENDER, signer=load_signer(config)), txt
 
 
 def dns_for(txt: bytes) -> Callable[..., bytes | None]:
