@@ -19,7 +19,7 @@ from typing import Any
 from mailcli.batch import send_batch
 from mailcli.campaign import load_campaign, parse_rate
 from mailcli.sandbox import SmtpServer
-from mailcli.transport import SmtpConnection, SmtpSettings
+from mailcli.transport import SmtpSettings, SmtpTransport
 
 
 class Stamps:
@@ -59,7 +59,7 @@ def main() -> None:
         campaign = load_campaign(write_campaign(Path(tmp), args.messages, args.rate))
         settings = SmtpSettings(host=server.host, port=server.port, security="none")
         started = time.monotonic()
-        summary = send_batch(campaign, lambda: SmtpConnection(settings))
+        summary = send_batch(campaign, SmtpTransport(settings))
         elapsed = time.monotonic() - started
     times = stamps.times
     busiest = max(sum(1 for t in times if s <= t < s + rate.per_s) for s in times)

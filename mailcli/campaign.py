@@ -242,6 +242,11 @@ def load_campaign(path: str | Path, *, check_files: bool = True) -> Campaign:
         _CHECK_FILES.reset(token)
 
 
+def as_campaign(campaign: Campaign | str | Path) -> Campaign:
+    """A loaded campaign, loading it first when given its file's path."""
+    return campaign if isinstance(campaign, Campaign) else load_campaign(campaign)
+
+
 def _build(top: Section, file: Path) -> Campaign:
     top.reject_unknown(TOP_KEYS)
     folder = file.parent

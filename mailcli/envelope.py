@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from mailcli.errors import BadHeaderError
+
 
 class Built(NamedTuple):
     """A finished message: its bytes, Message-ID and SMTP envelope."""
@@ -17,3 +19,18 @@ class Built(NamedTuple):
     mail_from: str
     rcpt_to: tuple[str, ...]
     smtputf8: bool = False
+
+
+def check_envelope(message: Built) -> None:
+    """Raise BadHeaderError when an envelope address holds a line break.
+
+    SMTP commands are written straight to the socket (pipelined, several in one write): a CR or
+    LF in an address would end the command and start another one of the sender's choosing.
+    Checked for every message before the first byte of a write.
+    """
+    for address in (message.mail_from, *message.rcpt_to):
+        if "\r" in address or "\n" in address:
+            raise BadHeaderError(
+                f"the address {address!r} contains a line break (header injection?)",
+                recipient=address,
+            )

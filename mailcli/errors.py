@@ -89,6 +89,10 @@ class DataError(MailcliError):
     exit_code = ExitCode.DATAERR
 
 
+class BadHeaderError(DataError):
+    """A CR or LF in a header value or an address (header injection): nothing was sent."""
+
+
 class InputFileError(MailcliError):
     """An input file is missing or unreadable."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import ssl
@@ -19,6 +20,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP as SMTPProtocol
 
+from mailcli.campaign import Campaign
 from mailcli.errors import UnavailableError
 
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)
@@ -148,3 +150,12 @@ def sandbox(folder: Path) -> Iterator[tuple[SmtpServer, EmlWriter]]:
     writer = EmlWriter(folder)
     with SmtpServer(writer) as server:
         yield server, writer
+
+
+def sandboxed(campaign: Campaign, folder: Path) -> Campaign:
+    """The campaign with its progress kept inside the sandbox folder.
+
+    A trial run must never mark the real recipients of a campaign as sent.
+    """
+    state = folder.resolve() / ".mailcli" / f"{campaign.name}.sqlite"
+    return dataclasses.replace(campaign, state_path=state)

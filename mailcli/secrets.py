@@ -15,10 +15,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from mailcli.errors import ConfigError, MailcliError
-from mailcli.settings import Profile
-from mailcli.transport import SmtpSettings
+
+if TYPE_CHECKING:
+    from mailcli.settings import Profile
+    from mailcli.transport import SmtpSettings
 
 PASSWORD_ENV = "MAILCLI_PASSWORD"
 KEYRING_SERVICE = "mailcli"
@@ -173,6 +176,8 @@ def password_source(
     settings: SmtpSettings,
     profile: Profile | None,
     env: Mapping[str, str] | None = None,
+    *,
+    interactive: bool | None = None,
 ) -> Callable[[], str] | None:
     """A function giving the password when a login needs it (None: no login).
 
@@ -184,7 +189,7 @@ def password_source(
 
     def password() -> str:
         if not cache:
-            cache.append(resolve_password(settings, profile, env=env))
+            cache.append(resolve_password(settings, profile, env=env, interactive=interactive))
         return cache[0]
 
     return password

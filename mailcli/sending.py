@@ -1,4 +1,8 @@
-"""One-off messages (`mailcli send`): several To, Cc and Bcc, one message, one transaction."""
+"""One-off messages (`mailcli send`): templates rendered once into a `mailcli.Message`.
+
+The command line's options become a `Message` here (Jinja applied, files read, addresses and
+headers checked); sending it is the library's `Mailer.send`, like any application's message.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from mailcli.addresses import AddressError, Mailbox, parse_mailbox
-from mailcli.campaign import HEADER_NAME_RE, RESERVED_HEADERS, DkimConfig
-from mailcli.envelope import Built
-from mailcli.errors import (
-    DataError,
-    ExitCode,
-    InputFileError,
-    TempFailError,
-    UnavailableError,
-    UsageError,
-    open_error,
-)
-from mailcli.message import BuildError, MessageBuilder
+from mailcli.campaign import HEADER_NAME_RE, RESERVED_HEADERS
+from mailcli.compose import Message
+from mailcli.delivery import Delivery, DeliveryStatus
+from mailcli.errors import DataError, ExitCode, InputFileError, UsageError, open_error
+from mailcli.message import smtp_address
 from mailcli.render import Content, Renderer, RenderError
-from mailcli.transport import ConnectionLost, SmtpConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +40,6 @@ class OneOff:
     unsubscribe: str | None = None  # https URL or mailto (templated)
     list_id: str | None = None
     inline_images: tuple[str, ...] = ()  # "CID=FILE"
-    dkim: DkimConfig | None = None  # from the SMTP profile
 
 
 def parse_headers(items: tuple[str, ...]) -> dict[str, str]:
@@ -109,125 +104,103 @@ def _read(path: Path | None, what: str) -> str | None:
         raise open_error(path, exc, what) from None
 
 
-class _Prepared:
-    def __init__(self, spec: OneOff, sender_fallback: str | None) -> None:
-        if not spec.to:
-            raise UsageError("give at least one --to")
-        if spec.text is not None and spec.text_file is not None:
-            raise UsageError("use --text or --text-file, not both")
-        if spec.markdown_file is not None and (
-            spec.text is not None or spec.text_file or spec.html_file
-        ):
-            raise UsageError(
-                "--markdown-file makes both parts; do not combine it with "
-                "--text, --text-file or --html-file"
-            )
-        sender_text = spec.sender or sender_fallback or os.environ.get("MAILCLI_FROM")
-        if not sender_text:
-            raise UsageError("no sender: give --from, MAILCLI_FROM, or `from` in the SMTP profile")
-        try:
-            self.sender = parse_mailbox(sender_text)
-        except AddressError as exc:
-            raise DataError(f"--from: {exc}") from None
-        if spec.reply_to is not None:
-            _mailboxes("--reply-to", (spec.reply_to,))
-        self.to = _mailboxes("--to", spec.to)
-        self.cc = _mailboxes("--cc", spec.cc)
-        self.bcc = _mailboxes("--bcc", spec.bcc)
-        text = spec.text if spec.text is not None else _read(spec.text_file, "text file")
-        html = _read(spec.html_file, "HTML file")
-        markdown = _read(spec.markdown_file, "Markdown file")
-        if text is None and html is None and markdown is None:
-            raise UsageError("give a body: --text, --text-file, --html-file or --markdown-file")
-        for path in spec.attachments:
-            if not path.is_file():
-                raise InputFileError(
-                    "attachment not found" if not path.exists() else "attachment is not a file",
-                    path=path,
-                )
-        if spec.list_id is not None and ("\r" in spec.list_id or "\n" in spec.list_id):
-            raise UsageError("--list-id contains a line break")
-        unsubscribe = mailto = None
-        if spec.unsubscribe is not None:
-            if spec.unsubscribe.startswith("mailto:"):
-                mailto = spec.unsubscribe
-            elif spec.unsubscribe.startswith("https://"):
-                unsubscribe = spec.unsubscribe
-            else:
-                raise UsageError("--unsubscribe takes an https:// URL or a mailto: address")
-        content = Content(
-            folder=Path.cwd(),
-            subject=spec.subject,
-            text=text,
-            html=html,
-            markdown=markdown,
-            headers=parse_headers(spec.headers),
-            unsubscribe=unsubscribe,
-            unsubscribe_mailto=mailto,
-            attachments=tuple((str(p), p.resolve()) for p in spec.attachments),
+def one_off_message(spec: OneOff, *, sender_fallback: str | None) -> Message:
+    """Render what `mailcli send` was given into one Message (raises UsageError, DataError)."""
+    if not spec.to:
+        raise UsageError("give at least one --to")
+    if spec.text is not None and spec.text_file is not None:
+        raise UsageError("use --text or --text-file, not both")
+    if spec.markdown_file is not None and (
+        spec.text is not None or spec.text_file or spec.html_file
+    ):
+        raise UsageError(
+            "--markdown-file makes both parts; do not combine it with "
+            "--text, --text-file or --html-file"
         )
-        images = parse_inline_images(spec.inline_images)
-        signer = None
-        if spec.dkim is not None:
-            from mailcli.dkimsign import load_signer  # cryptography and dkimpy, only to sign
-
-            signer = load_signer(spec.dkim)
-        renderer = Renderer(content)
-        try:
-            self.rendered = renderer.render(parse_vars(spec.variables))
-        except RenderError as exc:
-            raise DataError(str(exc)) from None
-        self.builder = MessageBuilder(
-            self.sender,
-            reply_to=spec.reply_to,
-            list_id=spec.list_id,
-            inline_images=images,
-            signer=signer,
-        )
-        self.builder.preload([p.resolve() for p in spec.attachments])
-
-    def build(self, smtputf8: bool) -> Built:
-        try:
-            return self.builder.build(
-                self.rendered, self.to, cc=self.cc, bcc=self.bcc, smtputf8=smtputf8
+    sender = spec.sender or sender_fallback or os.environ.get("MAILCLI_FROM")
+    if not sender:
+        raise UsageError("no sender: give --from, MAILCLI_FROM, or `from` in the SMTP profile")
+    _mailboxes("--from", (sender,))
+    if spec.reply_to is not None:
+        _mailboxes("--reply-to", (spec.reply_to,))
+    to = _mailboxes("--to", spec.to)
+    cc = _mailboxes("--cc", spec.cc)
+    bcc = _mailboxes("--bcc", spec.bcc)
+    text = spec.text if spec.text is not None else _read(spec.text_file, "text file")
+    html = _read(spec.html_file, "HTML file")
+    markdown = _read(spec.markdown_file, "Markdown file")
+    if text is None and html is None and markdown is None:
+        raise UsageError("give a body: --text, --text-file, --html-file or --markdown-file")
+    for path in spec.attachments:
+        if not path.is_file():
+            raise InputFileError(
+                "attachment not found" if not path.exists() else "attachment is not a file",
+                path=path,
             )
-        except BuildError as exc:
-            raise DataError(str(exc)) from None
+    if spec.list_id is not None and ("\r" in spec.list_id or "\n" in spec.list_id):
+        raise UsageError("--list-id contains a line break")
+    unsubscribe = mailto = None
+    if spec.unsubscribe is not None:
+        if spec.unsubscribe.startswith("mailto:"):
+            mailto = spec.unsubscribe
+        elif spec.unsubscribe.startswith("https://"):
+            unsubscribe = spec.unsubscribe
+        else:
+            raise UsageError("--unsubscribe takes an https:// URL or a mailto: address")
+    content = Content(
+        folder=Path.cwd(),
+        subject=spec.subject,
+        text=text,
+        html=html,
+        markdown=markdown,
+        headers=parse_headers(spec.headers),
+        unsubscribe=unsubscribe,
+        unsubscribe_mailto=mailto,
+    )
+    images = parse_inline_images(spec.inline_images)
+    try:
+        rendered = Renderer(content).render(parse_vars(spec.variables))
+    except RenderError as exc:
+        raise DataError(str(exc)) from None
+    message = Message(
+        rendered.subject,
+        [str(m) for m in to],
+        rendered.text,
+        rendered.html,
+        sender=sender,
+        cc=[str(m) for m in cc],
+        bcc=[str(m) for m in bcc],
+        reply_to=spec.reply_to,
+        extra_headers=dict(rendered.headers),
+        inline_images=dict(images),
+        unsubscribe=[t for t in (rendered.unsubscribe_mailto, rendered.unsubscribe) if t],
+        list_id=spec.list_id,
+    )
+    for path in spec.attachments:
+        message.attach(path)
+    return message
 
 
-def build_one_off(spec: OneOff, *, sender_fallback: str | None) -> Built:
-    """Render and build the message without sending it (for --dry-run)."""
-    return _Prepared(spec, sender_fallback).build(smtputf8=True)
+def exit_code(delivery: Delivery) -> ExitCode:
+    """The exit code of `mailcli send` for what became of its message."""
+    if delivery.status is DeliveryStatus.SENT and not delivery.refused:
+        return ExitCode.OK
+    if delivery.status in (DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN) or any(
+        r.temporary for r in delivery.refused.values()
+    ):
+        return ExitCode.TEMPFAIL
+    return ExitCode.REJECTED
 
 
-def deliver_one_off(
-    spec: OneOff, connection: SmtpConnection, *, sender_fallback: str | None
-) -> dict[str, Any]:
-    """Build and send the message in one transaction; return what the server said."""
-    prepared = _Prepared(spec, sender_fallback)
-    with connection:
-        built = prepared.build(smtputf8="smtputf8" in connection.extensions)
-        try:
-            outcome = connection.send(built)
-        except ConnectionLost as exc:
-            if exc.handed_over:
-                raise TempFailError(
-                    f"the connection broke before the server confirmed {built.message_id}: "
-                    f"{exc.reason}; it may or may not have been delivered"
-                ) from None
-            raise UnavailableError(f"the connection broke: {exc.reason}") from None
-    refused = {addr: str(reply) for addr, reply in outcome.refused.items()}
-    if outcome.delivered and not refused:
-        code = ExitCode.OK
-    elif outcome.reply.temporary or any(r.temporary for r in outcome.refused.values()):
-        code = ExitCode.TEMPFAIL
-    else:
-        code = ExitCode.REJECTED
+def report(message: Message, delivery: Delivery) -> dict[str, Any]:
+    """The `send --json` object: the Message-ID, the envelope sender, who took it, who not."""
+    sender = _mailboxes("--from", (str(message.sender),))[0] if message.sender else None
     return {
-        "message_id": built.message_id,
-        "mail_from": built.mail_from,
-        "accepted": list(outcome.accepted) if outcome.delivered else [],
-        "refused": refused,
-        "reply": str(outcome.reply),
-        "exit_code": int(code),
+        "status": delivery.status.value,
+        "message_id": delivery.message_id,
+        "mail_from": smtp_address(sender.addr) if sender else None,
+        "accepted": list(delivery.recipients),
+        "refused": {addr: str(r) for addr, r in delivery.refused.items()},
+        "reply": f"{delivery.code} {delivery.reply}" if delivery.code else delivery.reply,
+        "exit_code": int(exit_code(delivery)),
     }

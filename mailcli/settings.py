@@ -106,17 +106,33 @@ def _profile(name: str, sec: Section, folder: Path) -> Profile:
     )
 
 
+def default_sender(profile: Profile | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The sender when a message names none: the profile's `from`, else MAILCLI_FROM."""
+    env = os.environ if env is None else env
+    if profile is not None and profile.sender:
+        return profile.sender
+    return env.get("MAILCLI_FROM") or None
+
+
 def resolve_smtp(
     options: SmtpConfig,
     campaign: SmtpConfig | None = None,
     env: Mapping[str, str] | None = None,
     *,
     insecure_skip_verify: bool = False,
+    use_profiles: bool = True,
 ) -> tuple[SmtpSettings, Profile | None]:
-    """Merge flags, environment, campaign and profile into the settings to connect with."""
+    """Merge flags, environment, campaign and profile into the settings to connect with.
+
+    `use_profiles=False` leaves the config file out (`Mailer.from_env`: the variables alone).
+    """
     env = os.environ if env is None else env
     campaign = campaign or SmtpConfig()
-    profile = load_profile(options.profile or env.get("MAILCLI_PROFILE") or campaign.profile, env)
+    profile = (
+        load_profile(options.profile or env.get("MAILCLI_PROFILE") or campaign.profile, env)
+        if use_profiles
+        else None
+    )
     p = (profile or Profile(name="")).smtp
 
     def pick(flag: object, var: str, camp: object, prof: object) -> object:

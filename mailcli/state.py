@@ -1,4 +1,8 @@
-"""Campaign state on disk: one SQLite database per campaign, and a lock so only one run sends.
+"""Campaign state: the `StateStore` seam the engine talks to, and its SQLite implementation.
+
+Nothing outside this module knows how state is kept (no SQL anywhere else): the batch engine and
+`status` call the store's methods. SQLite is the default: one database per campaign, and a lock
+so that only one run sends.
 
 Every recipient has a status: `pending`, `sent` (with the server's reply and the Message-ID),
 `failed` (a permanent refusal or an invalid row), `deferred` (a 4xx, retried later) or `unknown`.
@@ -19,17 +23,19 @@ import os
 import socket
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Protocol
 
 from mailcli.addresses import address_key
+from mailcli.delivery import DeliveryStatus
 from mailcli.errors import ConfigError, InputFileError, TempFailError
 
 SCHEMA_VERSION = 1
-STATUSES = ("pending", "sent", "failed", "deferred", "unknown")
+STATUSES = tuple(s.value for s in DeliveryStatus)
+PROBLEM_STATUSES = (DeliveryStatus.FAILED, DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,7 +74,7 @@ def _now() -> str:
 class Entry:
     """What the state says about one recipient."""
 
-    status: str
+    status: DeliveryStatus
     attempts: int
     run: int | None
     run_tries: int
@@ -86,7 +92,7 @@ class Outcome:
     """The status to record for one recipient after the server's answer."""
 
     key: str
-    status: str
+    status: DeliveryStatus
     code: int | None = None
     reply: str | None = None
     message_id: str | None = None
@@ -99,11 +105,117 @@ class RecipientState:
 
     email: str
     row: int | None
-    status: str
+    status: DeliveryStatus
     code: int | None
     reply: str | None
     attempts: int
     updated: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as the state remembers it (the last one is shown by `status`)."""
+
+    id: int
+    started: str
+    finished: str | None
+    pid: int
+    host: str
+    exit_code: int | None
+    sent: int | None
+
+
+class StateStore(Protocol):
+    """Where a campaign's progress is kept: what the batch engine and `status` rely on.
+
+    The ordering rule is the store's to keep: `begin_flight` makes the group durable as
+    `unknown` before it returns, and outcomes recorded since the last flight are committed with
+    the next one (or by `flush`).
+    """
+
+    run_id: int | None
+
+    @property
+    def empty(self) -> bool:
+        """No recipient recorded yet (a campaign's first run)."""
+        ...
+
+    def lookup(self, email: str) -> Entry | None:
+        """The recorded state of an address, or None if no run has met it yet."""
+        ...
+
+    def start_run(self) -> int:
+        """Record the start of a run; returns its id."""
+        ...
+
+    def finish_run(self, summary: Mapping[str, object]) -> None:
+        """Record the end of the run and its summary."""
+        ...
+
+    def begin_flight(self, group: Iterable[tuple[str, int, Entry | None]]) -> None:
+        """Commit buffered outcomes and mark (email, row, previous entry) `unknown`, durably."""
+        ...
+
+    def record(self, outcome: Outcome) -> None:
+        """Buffer an outcome for a recipient of the group in flight."""
+        ...
+
+    def record_invalid(self, email: str, row: int, problem: str) -> None:
+        """An invalid row skipped with --skip-invalid: `failed`, with the problem as reply."""
+        ...
+
+    def revert(self, email: str, entry: Entry | None) -> None:
+        """Undo the flight mark of a message that was never handed over."""
+        ...
+
+    def flush(self) -> None:
+        """Commit what is buffered now."""
+        ...
+
+    def next_retry(self, max_tries: int) -> float | None:
+        """When the earliest deferred recipient of this run may be tried again (None: none)."""
+        ...
+
+    def counts(self) -> dict[DeliveryStatus, int]:
+        """Recipients per status."""
+        ...
+
+    def problems(
+        self, statuses: tuple[DeliveryStatus, ...] = PROBLEM_STATUSES
+    ) -> list[RecipientState]:
+        """Recipients in the given statuses, in list order."""
+        ...
+
+    def last_run(self) -> RunRecord | None:
+        """The most recent run, or None."""
+        ...
+
+    def close(self) -> None:
+        """Commit and close (and release the run's lock, if it holds one)."""
+        ...
+
+
+def lock_path(state_path: Path) -> Path:
+    """The lock file beside a SQLite state database."""
+    return state_path.with_name(state_path.name + ".lock")
+
+
+def open_state(
+    path: Path, campaign: str, *, create: bool = True, for_run: bool = False
+) -> SqliteState:
+    """The store of a campaign; `for_run` also takes the campaign's lock (exit 75 if held)."""
+    lock = None
+    if for_run:
+        lock = CampaignLock(lock_path(path), campaign)
+        lock.acquire()
+    try:
+        state = SqliteState.open(path, campaign, create=create)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    state.lock = lock
+    return state
 
 
 class CampaignLock:
@@ -171,18 +283,19 @@ def _try_lock(handle: IO[str]) -> bool:
     return True
 
 
-class State:
-    """The state database of one campaign."""
+class SqliteState:
+    """The SQLite state database of one campaign (WAL, synchronous=FULL)."""
 
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db = db
         self.path = path
+        self.lock: CampaignLock | None = None
         self.run_id: int | None = None
         self._pending: list[Outcome] = []
         self._reverts: list[tuple[str, Entry | None]] = []
 
     @classmethod
-    def open(cls, path: Path, campaign: str, *, create: bool = True) -> State:
+    def open(cls, path: Path, campaign: str, *, create: bool = True) -> SqliteState:
         """Open (or create) the database; check that it belongs to this campaign."""
         if not create and not path.exists():
             raise InputFileError("no state yet: the campaign has not been sent", path=path)
@@ -218,11 +331,16 @@ class State:
         return cls(db, path)
 
     def close(self) -> None:
-        """Commit what is buffered and close."""
-        self.flush()
-        self.db.close()
+        """Commit what is buffered, close, and release the lock if this store holds it."""
+        try:
+            self.flush()
+            self.db.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
-    def __enter__(self) -> State:
+    def __enter__(self) -> SqliteState:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -239,7 +357,7 @@ class State:
         self.run_id = int(cur.lastrowid or 0)
         return self.run_id
 
-    def finish_run(self, summary: dict[str, Any]) -> None:
+    def finish_run(self, summary: Mapping[str, object]) -> None:
         """Record the end of a run and its summary."""
         self.flush()
         self.db.execute(
@@ -260,7 +378,9 @@ class State:
             "SELECT status, attempts, run, run_tries, next_at, code FROM recipients WHERE key=?",
             (address_key(email),),
         ).fetchone()
-        return Entry(*row) if row else None
+        if row is None:
+            return None
+        return Entry(DeliveryStatus(row[0]), *row[1:])
 
     def begin_flight(self, group: Iterable[tuple[str, int, Entry | None]]) -> None:
         """Commit buffered outcomes and mark a group `unknown`, durably, before it is sent.
@@ -297,7 +417,9 @@ class State:
 
     def record_invalid(self, email: str, row: int, problem: str) -> None:
         """An invalid row sent with --skip-invalid: `failed`, with the problem as the reply."""
-        self._pending.append(Outcome(address_key(email), "failed", None, f"invalid: {problem}"))
+        self._pending.append(
+            Outcome(address_key(email), DeliveryStatus.FAILED, None, f"invalid: {problem}")
+        )
         self.db.execute(
             "INSERT INTO recipients (key, email, row, status, updated) "
             "VALUES (?, ?, ?, 'pending', ?) ON CONFLICT (key) DO NOTHING",
@@ -321,7 +443,17 @@ class State:
             "message_id), next_at=?, updated=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE "
             "sent_at END WHERE key=?",
             [
-                (o.status, o.code, o.reply, o.message_id, o.next_at, now, o.status, now, o.key)
+                (
+                    str(o.status),
+                    o.code,
+                    o.reply,
+                    o.message_id,
+                    o.next_at,
+                    now,
+                    str(o.status),
+                    now,
+                    o.key,
+                )
                 for o in self._pending
             ],
         )
@@ -333,7 +465,14 @@ class State:
                 self.db.execute(
                     "UPDATE recipients SET status=?, attempts=?, run=?, run_tries=?, next_at=? "
                     "WHERE key=?",
-                    (entry.status, entry.attempts, entry.run, entry.run_tries, entry.next_at, key),
+                    (
+                        str(entry.status),
+                        entry.attempts,
+                        entry.run,
+                        entry.run_tries,
+                        entry.next_at,
+                        key,
+                    ),
                 )
         self._reverts.clear()
 
@@ -349,11 +488,11 @@ class State:
 
     # -- reading --------------------------------------------------------------------------
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[DeliveryStatus, int]:
         """Recipients per status."""
-        counts = dict.fromkeys(STATUSES, 0)
+        counts = dict.fromkeys(DeliveryStatus, 0)
         for status, n in self.db.execute("SELECT status, COUNT(*) FROM recipients GROUP BY 1"):
-            counts[status] = n
+            counts[DeliveryStatus(status)] = n
         return counts
 
     def next_retry(self, max_tries: int) -> float | None:
@@ -366,13 +505,30 @@ class State:
         return float(row[0]) if row and row[0] is not None else None
 
     def problems(
-        self, statuses: tuple[str, ...] = ("failed", "deferred", "unknown")
+        self, statuses: tuple[DeliveryStatus, ...] = PROBLEM_STATUSES
     ) -> list[RecipientState]:
         """Recipients in the given statuses, in list order."""
         marks = ",".join("?" * len(statuses))
         rows = self.db.execute(
             f"SELECT email, row, status, code, reply, attempts, updated FROM recipients "
             f"WHERE status IN ({marks}) ORDER BY row, email",
-            statuses,
+            [s.value for s in statuses],
         )
-        return [RecipientState(*r) for r in rows]
+        return [RecipientState(r[0], r[1], DeliveryStatus(r[2]), *r[3:]) for r in rows]
+
+    def last_run(self) -> RunRecord | None:
+        """The most recent run, with the exit code and sent count of its summary."""
+        row = self.db.execute(
+            "SELECT id, started, finished, pid, host, summary FROM runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        summary = json.loads(row[5]) if row[5] else {}
+        run_id, started, finished, pid, host = row[:5]
+        return RunRecord(
+            run_id, started, finished, pid, host, summary.get("exit_code"), summary.get("sent")
+        )
+
+
+# The name earlier versions used.
+State = SqliteState

@@ -1,33 +1,33 @@
-"""`mailcli status`: where a campaign stands, from its state database and its recipient list.
+"""`mailcli status` and `mailcli.campaign_status`: where a campaign stands.
 
-Reading takes no lock (SQLite's WAL lets it read while a run writes), so status works during a
-run. Rows of the list that no run has met yet (appended for a drip campaign) count as pending.
+Read from the campaign's state store and matched against its recipient list. Reading takes no
+lock (SQLite's WAL lets it read while a run writes), so status works during a run. Rows of the
+list that no run has met yet (appended for a drip campaign) count as pending.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailcli.campaign import Campaign
+from mailcli.delivery import DeliveryStatus
 from mailcli.errors import MailcliError
 from mailcli.recipients import RecipientReader, RowProblem, SeenAddresses
-from mailcli.state import STATUSES, RecipientState, State
+from mailcli.state import RecipientState, RunRecord, StateStore, open_state
 
 
 @dataclass
-class StatusReport:
+class Status:
     """Counts per status, the last run, and the recipients that were not delivered."""
 
     campaign: str
     state_file: str
-    counts: dict[str, int]
+    counts: dict[DeliveryStatus, int]
     new_rows: int = 0
     invalid_rows: int = 0
     list_error: str | None = None
-    last_run: dict[str, Any] | None = None
+    last_run: RunRecord | None = None
     recipients: list[RecipientState] = field(default_factory=list)
 
     @property
@@ -35,16 +35,55 @@ class StatusReport:
         """Every recipient: those in the state plus list rows no run has met yet."""
         return sum(self.counts.values()) + self.new_rows
 
+    @property
+    def pending(self) -> int:
+        """Not tried yet, including rows appended since the last run."""
+        return self.counts[DeliveryStatus.PENDING] + self.new_rows
+
+    @property
+    def sent(self) -> int:
+        """Accepted by the server."""
+        return self.counts[DeliveryStatus.SENT]
+
+    @property
+    def failed(self) -> int:
+        """Refused for good, or invalid."""
+        return self.counts[DeliveryStatus.FAILED]
+
+    @property
+    def deferred(self) -> int:
+        """Refused for now; the next run tries again."""
+        return self.counts[DeliveryStatus.DEFERRED]
+
+    @property
+    def unknown(self) -> int:
+        """Handed over without a confirmed answer; resent only with --retry-unknown."""
+        return self.counts[DeliveryStatus.UNKNOWN]
+
     def to_json(self, *, with_recipients: bool) -> dict[str, Any]:
         """The contract's `status --json` object."""
+        run = self.last_run
         obj: dict[str, Any] = {
             "campaign": self.campaign,
             "total": self.total,
-            "pending": self.counts["pending"] + self.new_rows,
-            **{k: self.counts[k] for k in STATUSES if k != "pending"},
+            "pending": self.pending,
+            "sent": self.sent,
+            "failed": self.failed,
+            "deferred": self.deferred,
+            "unknown": self.unknown,
             "invalid_rows": self.invalid_rows,
             "state_file": self.state_file,
-            "last_run": self.last_run,
+            "last_run": None
+            if run is None
+            else {
+                "id": run.id,
+                "started": run.started,
+                "finished": run.finished,
+                "pid": run.pid,
+                "host": run.host,
+                "exit_code": run.exit_code,
+                "sent": run.sent,
+            },
             "list_error": self.list_error,
         }
         if with_recipients:
@@ -52,7 +91,7 @@ class StatusReport:
                 {
                     "email": r.email,
                     "row": r.row,
-                    "status": r.status,
+                    "status": r.status.value,
                     "code": r.code,
                     "reply": r.reply,
                     "attempts": r.attempts,
@@ -63,25 +102,29 @@ class StatusReport:
         return obj
 
 
-def campaign_status(campaign: Campaign) -> StatusReport:
+# The name earlier versions used.
+StatusReport = Status
+
+
+def campaign_status(campaign: Campaign) -> Status:
     """Read the campaign's state (without creating it) and match it against the list."""
-    report = StatusReport(campaign.name, str(campaign.state_path), dict.fromkeys(STATUSES, 0))
-    state: State | None = None
+    report = Status(campaign.name, str(campaign.state_path), dict.fromkeys(DeliveryStatus, 0))
+    state: StateStore | None = None
     if campaign.state_path.exists():
-        state = State.open(campaign.state_path, campaign.name, create=False)
+        state = open_state(campaign.state_path, campaign.name, create=False)
     try:
         if state is not None:
             report.counts = state.counts()
             report.recipients = state.problems()
-            report.last_run = _last_run(state.db)
+            report.last_run = state.last_run()
         _count_list(campaign, state, report)
     finally:
         if state is not None:
-            state.db.close()
+            state.close()
     return report
 
 
-def _count_list(campaign: Campaign, state: State | None, report: StatusReport) -> None:
+def _count_list(campaign: Campaign, state: StateStore | None, report: Status) -> None:
     reader = RecipientReader(campaign.recipients)
     try:
         with SeenAddresses() as seen:
@@ -95,21 +138,3 @@ def _count_list(campaign: Campaign, state: State | None, report: StatusReport) -
     except MailcliError as exc:
         # The state still answers; say why the list could not be matched against it.
         report.list_error = str(exc)
-
-
-def _last_run(db: sqlite3.Connection) -> dict[str, Any] | None:
-    row = db.execute(
-        "SELECT id, started, finished, pid, host, summary FROM runs ORDER BY id DESC LIMIT 1"
-    ).fetchone()
-    if row is None:
-        return None
-    summary = json.loads(row[5]) if row[5] else {}
-    return {
-        "id": row[0],
-        "started": row[1],
-        "finished": row[2],
-        "pid": row[3],
-        "host": row[4],
-        "exit_code": summary.get("exit_code"),
-        "sent": summary.get("sent"),
-    }

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-from mailcli.envelope import Built
+from mailcli.delivery import NotSent, Pace, Refusal, Result, lost, replied
+from mailcli.envelope import Built, check_envelope
 from mailcli.errors import AuthError, ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -412,6 +413,7 @@ class SmtpConnection:
         `pace` (the rate limiter) is called right before the data is written: the data is what
         delivers a message, so that is the moment a rate must space out.
         """
+        check_envelope(message)
         smtp = self._smtp
         if smtp is None:
             raise ConnectionLost("not connected", handed_over=False)
@@ -470,6 +472,8 @@ class SmtpConnection:
         `idle` is called after each write, while the server works: the caller prepares its
         next messages there.
         """
+        for message in messages:  # before the first write: it carries several messages' commands
+            check_envelope(message)
         smtp = self._smtp
         if smtp is None:
             return [ConnectionLost("not connected", handed_over=False) for _ in messages]
@@ -533,6 +537,98 @@ class SmtpConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SmtpTransport:
+    """The `Transport` over SMTP: one persistent session, pipelined (RFC 2920) where offered."""
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        *,
+        password: Callable[[], str] | None = None,
+        transcript: Transcript | None = None,
+    ) -> None:
+        self.connection = SmtpConnection(settings, password=password, transcript=transcript)
+
+    @property
+    def settings(self) -> SmtpSettings:
+        """Where and how this transport connects."""
+        return self.connection.settings
+
+    @property
+    def connections(self) -> int:
+        """SMTP sessions opened so far."""
+        return self.connection.connections
+
+    @property
+    def endpoint(self) -> str:
+        """host:port."""
+        return self.connection.settings.endpoint
+
+    @property
+    def is_open(self) -> bool:
+        """A session is established."""
+        return self.connection.is_open
+
+    @property
+    def smtputf8(self) -> bool:
+        """The server offers SMTPUTF8."""
+        return "smtputf8" in self.connection.extensions
+
+    @property
+    def pipelining(self) -> bool:
+        """The server offers PIPELINING."""
+        return self.connection.pipelining
+
+    def open(self) -> None:
+        """Connect, EHLO, STARTTLS and log in."""
+        self.connection.open()
+
+    def close(self) -> None:
+        """QUIT and close; never raises."""
+        self.connection.close()
+
+    def send(
+        self,
+        messages: Sequence[Built],
+        *,
+        pace: Pace | None = None,
+        idle: Callable[[], object] | None = None,
+    ) -> list[Result]:
+        """One result per message: pipelined when offered, else one transaction at a time."""
+        if self.connection.pipelining and len(messages) > 1:
+            outcomes = self.connection.send_pipelined(messages, pace, idle)
+            return [_result(m, o) for m, o in zip(messages, outcomes, strict=True)]
+        results: list[Result] = []
+        for index, message in enumerate(messages):
+            try:
+                outcome: Outcome | ConnectionLost = self.connection.send(message, pace)
+            except ConnectionLost as exc:
+                results.append(_result(message, exc))
+                # Nothing after a broken transaction was handed over: safe to send again.
+                results.extend(NotSent(exc.reason) for _ in messages[index + 1 :])
+                break
+            results.append(_result(message, outcome))
+        return results
+
+
+def _result(message: Built, outcome: Outcome | ConnectionLost) -> Result:
+    if isinstance(outcome, ConnectionLost):
+        return lost(message, outcome.reason, handed_over=outcome.handed_over)
+    refused = {a: Refusal(r.code, r.text) for a, r in outcome.refused.items()}
+    if outcome.delivered:
+        return replied(message, outcome.reply.code, outcome.reply.text, outcome.accepted, refused)
+    # Not delivered: the deciding reply is the refusal of the (first) recipient or of the
+    # message; for a one-recipient message its own refusal says why.
+    first = refused.get(message.rcpt_to[0]) if len(message.rcpt_to) == 1 else None
+    if first is not None:
+        code, text = first.code or outcome.reply.code, first.reply
+    else:
+        code, text = outcome.reply.code, outcome.reply.text
+    return replied(message, code, text, (), refused)
 
 
 class _ServerClosing(Exception):

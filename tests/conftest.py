@@ -229,10 +229,10 @@ def campaign_files(tmp_path: Path) -> CampaignFiles:
 
 
 def connect_to(server: SmtpServer) -> Any:
-    """A plain-SMTP connection to a test server (10 s timeout)."""
-    from mailcli.transport import SmtpConnection, SmtpSettings
+    """A plain-SMTP transport to a test server (10 s timeout)."""
+    from mailcli.transport import SmtpSettings, SmtpTransport
 
-    return SmtpConnection(
+    return SmtpTransport(
         SmtpSettings(host=server.host, port=server.port, security="none", timeout=10)
     )
 

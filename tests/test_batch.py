@@ -14,7 +14,7 @@ from mailcli.campaign import Rate, load_campaign
 from mailcli.errors import ExitCode, UnavailableError
 from mailcli.ratelimit import RateLimiter
 from mailcli.sandbox import SmtpServer
-from mailcli.transport import SmtpConnection, SmtpSettings
+from mailcli.transport import SmtpSettings, SmtpTransport
 
 
 @pytest.fixture(params=[False, True], ids=["lockstep", "pipelining"])
@@ -28,7 +28,7 @@ def test_thousand_recipients_arrive_over_one_connection_each_once(
 ) -> None:
     """1,000 rows become 1,000 messages on a single SMTP connection, one per recipient."""
     files = make_campaign(tmp_path, many_rows(1000))
-    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server))
     assert summary.exit_code == ExitCode.OK
     assert (summary.sent, summary.connections) == (1000, 1)
     assert recorder.connections == 1
@@ -42,7 +42,7 @@ def test_each_message_is_personalised(
 ) -> None:
     """Every recipient gets their own subject and body, addressed to them alone."""
     files = make_campaign(tmp_path)
-    send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    send_batch(load_campaign(files.yaml), connect_to(smtp_server))
     by_rcpt = {m.rcpt_tos[0]: m.message for m in recorder.messages}
     chloe = by_rcpt["chloe@example.net"]
     assert chloe["Subject"] == "Hello Chloé"
@@ -61,7 +61,7 @@ def test_duplicate_addresses_are_sent_once(
         {"email": "bob@example.com", "name": "B", "first_name": "B"},
     ]
     files = make_campaign(tmp_path, rows)
-    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server))
     assert (summary.sent, summary.duplicates, summary.total) == (2, 1, 3)
     assert sorted(recorder.recipients()) == ["ann@example.com", "bob@example.com"]
 
@@ -72,7 +72,7 @@ def test_invalid_rows_stop_the_run_before_connecting(
     """A bad address anywhere in the list means exit 65, no connection, nothing sent."""
     rows = [*many_rows(5), {"email": "not-an-address", "name": "X", "first_name": "X"}]
     files = make_campaign(tmp_path, rows)
-    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server))
     assert summary.exit_code == ExitCode.DATAERR
     assert [p.row for p in summary.problems] == [6]
     assert recorder.peers == [] and recorder.messages == []
@@ -83,7 +83,7 @@ def test_undefined_variable_is_a_row_problem(
 ) -> None:
     """A row without a value the template needs is invalid, never sent with a blank."""
     files = make_campaign(tmp_path, text="Hi {{ nickname }}\n")
-    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server))
     assert summary.exit_code == ExitCode.DATAERR
     assert "'nickname' is undefined" in summary.problems[0].problem
     assert recorder.messages == []
@@ -95,9 +95,7 @@ def test_skip_invalid_sends_the_valid_rows(
     """With skip_invalid the bad row is counted and the others are delivered."""
     rows = [*many_rows(3), {"email": "bad@", "name": "X", "first_name": "X"}]
     files = make_campaign(tmp_path, rows)
-    summary = send_batch(
-        load_campaign(files.yaml), lambda: connect_to(smtp_server), skip_invalid=True
-    )
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server), skip_invalid=True)
     assert (summary.sent, summary.invalid, summary.exit_code) == (3, 1, ExitCode.OK)
     assert len(recorder.messages) == 3
 
@@ -108,7 +106,7 @@ def test_permanent_rejection_is_recorded_and_the_batch_goes_on(
     """A 550 on RCPT marks that recipient failed with its code; the rest are sent; exit 1."""
     recorder.rcpt_replies["bob@example.org"] = "550 5.1.1 no such user"
     files = make_campaign(tmp_path)
-    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server))
     assert summary.exit_code == ExitCode.REJECTED
     assert (summary.sent, summary.failed) == (2, 1)
     failure = summary.failures[0]
@@ -132,7 +130,7 @@ def test_temporary_rejection_is_deferred(
 
     recorder.data_reply = busy
     files = make_campaign(tmp_path, extra='retry: {attempts: 3, delay: "20ms"}\n')
-    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server))
     assert summary.exit_code == ExitCode.TEMPFAIL
     assert (summary.sent, summary.deferred) == (2, 1)
     assert len(tries) == 3
@@ -145,7 +143,7 @@ def test_hangup_after_data_is_unknown_never_resent(
     """A lost reply after the whole message was sent is 'unknown': not resent, run exits 75."""
     recorder.hangup_after_data = lambda env: env.rcpt_tos == ["user00003@example.com"]
     files = make_campaign(tmp_path, many_rows(6))
-    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server), sleep=no_sleep)
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server), sleep=no_sleep)
     assert summary.exit_code == ExitCode.TEMPFAIL
     assert (summary.sent, summary.unknown) == (5, 1)
     assert summary.failures[0].email == "user00003@example.com"
@@ -159,7 +157,7 @@ def test_limit_sends_only_the_first_n(
 ) -> None:
     """limit=N stops after N messages."""
     files = make_campaign(tmp_path, many_rows(10))
-    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server), limit=4)
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server), limit=4)
     assert summary.sent == 4
     assert recorder.recipients() == [f"user{i:05d}@example.com" for i in range(1, 5)]
 
@@ -172,7 +170,7 @@ def test_closed_port_is_unavailable(tmp_path: Path) -> None:
     files = make_campaign(tmp_path)
     settings = SmtpSettings(host="127.0.0.1", port=port, security="none", timeout=2)
     with pytest.raises(UnavailableError, match=f"127.0.0.1:{port}") as info:
-        send_batch(load_campaign(files.yaml), lambda: SmtpConnection(settings))
+        send_batch(load_campaign(files.yaml), SmtpTransport(settings))
     assert info.value.exit_code == ExitCode.UNAVAILABLE
 
 

@@ -24,8 +24,8 @@ import pytest
 import yaml
 from conftest import Recorder
 
+import mailcli
 from mailcli.sandbox import SmtpServer
-from mailcli.transport import SmtpSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -191,11 +191,11 @@ def test_the_library_example_sends_from_code(
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    settings = SmtpSettings(host="127.0.0.1", port=smtp_server.port, security="none")
+    mailer = mailcli.Mailer("127.0.0.1", smtp_server.port, "none")
     seen: list[int] = []
     summary = module.send_campaign(
         module.SAMPLE,
-        settings,
+        mailer,
         on_progress=lambda s: seen.append(s.sent),
         state_file=tmp_path / "state.sqlite",
     )
@@ -203,5 +203,5 @@ def test_the_library_example_sends_from_code(
     assert seen[-1] == 5
     listed = [row["email"] for row in csv.DictReader((SAMPLE / "recipients.csv").open())]
     assert len(recorder.recipients()) == len(set(recorder.recipients())) == len(listed) == 5
-    again = module.send_campaign(module.SAMPLE, settings, state_file=tmp_path / "state.sqlite")
+    again = module.send_campaign(module.SAMPLE, mailer, state_file=tmp_path / "state.sqlite")
     assert again.sent == 0 and again.skipped == 5 and len(recorder.messages) == 5

@@ -181,7 +181,7 @@ def test_421_before_the_data_reconnects_and_resends(
 
     recorder.mail_reply = closing
     files = make_campaign(tmp_path, many_rows(12))
-    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server), sleep=no_sleep)
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server), sleep=no_sleep)
     assert summary.exit_code == ExitCode.OK and summary.sent == 12
     assert summary.connections == 2
     assert set(deliveries(recorder).values()) == {1}
@@ -225,14 +225,14 @@ def test_server_gone_for_good_stops_resumably(
     nothing is marked unknown, and a later run against a healthy server completes it."""
     recorder.mail_reply = lambda accepted: "421 4.3.2 down" if accepted >= 25 else None
     files = make_campaign(tmp_path, many_rows(60))
-    summary = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server), sleep=no_sleep)
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server), sleep=no_sleep)
     assert summary.exit_code == ExitCode.TEMPFAIL
     assert "lost and not regained" in (summary.error or "")
     assert (summary.sent, summary.unknown) == (25, 0)
     state = status_json(files.yaml)
     assert (state["sent"], state["pending"], state["unknown"]) == (25, 35, 0)
     recorder.mail_reply = None
-    resumed = send_batch(load_campaign(files.yaml), lambda: connect_to(smtp_server))
+    resumed = send_batch(load_campaign(files.yaml), connect_to(smtp_server))
     assert (resumed.sent, resumed.skipped, resumed.exit_code) == (35, 25, ExitCode.OK)
     assert set(deliveries(recorder).values()) == {1} and len(recorder.messages) == 60
 

@@ -10,6 +10,7 @@ from typing import Any
 from conftest import CampaignFiles, make_campaign, many_rows
 from typer.testing import CliRunner
 
+import mailcli
 from mailcli.addresses import address_key
 from mailcli.campaign import load_campaign
 from mailcli.cli import app
@@ -198,5 +199,18 @@ def test_campaign_status_library_call(tmp_path: Path) -> None:
     report = campaign_status(load_campaign(files.yaml))
     assert report.counts == {"pending": 0, "sent": 2, "failed": 1, "deferred": 1, "unknown": 1}
     assert (report.new_rows, report.total) == (1, 6)
-    assert report.last_run is not None and report.last_run["finished"] is None
+    assert (report.pending, report.sent, report.failed, report.deferred, report.unknown) == (
+        1,
+        2,
+        1,
+        1,
+        1,
+    )
+    assert report.last_run is not None and report.last_run.finished is None
+    assert report.last_run.pid > 0
     assert [r.row for r in report.recipients] == [3, 4, 5]
+    assert [r.status for r in report.recipients] == [
+        mailcli.DeliveryStatus.FAILED,
+        mailcli.DeliveryStatus.DEFERRED,
+        mailcli.DeliveryStatus.UNKNOWN,
+    ]

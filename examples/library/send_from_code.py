@@ -1,16 +1,16 @@
 """Sending a campaign from Python, as a web application would (a button, a background job).
 
 mailcli is a library with a command line on top: everything `mailcli batch` does is a call
-away, with the same guarantees (validation before connecting, one connection, progress saved
-so that a crashed job resumes without sending anyone a message twice).
+away (`mailcli.send_campaign`), with the same guarantees: validation before connecting, one
+connection, progress saved so that a crashed job resumes without sending anyone twice.
 
 Run it as it is to send the sample campaign to a local capture server (nothing leaves the
 machine; the .eml files land in ./outbox):
 
     python examples/library/send_from_code.py
 
-In an application, call `send_campaign()` from the background job, with the SMTP settings and
-a function that returns the password (from your secret store; never from the campaign file).
+In an application, build the Mailer from your settings, with a function that returns the
+password from your secret store (never from the campaign file).
 """
 
 from __future__ import annotations
@@ -18,57 +18,43 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from mailcli.batch import Summary, send_batch
-from mailcli.campaign import load_campaign
-from mailcli.transport import SmtpConnection, SmtpSettings
+import mailcli
 
 SAMPLE = Path(__file__).resolve().parents[2] / "campaigns" / "welcome" / "campaign.yaml"
 
 
 def send_campaign(
     campaign_file: Path,
-    settings: SmtpSettings,
+    mailer: mailcli.Mailer,
     *,
-    password: Callable[[], str] | None = None,
-    on_progress: Callable[[Summary], None] | None = None,
+    on_progress: Callable[[mailcli.Summary], None] | None = None,
     state_file: Path | None = None,
-) -> Summary:
+) -> mailcli.Summary:
     """Send every due recipient of a campaign; return the counts (see `Summary.to_json()`).
 
     Problems with the data (an invalid row, a template error) come back in the summary with
     exit code 65 and nothing sent; a server that cannot be reached raises
-    `mailcli.errors.UnavailableError`; a refused login raises `AuthError`.
+    `mailcli.UnavailableError`; a refused login raises `mailcli.AuthError`.
     """
-    campaign = load_campaign(campaign_file)
+    campaign = mailcli.load_campaign(campaign_file)
     if state_file is not None:  # e.g. one state per tenant of the application
-        from dataclasses import replace
-
         campaign = replace(campaign, state_path=state_file)
-    return send_batch(
-        campaign,
-        lambda: SmtpConnection(settings, password=password),
-        progress=on_progress,
-    )
+    return mailcli.send_campaign(campaign, mailer, progress=on_progress)
 
 
 def main() -> int:
-    from mailcli.sandbox import sandbox
-
-    outbox = Path("outbox")
     seen: list[int] = []
-    with sandbox(outbox) as (server, _writer):
-        settings = SmtpSettings(host=server.host, port=server.port, security="none")
-        summary = send_campaign(
-            SAMPLE,
-            settings,
-            on_progress=lambda s: seen.append(s.sent),
-            state_file=outbox / ".mailcli" / "welcome.sqlite",
-        )
+    # sandbox=: an embedded capture server saves .eml files there, and the progress is kept
+    # there too, so a trial never marks the real recipients as sent.
+    summary = mailcli.send_campaign(
+        SAMPLE, sandbox="outbox", progress=lambda s: seen.append(s.sent)
+    )
     print(json.dumps(summary.to_json(), indent=2))
     print(
-        f"{len(seen)} progress reports, the last at {seen[-1]} sent; .eml files in {outbox}/",
+        f"{len(seen)} progress reports, the last at {seen[-1]} sent; .eml files in outbox/",
         file=sys.stderr,
     )
     return summary.exit_code

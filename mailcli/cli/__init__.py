@@ -6,7 +6,6 @@ stderr and the contract's exit code; with `--json`, stdout still gets exactly on
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import json
 import logging
@@ -14,7 +13,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,8 +22,9 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 import mailcli
-from mailcli.batch import Summary, dry_run, send_batch
-from mailcli.campaign import Campaign, SmtpConfig, load_campaign, parse_rate
+from mailcli import sending
+from mailcli.batch import Summary, dry_run
+from mailcli.campaign import SmtpConfig, load_campaign, parse_rate
 from mailcli.cli.console import (
     BatchProgress,
     console,
@@ -37,12 +36,13 @@ from mailcli.cli.console import (
     summary_table,
 )
 from mailcli.errors import CantCreateError, ExitCode, MailcliError, UsageError
+from mailcli.mailer import debug_transcript
 from mailcli.preview import Preview, preview_one, write_files
-from mailcli.secrets import keyring_delete, keyring_key, keyring_set, password_source
-from mailcli.sending import OneOff, build_one_off, deliver_one_off
-from mailcli.settings import Profile, load_profile, resolve_smtp
+from mailcli.secrets import keyring_delete, keyring_key, keyring_set
+from mailcli.sending import OneOff, one_off_message
+from mailcli.settings import default_sender, load_profile, resolve_smtp
 from mailcli.status import campaign_status
-from mailcli.transport import SmtpConnection, SmtpSettings
+from mailcli.transport import SmtpSettings
 
 if TYPE_CHECKING:  # imported where used: they pull in cryptography and aiosmtpd
     from mailcli.diagnose import Diagnosis
@@ -236,37 +236,29 @@ class SmtpFlags:
     insecure: bool = False
     debug: bool = False
 
-    def resolve(self, campaign: SmtpConfig | None = None) -> tuple[SmtpSettings, Profile | None]:
-        """Settings from flags, environment, campaign and profile; warns when TLS is unverified."""
-        settings, profile = resolve_smtp(self.options, campaign, insecure_skip_verify=self.insecure)
-        if not settings.verify and settings.security != "none":
+    def warn_unverified(self, settings: SmtpSettings | None) -> None:
+        """Say loudly that TLS certificates are not checked (--insecure-skip-verify)."""
+        if settings is not None and not settings.verify and settings.security != "none":
             typer.echo(
                 f"mailcli: WARNING: TLS certificate verification is OFF for {settings.endpoint}",
                 err=True,
             )
-        return settings, profile
 
-    def transcript(self) -> Callable[[str], None] | None:
-        """Where --debug sends the SMTP dialogue: the `mailcli.smtp` logger (stderr, and the
-        --log-file if one is given)."""
-        if not self.debug:
-            return None
-        smtp_log = logging.getLogger("mailcli.smtp")
-        return lambda line: smtp_log.debug("%s", line)
+    def mailer(self, campaign: SmtpConfig | None = None) -> mailcli.Mailer:
+        """The Mailer of flags, environment, campaign and profile (the core resolves them).
 
-    def connector(
-        self, settings: SmtpSettings, profile: Profile | None
-    ) -> Callable[[], SmtpConnection]:
-        """A factory of connections that log in with the password from the usual sources.
-
-        The password is looked up now, before any row is read or any connection made, so that a
-        missing one fails at once (a prompt, on a terminal, comes first too).
+        The password is looked up now, before any row is read or any connection made, so that
+        a missing one fails at once; on a terminal the CLI may prompt for it, a library never.
         """
-        password = password_source(settings, profile)
-        if password is not None:
-            password()
-        transcript = self.transcript()
-        return lambda: SmtpConnection(settings, password=password, transcript=transcript)
+        mailer = mailcli.Mailer.from_profile(
+            overrides=self.options,
+            campaign=campaign,
+            insecure_skip_verify=self.insecure,
+            prompt=True,
+        )
+        self.warn_unverified(mailer.settings)
+        mailer.check_password()
+        return mailer
 
 
 def _smtp_flags(
@@ -368,27 +360,28 @@ def batch(
             summary = dry_run(campaign, limit=limit, progress=display, jobs=jobs)
         _report(summary, json_=json_, quiet=quiet)
         raise typer.Exit(summary.exit_code)
-    options: dict[str, Any] = {
-        "limit": limit,
-        "rate": parsed_rate,
-        "skip_invalid": skip_invalid,
-        "retry_unknown": retry_unknown,
-        "progress": display,
-    }
+    mailer = None
+    if sandbox_dir is not None:
+        if not (quiet or json_):
+            typer.echo(
+                f"sandbox: delivering to a capture server on this machine, saving .eml files "
+                f"in {sandbox_dir}/",
+                err=True,
+            )
+    else:
+        mailer = flags.mailer(campaign.smtp)
     with _StopOnSignal(quiet or json_) as stop, display.running():
-        if sandbox_dir is not None:
-            summary = _batch_sandbox(
-                campaign, Path(sandbox_dir), options, stop, quiet or json_, flags.transcript()
-            )
-        else:
-            settings, prof = flags.resolve(campaign.smtp)
-            summary = send_batch(
-                campaign,
-                flags.connector(settings, prof),
-                sender=None if campaign.sender else (prof.sender if prof else None),
-                stop=stop,
-                **options,
-            )
+        summary = mailcli.send_campaign(
+            campaign,
+            mailer,
+            limit=limit,
+            rate=parsed_rate,
+            skip_invalid=skip_invalid,
+            retry_unknown=retry_unknown,
+            progress=display,
+            stop=stop,
+            sandbox=sandbox_dir,
+        )
     _report(summary, json_=json_, quiet=quiet)
     raise typer.Exit(summary.exit_code)
 
@@ -434,38 +427,6 @@ class _StopOnSignal:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-def _sandboxed(campaign: Campaign, folder: Path) -> Campaign:
-    """The campaign with its progress kept inside the sandbox folder.
-
-    A trial run must never mark the real recipients of a campaign as sent.
-    """
-    state = folder.resolve() / ".mailcli" / f"{campaign.name}.sqlite"
-    return dataclasses.replace(campaign, state_path=state)
-
-
-def _batch_sandbox(
-    campaign: Campaign,
-    folder: Path,
-    options: dict[str, Any],
-    stop: Callable[[], bool],
-    quiet: bool,
-    transcript: Callable[[str], None] | None,
-) -> Summary:
-    from mailcli.sandbox import sandbox
-
-    trial = _sandboxed(campaign, folder)
-    with sandbox(folder) as (server, _writer):
-        settings = SmtpSettings(host=server.host, port=server.port, security="none")
-        if not quiet:
-            typer.echo(
-                f"sandbox: delivering to {settings.endpoint}, saving .eml files in {folder}/",
-                err=True,
-            )
-        return send_batch(
-            trial, lambda: SmtpConnection(settings, transcript=transcript), stop=stop, **options
-        )
 
 
 def summary_line(summary: Summary) -> str:
@@ -729,13 +690,17 @@ def send(
         inline_images=tuple(inline_image or ()),
     )
     if dry_run_ or sandbox_dir is not None:
+        # Nothing to connect to: the profile gives only the sender and the DKIM key.
         prof = load_profile(flags.options.profile or os.environ.get("MAILCLI_PROFILE"))
+        mailer = mailcli.Mailer(
+            outbox=True, default_sender=default_sender(prof), dkim=prof.dkim if prof else None
+        )
     else:
-        settings, prof = flags.resolve()
-    if prof is not None and prof.dkim is not None:
-        spec = dataclasses.replace(spec, dkim=prof.dkim)
+        mailer = flags.mailer()
+    fallback = mailer.default_sender
+    message = one_off_message(spec, sender_fallback=fallback if isinstance(fallback, str) else None)
     if dry_run_:
-        built = build_one_off(spec, sender_fallback=prof.sender if prof else None)
+        built = message.build(signer=mailer.signer())
         if json_:
             _emit(
                 {
@@ -754,22 +719,25 @@ def send(
         from mailcli.sandbox import sandbox
 
         with sandbox(Path(sandbox_dir)) as (server, _writer):
-            settings = SmtpSettings(host=server.host, port=server.port, security="none")
-            connection = SmtpConnection(settings, transcript=flags.transcript())
-            result = deliver_one_off(
-                spec, connection, sender_fallback=prof.sender if prof else None
-            )
+            dkim = prof.dkim if prof else None
+            trial = mailcli.Mailer(server.host, server.port, "none", dkim=dkim)
+            delivery = trial.send(message)
     else:
-        result = deliver_one_off(
-            spec, flags.connector(settings, prof)(), sender_fallback=prof.sender if prof else None
-        )
+        delivery = mailer.send(message)
+    result = sending.report(message, delivery)
     if json_:
         _emit(result)
     else:
-        typer.echo(
-            f"sent {result['message_id']} to {len(result['accepted'])} recipients "
-            f"({result['reply']})"
-        )
+        accepted = len(delivery.recipients)
+        if delivery.ok:
+            typer.echo(
+                f"sent {delivery.message_id} to {_n(accepted, 'recipient')} ({result['reply']})"
+            )
+        else:
+            typer.echo(
+                f"not sent: {delivery.message_id} is {delivery.status.value} ({result['reply']})",
+                err=True,
+            )
         for addr, reply in result["refused"].items():
             typer.echo(f"refused: {addr}: {reply}", err=True)
     raise typer.Exit(result["exit_code"])
@@ -798,7 +766,9 @@ def status(
     _json_mode(ctx, json_)
     campaign = load_campaign(campaign_file, check_files=False)
     if sandbox_dir is not None:
-        campaign = _sandboxed(campaign, sandbox_dir)
+        from mailcli.sandbox import sandboxed
+
+        campaign = sandboxed(campaign, sandbox_dir)
     report = campaign_status(campaign)
     if json_:
         _emit(report.to_json(with_recipients=failed))
@@ -839,10 +809,17 @@ def test_connection(
     setup_logging(verbose=verbose, debug=debug, log_file=log_file)
     flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
     campaign_smtp = load_campaign(campaign_file).smtp if campaign_file is not None else None
-    settings, prof = flags.resolve(campaign_smtp)
+    mailer = mailcli.Mailer.from_profile(
+        overrides=flags.options,
+        campaign=campaign_smtp,
+        insecure_skip_verify=flags.insecure,
+        prompt=True,
+    )
+    assert mailer.settings is not None  # from_profile raises when no server is given
+    flags.warn_unverified(mailer.settings)
     from mailcli.diagnose import diagnose
 
-    report = diagnose(settings, password_source(settings, prof), flags.transcript())
+    report = diagnose(mailer.settings, mailer.password_source(), debug_transcript())
     if json_:
         _emit(report.to_json())
     else:

@@ -382,12 +382,12 @@ def status_view(report: StatusReport, *, with_recipients: bool, terminal: bool) 
     run = report.last_run
     if run:
         ended = (
-            f"finished {run['finished']}, exit {run['exit_code']}"
-            if run["finished"]
+            f"finished {run.finished}, exit {run.exit_code}"
+            if run.finished
             else "still running, or stopped without finishing"
         )
         blocks.append(
-            Text(f"Last run: started {run['started']} (pid {run['pid']} on {run['host']}), {ended}")
+            Text(f"Last run: started {run.started} (pid {run.pid} on {run.host}), {ended}")
         )
     else:
         blocks.append(Text("No run yet."))
@@ -401,7 +401,7 @@ def status_view(report: StatusReport, *, with_recipients: bool, terminal: bool) 
             failures.add_row(
                 str(r.row),
                 r.email,
-                Text(r.status, style=STATUS_STYLES.get(r.status, "")),
+                Text(r.status.value, style=STATUS_STYLES.get(r.status.value, "")),
                 str(r.code or ""),
                 r.reply or "",
             )

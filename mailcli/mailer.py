@@ -1,0 +1,263 @@
+"""`mailcli.Mailer`: where messages go and how, for applications; `connect()` for many at once.
+
+A Mailer holds settings, not a connection: `send` opens one for the message and closes it, and
+`connect()` gives one persistent connection for many messages, pipelined where the server offers
+it. The password is looked up as the CLI does (MAILCLI_PASSWORD, the keyring, the profile's
+password_command; never a prompt from a library), once, when the first login needs it.
+
+Inside `record_messages()`, with `Mailer(outbox=True)` or with `MAILCLI_SUPPRESS_SEND=1`, a Mailer
+delivers into an in-memory outbox and opens no socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from mailcli.campaign import SECURITY_MODES, DkimConfig, SmtpConfig
+from mailcli.compose import Address, Message
+from mailcli.delivery import Delivery, DeliveryStatus, Transport
+from mailcli.errors import ConfigError
+from mailcli.outbox import Outbox, OutboxTransport, recording, suppressed_by_env
+from mailcli.sender import GroupSender, Stopped
+from mailcli.transport import DEFAULT_PORTS, SmtpSettings, SmtpTransport, Transcript
+
+if TYPE_CHECKING:
+    from mailcli.dkimsign import DkimSigner
+    from mailcli.settings import Profile
+
+PasswordSource = Callable[[], str]
+_smtp_log = logging.getLogger("mailcli.smtp")
+
+
+def debug_transcript() -> Transcript | None:
+    """The SMTP dialogue to the `mailcli.smtp` logger when it logs DEBUG (`--debug`), else None.
+
+    AUTH secrets and message data are left out by the transport itself.
+    """
+    if not _smtp_log.isEnabledFor(logging.DEBUG):
+        return None
+    return lambda line: _smtp_log.debug("%s", line)
+
+
+class Mailer:
+    """Sends messages over SMTP (or into an outbox), with a default sender and DKIM key."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        security: str = "starttls",
+        username: str | None = None,
+        password: str | PasswordSource | None = None,
+        timeout: float = 30.0,
+        default_sender: Address | None = None,
+        *,
+        outbox: bool = False,
+        verify: bool = True,
+        local_hostname: str | None = None,
+        dkim: DkimConfig | None = None,
+    ) -> None:
+        if security not in SECURITY_MODES:
+            raise ConfigError(
+                f"security must be one of {', '.join(SECURITY_MODES)}, not {security!r}"
+            )
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self.settings: SmtpSettings | None = None
+        if host is not None:
+            self.settings = SmtpSettings(
+                host=host,
+                port=port or DEFAULT_PORTS[security],
+                security=security,
+                username=username,
+                timeout=float(timeout),
+                verify=verify,
+                local_hostname=local_hostname,
+            )
+        self.default_sender = default_sender
+        self.outbox: Outbox | None = Outbox() if outbox or suppressed_by_env() else None
+        self._password: PasswordSource | None = (
+            (lambda: password) if isinstance(password, str) else password
+        )
+        self._profile: Profile | None = None
+        self._prompt = False
+        self._dkim = dkim
+        self._signer: DkimSigner | None = None
+
+    # -- construction from the CLI's configuration ------------------------------------------
+
+    @classmethod
+    def from_profile(
+        cls,
+        name: str | None = None,
+        *,
+        overrides: SmtpConfig | None = None,
+        campaign: SmtpConfig | None = None,
+        insecure_skip_verify: bool = False,
+        prompt: bool = False,
+    ) -> Mailer:
+        """The Mailer of a CLI profile (None: MAILCLI_PROFILE, else `default`), with the
+        MAILCLI_* variables over it, as `mailcli batch` resolves them.
+
+        `overrides` are command-line style settings (highest precedence); `campaign` a
+        campaign's `smtp:` keys. `prompt=True` asks for a password on a terminal when no other
+        source has one, as the command line does.
+        """
+        from mailcli.settings import resolve_smtp
+
+        options = overrides or SmtpConfig()
+        if name is not None:
+            options = dataclasses.replace(options, profile=name)
+        settings, profile = resolve_smtp(
+            options, campaign, insecure_skip_verify=insecure_skip_verify
+        )
+        mailer = cls._resolved(settings, profile)
+        mailer._prompt = prompt
+        return mailer
+
+    @classmethod
+    def from_env(cls) -> Mailer:
+        """The Mailer of the MAILCLI_HOST, _PORT, _SECURITY, _USERNAME and _FROM variables
+        alone (no config file); the password from the usual sources."""
+        from mailcli.settings import resolve_smtp
+
+        settings, _ = resolve_smtp(SmtpConfig(), use_profiles=False)
+        return cls._resolved(settings, None)
+
+    @classmethod
+    def _resolved(cls, settings: SmtpSettings, profile: Profile | None) -> Mailer:
+        mailer = cls(outbox=False)
+        mailer.settings = settings
+        mailer._profile = profile
+        from mailcli.settings import default_sender
+
+        mailer.default_sender = default_sender(profile)
+        mailer._dkim = profile.dkim if profile else None
+        return mailer
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, message: Message) -> Delivery:
+        """Send one message over a connection opened for it and closed after."""
+        message.check(self.default_sender)  # a bad header is raised before any connection
+        with self.connect() as connection:
+            return connection.send(message)
+
+    def connect(self) -> Connection:
+        """One persistent connection for many messages: `with mailer.connect() as conn:`."""
+        return Connection(self, self.transport())
+
+    def transport(self) -> Transport:
+        """A new, unopened transport for this Mailer (an outbox one while recording)."""
+        outbox = recording()
+        if outbox is None:
+            outbox = self.outbox
+        if outbox is not None:
+            return OutboxTransport(outbox)
+        if self.settings is None:
+            raise ConfigError(
+                "no SMTP server given",
+                hint="pass host= to Mailer, or use Mailer.from_profile() / Mailer.from_env()",
+            )
+        return SmtpTransport(
+            self.settings, password=self.password_source(), transcript=debug_transcript()
+        )
+
+    def password_source(self) -> PasswordSource | None:
+        """What gives the login password (None: no login); resolved once, when first asked."""
+        if self.settings is None or not self.settings.username:
+            return None
+        if self._password is None:
+            from mailcli.secrets import password_source
+
+            # A library never prompts; the CLI asks for a prompt on a terminal (None: if a tty).
+            interactive = None if self._prompt else False
+            self._password = password_source(self.settings, self._profile, interactive=interactive)
+        return self._password
+
+    def check_password(self) -> None:
+        """Look the password up now (ConfigError if there is none), before any work starts."""
+        if recording() is None and self.outbox is None:
+            source = self.password_source()
+            if source is not None:
+                source()
+
+    def signer(self) -> DkimSigner | None:
+        """The DKIM signer of this Mailer's key, read once."""
+        if self._dkim is not None and self._signer is None:
+            from mailcli.dkimsign import load_signer
+
+            self._signer = load_signer(self._dkim)
+        return self._signer
+
+    def __repr__(self) -> str:
+        where = "outbox" if self.outbox is not None else (self.settings or "unconfigured")
+        return f"<Mailer {where}>"
+
+
+class Connection:
+    """One open connection of a Mailer: `send` and `send_many` until the block ends."""
+
+    def __init__(self, mailer: Mailer, transport: Transport) -> None:
+        self.mailer = mailer
+        self.transport = transport
+        self.sleep: Callable[[float], None] = time.sleep
+
+    def __enter__(self) -> Connection:
+        self.transport.open()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.transport.close()
+
+    @property
+    def connections(self) -> int:
+        """Connections opened so far (more than one after a reconnect)."""
+        return self.transport.connections
+
+    def send(self, message: Message) -> Delivery:
+        """Send one message; its outcome, refusals included, is data."""
+        return self.send_many([message])[0]
+
+    def send_many(self, messages: Sequence[Message]) -> list[Delivery]:
+        """Send messages in order, pipelined where offered: one Delivery for each.
+
+        Every message is built (and checked for header injection) before the first is sent. A
+        message that could not be handed over because the server stayed unreachable comes back
+        `deferred`, one handed over without an answer `unknown`.
+        """
+        for message in messages:  # nothing is written while any message is unsendable
+            message.check(self.mailer.default_sender)
+        signer = self.mailer.signer()
+        if not self.transport.is_open:
+            self.transport.open()
+        built = [
+            m.build(
+                default_sender=self.mailer.default_sender,
+                signer=signer,
+                smtputf8=self.transport.smtputf8,
+            )
+            for m in messages
+        ]
+        sender = GroupSender(self.transport, sleep=self.sleep)
+        try:
+            return sender.send(built)
+        except Stopped as stopped:
+            return [
+                result
+                if result is not None
+                else Delivery(
+                    DeliveryStatus.DEFERRED, message.message_id, code=None, reply=stopped.reason
+                )
+                for result, message in zip(stopped.results, built, strict=True)
+            ]

@@ -1,0 +1,197 @@
+"""Choosing the rows a run sends: the check before connecting, then the due rows in list order.
+
+A real run reads the list twice. The first pass (`check_due_rows`) renders every row that is due,
+so that a bad row stops the run before anyone gets a message; the second (`DueRows`) streams the
+list again and yields each due row's message, rendered and built, for the engine to send.
+Whether a row is due is the retry policy's (`mailcli.retry`); what the state says is the store's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from mailcli import retry as policy
+from mailcli.campaign import Retry
+from mailcli.delivery import DeliveryStatus
+from mailcli.envelope import Built
+from mailcli.pipeline import Duplicate, Pipeline, Ready
+from mailcli.recipients import Recipient, RowProblem
+from mailcli.render import Rendered, RenderError
+from mailcli.state import Entry, StateStore
+from mailcli.summary import Progress, Summary
+
+
+@dataclass
+class Queued:
+    """A due row's message, ready to hand over, and what the state said of it before."""
+
+    ready: Ready
+    built: Built
+    entry: Entry | None
+    # Its status as this run counted it before (None: not yet; `deferred` in a retry round).
+    counted: DeliveryStatus | None = None
+
+
+class RenderCache:
+    """What the first pass rendered, kept for the sending pass within a fixed budget.
+
+    Every due row is rendered before connecting (to validate it) and again to send it; for the
+    first rows up to the budget the second rendering is skipped. The budget, not the list,
+    bounds the memory.
+    """
+
+    MAX_ENTRIES = 20_000
+    MAX_CHARS = 16_000_000
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[int, str], Rendered] = {}
+        self._chars = 0
+
+    def put(self, row: int, email: str, rendered: Rendered) -> None:
+        """Keep a rendering if the budget allows."""
+        size = len(rendered.subject) + len(rendered.text or "") + len(rendered.html or "")
+        if len(self._items) < self.MAX_ENTRIES and self._chars + size <= self.MAX_CHARS:
+            self._items[(row, email)] = rendered
+            self._chars += size
+
+    def take(self, row: int, email: str) -> Rendered | None:
+        """The kept rendering of a row, once."""
+        rendered = self._items.pop((row, email), None)
+        if rendered is not None:
+            self._chars -= (
+                len(rendered.subject) + len(rendered.text or "") + len(rendered.html or "")
+            )
+        return rendered
+
+
+def check_due_rows(
+    pipeline: Pipeline,
+    state: StateStore,
+    summary: Summary,
+    *,
+    retry_unknown: bool,
+    fresh: bool,
+    cache: RenderCache,
+    progress: Progress | None = None,
+) -> bool:
+    """Pass 1: read every row and render every one that is due; no connection yet.
+
+    Counts rows, duplicates and problems, and the due rows in `summary.would_send`; True when
+    no due row is invalid.
+    """
+    for item in pipeline.items(render=False):
+        summary.total += 1
+        if progress is not None:
+            progress(summary)
+        if isinstance(item, RowProblem):
+            summary.problem(item)
+        elif isinstance(item, Duplicate):
+            summary.duplicates += 1
+        elif fresh or policy.is_due(state.lookup(item.recipient.email), retry_unknown):
+            r = item.recipient
+            try:
+                cache.put(r.row, r.email, pipeline.render(r))
+                summary.would_send += 1
+            except RenderError as exc:
+                summary.problem(RowProblem(r.row, r.line, str(exc), r.email))
+    return summary.invalid == 0
+
+
+class DueRows:
+    """The messages due in each pass of a run, in list order, at most `limit` in the run."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        state: StateStore,
+        summary: Summary,
+        *,
+        retry: Retry,
+        retry_unknown: bool,
+        limit: int | None,
+        fresh: bool,
+        cache: RenderCache,
+        smtputf8: Callable[[], bool],
+    ) -> None:
+        self.pipeline, self.state, self.summary = pipeline, state, summary
+        self.retry, self.retry_unknown, self.limit = retry, retry_unknown, limit
+        self.fresh, self.cache, self.smtputf8 = fresh, cache, smtputf8
+        self.produced = 0
+
+    def first_pass(self) -> Iterator[Queued]:
+        """Every due row once; counts the rows handled in earlier runs as skipped."""
+        for item in self.pipeline.items(render=False):
+            if isinstance(item, RowProblem):
+                # Reached only with --skip-invalid: recorded, and the run goes on.
+                self.summary.problem(item)
+                if item.email:
+                    self.state.record_invalid(item.email, item.row, item.problem)
+                continue
+            if isinstance(item, Duplicate):
+                continue  # counted in pass 1
+            if self.limit is not None and self.produced >= self.limit:
+                continue  # keep counting skipped rows; the rest is left for the next run
+            r = item.recipient
+            # In the first pass of a first run every row is new (duplicates are gone already).
+            entry = None if self.fresh else self.state.lookup(r.email)
+            if not policy.is_due(entry, self.retry_unknown):
+                assert entry is not None
+                self.summary.skipped += 1
+                self.summary.failed_before += entry.rejected
+                self.summary.unknown += entry.status is DeliveryStatus.UNKNOWN
+                continue
+            queued = self._queued(r, entry, self.cache.take(r.row, r.email), counted=None)
+            if queued is not None:
+                self.produced += 1
+                yield queued
+
+    def retry_round(self, now: float) -> Iterator[Queued]:
+        """The recipients deferred earlier in this run whose backoff has passed."""
+        for item in self.pipeline.items(render=False):
+            if not isinstance(item, Ready):
+                continue
+            if self.limit is not None and self.produced >= self.limit:
+                return
+            r = item.recipient
+            entry = self.state.lookup(r.email)
+            if not policy.due_again(entry, self.state.run_id, self.retry, now):
+                continue
+            queued = self._queued(r, entry, None, counted=DeliveryStatus.DEFERRED)
+            if queued is not None:
+                self.produced += 1
+                yield queued
+
+    def count_left(self) -> int:
+        """Rows not yet tried that the next run will send (left by --limit or a stop)."""
+        left = 0
+        for item in self.pipeline.items(render=False):
+            if isinstance(item, Ready):
+                entry = self.state.lookup(item.recipient.email)
+                if entry is None or entry.status is DeliveryStatus.PENDING:
+                    left += 1
+        return left
+
+    def _queued(
+        self,
+        r: Recipient,
+        entry: Entry | None,
+        rendered: Rendered | None,
+        *,
+        counted: DeliveryStatus | None,
+    ) -> Queued | None:
+        try:
+            rendered = rendered or self.pipeline.render(r)
+        except RenderError as exc:
+            self._invalid(r, str(exc))
+            return None
+        ready = Ready(r, rendered)
+        built = self.pipeline.check(ready, smtputf8=self.smtputf8())
+        if isinstance(built, RowProblem):
+            self._invalid(r, built.problem)
+            return None
+        return Queued(ready, built, entry, counted)
+
+    def _invalid(self, r: Recipient, problem: str) -> None:
+        self.summary.problem(RowProblem(r.row, r.line, problem, r.email))
+        self.state.record_invalid(r.email, r.row, problem)

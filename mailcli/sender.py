@@ -1,0 +1,102 @@
+"""Sending a group of messages over a transport, with the one reconnect policy.
+
+The transport moves the bytes and says, for each message, whether it was answered, may have been
+taken (`unknown`), or provably never left (`NotSent`). Here, what never left is sent again on a
+new connection: reconnecting with backoff (1, 2, 4 s), and giving up after as many rounds in a
+row that send nothing. The batch engine and `Connection.send_many` both send through this.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from mailcli.delivery import Delivery, NotSent, Pace, Transport
+from mailcli.envelope import Built
+from mailcli.errors import UnavailableError
+
+log = logging.getLogger(__name__)
+RECONNECT_DELAYS = (1.0, 2.0, 4.0)
+
+
+class Stopped(Exception):
+    """A group was left unfinished: a stop was asked for, or the server stays unreachable.
+
+    `results` holds a Delivery for each message that got one and None for those that were never
+    handed over (safe to send later).
+    """
+
+    def __init__(self, reason: str, results: list[Delivery | None]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.results = results
+
+
+class GroupSender:
+    """Sends groups over one transport, reconnecting when it breaks."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.transport = transport
+        self.sleep = sleep
+        self.stop = stop
+
+    def send(
+        self,
+        messages: Sequence[Built],
+        *,
+        pace: Pace | None = None,
+        idle: Callable[[], object] | None = None,
+        on_result: Callable[[int, Delivery], None] | None = None,
+    ) -> list[Delivery]:
+        """A Delivery for every message, in order; raises Stopped if that cannot be had.
+
+        `on_result(index, delivery)` is called as each result comes in.
+        """
+        results: list[Delivery | None] = [None] * len(messages)
+        todo = list(range(len(messages)))
+        fruitless = 0
+        reason = ""
+        while todo:
+            if self.stop():
+                raise Stopped("stopped by a signal", results)
+            if not self.transport.is_open and not self.reconnect():
+                raise Stopped(self._lost(reason), results)
+            answers = self.transport.send([messages[i] for i in todo], pace=pace, idle=idle)
+            again: list[int] = []
+            for index, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, NotSent):
+                    again.append(index)
+                    reason = answer.reason
+                    continue
+                results[index] = answer
+                if on_result is not None:
+                    on_result(index, answer)
+            fruitless = fruitless + 1 if len(again) == len(todo) else 0
+            if again and fruitless >= len(RECONNECT_DELAYS):
+                raise Stopped(self._lost(reason), results)
+            todo = again
+        return [r for r in results if r is not None]
+
+    def reconnect(self) -> bool:
+        """Reconnect with backoff; False after RECONNECT_DELAYS failures in a row."""
+        for delay in RECONNECT_DELAYS:
+            log.warning("reconnecting to %s in %.0f s", self.transport.endpoint, delay)
+            self.sleep(delay)
+            try:
+                self.transport.close()
+                self.transport.open()
+                return True
+            except UnavailableError as exc:
+                log.warning("reconnecting failed: %s", exc)
+        return False
+
+    def _lost(self, reason: str) -> str:
+        text = f"connection to {self.transport.endpoint} lost and not regained"
+        return f"{text}: {reason}" if reason else text
