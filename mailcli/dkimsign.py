@@ -16,7 +16,8 @@ import base64
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 
 import dkim
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -69,12 +70,26 @@ class DkimSigner:
         )
         return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode('ascii')}"
 
-    def sign(self, message: bytes, include: Sequence[bytes], *, now: int | None = None) -> bytes:
-        """The message with a DKIM-Signature header over `include` (those present) and the body."""
+    def sign(
+        self,
+        message: bytes,
+        include: Sequence[bytes],
+        *,
+        oversign: Collection[bytes] = (),
+        now: int | None = None,
+    ) -> bytes:
+        """The message with a DKIM-Signature over `include` (every instance present), the body,
+        and one more of each `include` name in `oversign`, so that none can be added."""
         headers, body = dkim.rfc822_parse(message)
-        present = {name.lower() for name, _ in headers}
-        signed = tuple(h.lower() for h in include if h.lower() in present)
-        if b"from" not in signed:
+        counts = Counter(name.lower() for name, _ in headers)
+        extra = {h.lower() for h in oversign}
+        signed: list[bytes] = []
+        for name in dict.fromkeys(h.lower() for h in include):
+            # A verifier takes instances from the bottom up, one per entry in h=, and an entry
+            # with none left stands for the null string (RFC 6376 5.4.2): the extra entry
+            # matches only as long as nobody has added an instance.
+            signed += [name] * (counts[name] + (name in extra))
+        if not counts[b"from"] or b"from" not in signed:
             raise ConfigError("DKIM signing needs a From header")
         fields = [
             (b"v", b"1"),

@@ -40,6 +40,21 @@ DKIM_HEADERS = (
     b"List-Id",
     b"Feedback-ID",
 )
+# Signed one time more than they occur (RFC 6376 5.4.2, 8.15): the extra entry signs "no further
+# instance", so a replayed message cannot gain a second From or Subject, which many readers
+# would show instead of the signed one, or a Reply-To or list header it never had.
+DKIM_OVERSIGN = (
+    b"From",
+    b"To",
+    b"Cc",
+    b"Reply-To",
+    b"Subject",
+    b"Date",
+    b"Message-ID",
+    b"List-Unsubscribe",
+    b"List-Unsubscribe-Post",
+    b"List-Id",
+)
 
 
 class BuildError(Exception):
@@ -106,7 +121,7 @@ class MessageBuilder:
         # Headers that are the same in every message: encoded once, in both header styles.
         self._fixed = self._shared_headers(utf8=False)
         self._fixed_utf8 = self._shared_headers(utf8=True)
-        self._list_id = mime.unstructured("List-Id", list_id) if list_id else None
+        self._list_id = mime.list_id(list_id) if list_id else None
         self._mail_from = smtp_address(sender.addr)
         self._files: dict[Path, FilePart] = {}
         self._parts: dict[Path, mime.Part] = {}
@@ -221,7 +236,7 @@ class MessageBuilder:
             body = mime.multipart("mixed", [body, *files], self._boundaries.next())
         data = b"\r\n".join(headers) + b"\r\n" + body.to_bytes()
         if self._signer is not None:
-            data = self._signer.sign(data, DKIM_HEADERS)
+            data = self._signer.sign(data, DKIM_HEADERS, oversign=DKIM_OVERSIGN)
         return Built(
             data=data,
             message_id=message_id,
@@ -268,7 +283,10 @@ class MessageBuilder:
             html_part = mime.safe_for(mime.text_part(html, "html"), html, "html", prefix)
             if self._inline:
                 html_part = mime.multipart(
-                    "related", [html_part, *self._inline], self._boundaries.next()
+                    "related",
+                    [html_part, *self._inline],
+                    self._boundaries.next(),
+                    root_type="text/html",
                 )
         if text is None:
             if html_part is not None:

@@ -23,23 +23,31 @@ MAX_LINE = 78
 # Characters that force a display name into a quoted-string (RFC 5322 "specials" and friends).
 _NEEDS_QUOTES = re.compile(r'[()<>\[\]:;@\\,."\t]|=\?')
 _WORD_BYTES = 45  # 45 bytes -> 60 base64 chars -> a 72-char encoded word (limit 75)
+_WORD_OVERHEAD = len("=?utf-8?b??=")
 
 
-def encoded_words(text: str) -> list[str]:
+def _room_bytes(room: int) -> int:
+    """How many bytes of text an encoded word of at most `room` characters can hold."""
+    return min(_WORD_BYTES, max(room - _WORD_OVERHEAD, 0) // 4 * 3)
+
+
+def encoded_words(text: str, first: int = _WORD_BYTES) -> list[str]:
     """RFC 2047 'B' encoded words for `text`, each at most 75 characters, never splitting a
     character; adjacent words decode back to `text` exactly (the space between them is
-    ignored by decoders)."""
+    ignored by decoders). The first word holds at most `first` bytes (at least one
+    character), so that it fits the rest of a header's first line."""
     raw = text.encode("utf-8")
-    if len(raw) <= _WORD_BYTES:  # the common case: a name or a short subject fits in one word
+    if len(raw) <= first:  # the common case: a name or a short subject fits in one word
         return ["=?utf-8?b?" + base64.b64encode(raw).decode("ascii") + "?="]
     words: list[str] = []
     chunk: list[str] = []
     size = 0
+    limit = first
     for char in text:
         n = len(char.encode("utf-8"))
-        if size + n > _WORD_BYTES:
+        if size + n > limit and chunk:
             words.append(_b_word("".join(chunk)))
-            chunk, size = [], 0
+            chunk, size, limit = [], 0, _WORD_BYTES
         chunk.append(char)
         size += n
     if chunk or not words:
@@ -51,13 +59,18 @@ def _b_word(text: str) -> str:
     return "=?utf-8?b?" + base64.b64encode(text.encode("utf-8")).decode("ascii") + "?="
 
 
-def _fold_words(name: str, words: Sequence[str]) -> str:
-    """`Name: w1 w2 ...` folded before a word whenever a line would pass MAX_LINE."""
+def _fold_words(name: str, words: Sequence[str], *, fold_first: bool = False) -> str:
+    """`Name: w1 w2 ...` folded before a word whenever a line would pass MAX_LINE.
+
+    With `fold_first`, even the first word goes to a continuation line when it does not fit
+    beside the name. Only for structured headers (addresses): in an unstructured one the
+    stdlib would read that folding space as part of the text.
+    """
     start = f"{name}:"
     lines: list[str] = []
     line = start
     for word in words:
-        if len(line) + 1 + len(word) > MAX_LINE and line != start:
+        if len(line) + 1 + len(word) > MAX_LINE and (line != start or fold_first):
             lines.append(line)
             line = " " + word
         else:
@@ -70,20 +83,57 @@ def unstructured(name: str, value: str, *, utf8: bool = False) -> bytes:
     """An unstructured header (Subject, custom headers), encoded and folded."""
     # Text that looks like an encoded word would be decoded by readers: encode it for real.
     if (value.isascii() or utf8) and "=?" not in value:
-        if len(name) + 2 + len(value) <= MAX_LINE or not value.strip():
+        if len(name) + 2 + len(value) <= MAX_LINE:  # the common case: one short line
             return f"{name}: {value}".encode()
-        return _fold_text(name, value).encode()
-    return _fold_words(name, encoded_words(value)).encode("ascii")
+        if value.strip(" \t"):
+            return _fold_text(name, value).encode()
+    # The first word is sized to the room left beside the name, so the first line fits too.
+    first = _room_bytes(MAX_LINE - len(name) - 2)
+    return _fold_words(name, encoded_words(value, first)).encode("ascii")
+
+
+# A word with the run of blanks before it: a header folds only before such a run.
+_PIECE = re.compile(r"[ \t]*[^ \t]+")
 
 
 def _fold_text(name: str, value: str) -> str:
-    """Fold plain text at its spaces; a word longer than a line stays whole (RFC 5322 2.2.3)."""
-    pieces = re.split(r"(?= )", value)
+    """Fold plain text before its blanks; a word too long for its line becomes encoded words.
+
+    A long unbreakable word (a token, a URL) would otherwise make a line over 78 characters,
+    or over the 998 that SMTP allows (the server then refuses the whole message with "500 Line
+    too long"); the stdlib encodes such a word the same way.
+    """
+    start = f"{name}:"
+    pieces: list[str] = []
+    encoded = False  # the previous piece ended in an encoded word
+    for piece in _PIECE.findall(value):
+        if not pieces and not piece.startswith((" ", "\t")):
+            piece = " " + piece
+        # The first piece must stay beside the name: the stdlib reads a fold right after
+        # the colon as a leading space of the text.
+        room = MAX_LINE - (len(start) if not pieces else 0)
+        if len(piece) <= room:
+            pieces.append(piece)
+            encoded = False
+            continue
+        word = piece.lstrip(" \t")
+        blank = piece[: len(piece) - len(word)]
+        if encoded:
+            # Decoders drop the blanks between two encoded words: carry them inside the text.
+            separator, text = " ", blank + word
+        else:
+            # Between plain text and an encoded word the blank is kept: one stays outside.
+            separator, text = blank[0], blank[1:] + word
+        words = encoded_words(text, _room_bytes(room - 1))
+        pieces += [separator + words[0], *(" " + w for w in words[1:])]
+        encoded = True
+    tail = value[len(value.rstrip(" \t")) :]
+    if tail:
+        pieces[-1] += tail
     lines: list[str] = []
-    line = f"{name}:"
-    for index, piece in enumerate(pieces):
-        piece = piece if index or piece.startswith(" ") else " " + piece
-        if len(line) + len(piece) > MAX_LINE and line.strip() != f"{name}:":
+    line = start
+    for piece in pieces:
+        if len(line) + len(piece) > MAX_LINE and line != start:
             lines.append(line)
             line = piece
         else:
@@ -92,16 +142,42 @@ def _fold_text(name: str, value: str) -> str:
     return "\r\n".join(lines)
 
 
+def list_id(value: str) -> bytes:
+    """The List-Id header (RFC 2919): the description as a phrase, the `<list-id>` literal."""
+    found = re.fullmatch(r"\s*(.*?)\s*(<[!-;=?-~]+>)\s*", value)
+    if found is None:
+        # Not the `description <list-id>` form (`send --list-id` takes any text): plain text.
+        return unstructured("List-Id", value)
+    description, ident = found.groups()
+    words = _phrase(description, MAX_LINE - len("List-Id: ")) if description else []
+    return _fold_words("List-Id", [*words, ident]).encode("ascii")
+
+
 def mailbox(name: str, addr: str, *, utf8: bool = False) -> list[str]:
     """A mailbox as header words: the display name (quoted or encoded) and `<addr>`."""
     if not name:
         return [addr]
-    if (name.isascii() or utf8) and "=?" not in name:
-        if _NEEDS_QUOTES.search(name) or name != name.strip() or "  " in name:
-            escaped = name.replace("\\", "\\\\").replace('"', '\\"')
-            return [f'"{escaped}"', f"<{addr}>"]
-        return [*name.split(" "), f"<{addr}>"]
-    return [*encoded_words(name), f"<{addr}>"]
+    # Room for a continuation line's blank and a trailing comma.
+    return [*_phrase(name, MAX_LINE - 2, utf8=utf8), f"<{addr}>"]
+
+
+def _phrase(text: str, room: int, *, utf8: bool = False) -> list[str]:
+    """A display name or list description as header words: plain, quoted or encoded.
+
+    Plain words and a quoted string are kept only if they fit in `room` characters (the
+    quoted string whole, each plain word alone); otherwise the text becomes encoded words, the
+    first of at most `room` characters, so no line passes the limits.
+    """
+    if (text.isascii() or utf8) and "=?" not in text:
+        if _NEEDS_QUOTES.search(text) or text != text.strip() or "  " in text:
+            escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+            if len(escaped) + 2 <= room:
+                return [f'"{escaped}"']
+        else:
+            words = text.split(" ")
+            if len(text) <= room or max(map(len, words)) <= room:
+                return words
+    return encoded_words(text, _room_bytes(room))
 
 
 def address_list(name: str, mailboxes: Sequence[tuple[str, str]], *, utf8: bool = False) -> bytes:
@@ -112,7 +188,7 @@ def address_list(name: str, mailboxes: Sequence[tuple[str, str]], *, utf8: bool 
         if index < len(mailboxes) - 1:
             parts[-1] += ","
         words.extend(parts)
-    text = _fold_words(name, words)
+    text = _fold_words(name, words, fold_first=True)
     return text.encode("utf-8" if utf8 else "ascii")
 
 
@@ -157,7 +233,9 @@ def _encoded(normal: str, cte: str) -> bytes:
     elif cte == "quoted-printable":
         data = binascii.b2a_qp(normal.encode("utf-8"), istext=True, header=False)
     else:
-        data = base64.encodebytes(normal.encode("utf-8"))
+        # Base64 hides the line breaks from the transport, so they must be CRLF already in the
+        # encoded text (RFC 2045 6.8); quoted-printable and 7bit breaks are rewritten below.
+        data = base64.encodebytes(normal.replace("\n", "\r\n").encode("utf-8"))
     data = data.replace(b"\n", CRLF)
     return data if data.endswith(CRLF) else data + CRLF
 
@@ -254,8 +332,10 @@ class Boundaries:
         self.count = 0
 
 
-def multipart(subtype: str, parts: Sequence[Part], boundary: str) -> Part:
-    """A multipart entity holding `parts`."""
+def multipart(
+    subtype: str, parts: Sequence[Part], boundary: str, *, root_type: str | None = None
+) -> Part:
+    """A multipart entity holding `parts`; `root_type` is multipart/related's `type=`."""
     mark = b"--" + boundary.encode("ascii")
     chunks: list[bytes] = []
     for part in parts:
@@ -263,7 +343,9 @@ def multipart(subtype: str, parts: Sequence[Part], boundary: str) -> Part:
         # ends with a line break needs one more to keep it.
         chunks += [mark, CRLF, part.to_bytes(), CRLF]
     chunks += [mark, b"--", CRLF]
-    headers = f'Content-Type: multipart/{subtype};\r\n boundary="{boundary}"'.encode("ascii")
+    # RFC 2387 requires type= on multipart/related: the content type of its root (first) part.
+    kind = f'multipart/{subtype}; type="{root_type}"' if root_type else f"multipart/{subtype}"
+    headers = f'Content-Type: {kind};\r\n boundary="{boundary}"'.encode("ascii")
     return Part(headers, b"".join(chunks))
 
 
