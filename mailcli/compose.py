@@ -149,6 +149,8 @@ class Message:
         """Raise BadHeaderError or DataError for what cannot be sent; build nothing."""
         self._headers_safe()
         self._mailbox(self.sender or default_sender, "sender")
+        if self.reply_to:
+            self._mailbox(self.reply_to, "reply_to")
         if not (self.recipients or self.cc or self.bcc):
             raise DataError("the message has no recipients (recipients, cc or bcc)")
         self._boxes(self.recipients + self.cc + self.bcc, "recipient")
@@ -203,7 +205,7 @@ class Message:
         except BuildError as exc:
             raise DataError(str(exc)) from None
         self.message_id = built.message_id
-        return built
+        return built._replace(source=self)
 
     def _headers_safe(self) -> None:
         """CR or LF anywhere a header is made from: BadHeaderError, naming where."""

@@ -19,6 +19,8 @@ class Built(NamedTuple):
     mail_from: str
     rcpt_to: tuple[str, ...]
     smtputf8: bool = False
+    # The library's Message it was built from, if any (the outbox hands it back).
+    source: object = None
 
 
 def check_envelope(message: Built) -> None:

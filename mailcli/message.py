@@ -10,7 +10,7 @@ import email.utils
 import mimetypes
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -109,7 +109,7 @@ class MessageBuilder:
         *,
         reply_to: str | None = None,
         list_id: str | None = None,
-        inline_images: dict[str, Path] | None = None,
+        inline_images: Mapping[str, Path | FilePart] | None = None,
         signer: DkimSigner | None = None,
     ) -> None:
         self.sender = sender
@@ -131,7 +131,10 @@ class MessageBuilder:
         self.reseed()
         self._date_second = -1
         self._date_text = b""
-        self.inline_images = {cid: FilePart.load(p) for cid, p in (inline_images or {}).items()}
+        self.inline_images = {
+            cid: p if isinstance(p, FilePart) else FilePart.load(p)
+            for cid, p in (inline_images or {}).items()
+        }
         self._inline = [
             mime.file_part(
                 img.data,
@@ -181,6 +184,8 @@ class MessageBuilder:
         bcc: Sequence[Mailbox] = (),
         smtputf8: bool = True,
         now: datetime | None = None,
+        files: Sequence[mime.Part] = (),
+        message_id: str | None = None,
     ) -> Built:
         """Assemble the MIME message for one recipient (or one `send`) and return its bytes.
 
@@ -203,7 +208,7 @@ class MessageBuilder:
             raise BuildError(f"address {unicode_locals[0]!r} needs a server with SMTPUTF8")
         # UTF-8 headers only when an address forces it; else RFC 2047, which every server takes.
         utf8 = bool(unicode_locals)
-        message_id = self._message_id()
+        message_id = message_id or self._message_id()
         fixed = self._fixed_utf8 if utf8 else self._fixed
         headers = [
             fixed[0],
@@ -231,9 +236,10 @@ class MessageBuilder:
             headers.append(mime.unstructured(name, value, utf8=utf8))
         headers.append(b"MIME-Version: 1.0")
         body = self._body(rendered)
-        if rendered.attachments:
-            files = [self.attachment(path) for path in rendered.attachments]
-            body = mime.multipart("mixed", [body, *files], self._boundaries.next())
+        if rendered.attachments or files:
+            # Parts given ready (the library's Message.attach) come after the templated ones.
+            parts = [self.attachment(path) for path in rendered.attachments]
+            body = mime.multipart("mixed", [body, *parts, *files], self._boundaries.next())
         data = b"\r\n".join(headers) + b"\r\n" + body.to_bytes()
         if self._signer is not None:
             data = self._signer.sign(data, DKIM_HEADERS, oversign=DKIM_OVERSIGN)
@@ -296,6 +302,13 @@ class MessageBuilder:
         if html_part is None:
             return text_part
         return mime.multipart("alternative", [text_part, html_part], self._boundaries.next())
+
+    @staticmethod
+    def file_part(file: FilePart, disposition: str = "attachment") -> mime.Part:
+        """The encoded part for a file given as data (for `build(files=...)`)."""
+        return mime.file_part(
+            file.data, f"{file.maintype}/{file.subtype}", file.filename, disposition=disposition
+        )
 
     def attachment(self, path: Path) -> mime.Part:
         """The encoded part for a file; a static attachment is encoded once per campaign."""

@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import getaddresses
 
+from mailcli.compose import Message
 from mailcli.delivery import Pace, Result, replied
 from mailcli.envelope import Built, check_envelope
 
@@ -29,6 +30,12 @@ class SentMessage:
     def __init__(self, built: Built) -> None:
         self.built = built
         self._parsed: EmailMessage | None = None
+
+    @property
+    def message(self) -> Message | None:
+        """The `mailcli.Message` this was built from (None for a campaign's messages)."""
+        source = self.built.source
+        return source if isinstance(source, Message) else None
 
     @property
     def parsed(self) -> EmailMessage:
@@ -87,12 +94,16 @@ class SentMessage:
 
     @property
     def body(self) -> str | None:
-        """The text/plain part, decoded, or None."""
+        """The text body as given to the Message, else the text/plain part as read back."""
+        if self.message is not None and self.message.body is not None:
+            return self.message.body
         return self._text("plain")
 
     @property
     def html(self) -> str | None:
-        """The text/html part, decoded, or None."""
+        """The HTML body as given to the Message, else the text/html part as read back."""
+        if self.message is not None and self.message.html is not None:
+            return self.message.html
         return self._text("html")
 
     @property
@@ -122,7 +133,8 @@ class SentMessage:
         if part is None or part.get_content_subtype() != subtype:
             return None
         content = part.get_content()
-        return content if isinstance(content, str) else None
+        # As a reader sees it: line breaks are CRLF on the wire only.
+        return content.replace("\r\n", "\n") if isinstance(content, str) else None
 
     def __repr__(self) -> str:
         return f"<SentMessage {self.message_id} to {', '.join(self.envelope_to)}>"

@@ -8,9 +8,10 @@ list that no run has met yet (appended for a drip campaign) count as pending.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mailcli.campaign import Campaign
+from mailcli.campaign import Campaign, load_campaign
 from mailcli.delivery import DeliveryStatus
 from mailcli.errors import MailcliError
 from mailcli.recipients import RecipientReader, RowProblem, SeenAddresses
@@ -106,8 +107,11 @@ class Status:
 StatusReport = Status
 
 
-def campaign_status(campaign: Campaign) -> Status:
+def campaign_status(campaign: Campaign | str | Path) -> Status:
     """Read the campaign's state (without creating it) and match it against the list."""
+    if not isinstance(campaign, Campaign):
+        # status reads only the state and the list: a missing template does not stop it
+        campaign = load_campaign(campaign, check_files=False)
     report = Status(campaign.name, str(campaign.state_path), dict.fromkeys(DeliveryStatus, 0))
     state: StateStore | None = None
     if campaign.state_path.exists():

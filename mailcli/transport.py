@@ -599,6 +599,8 @@ class SmtpTransport:
         idle: Callable[[], object] | None = None,
     ) -> list[Result]:
         """One result per message: pipelined when offered, else one transaction at a time."""
+        for message in messages:  # none of the group is written while one is unsafe
+            check_envelope(message)
         if self.connection.pipelining and len(messages) > 1:
             outcomes = self.connection.send_pipelined(messages, pace, idle)
             return [_result(m, o) for m, o in zip(messages, outcomes, strict=True)]
