@@ -558,3 +558,26 @@ def test_every_command_has_help() -> None:
     ):
         result = run(command, "--help")
         assert result.exit_code == 0 and option in result.stdout
+
+
+def test_deliverability_warnings_are_one_line_each_and_not_errors(tmp_path: Path) -> None:
+    """A mailto-only unsubscribe and a DKIM domain that does not align with From are warned
+    about on stderr by batch --dry-run and preview; the exit code stays 0; --quiet hides them."""
+    from test_deliverability import make_key
+
+    files = make_campaign(
+        tmp_path,
+        extra='unsubscribe: "mailto:leave@example.com"\n'
+        "dkim: {domain: other.example, selector: s1, key: dkim.pem}\n",
+    )
+    make_key(files.folder)
+    dry = runner.invoke(app, ["batch", str(files.yaml), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    warnings = [line for line in dry.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2
+    assert "campaign.yaml: dkim.domain other.example does not align" in warnings[0]
+    assert "unsubscribe has only a mailto" in warnings[1]
+    shown = runner.invoke(app, ["preview", str(files.yaml), "--row", "1"])
+    assert shown.exit_code == 0 and shown.stderr.count("mailcli: warning:") == 2
+    quiet = runner.invoke(app, ["batch", str(files.yaml), "--dry-run", "--quiet"])
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -98,3 +100,38 @@ def test_the_security_section_states_the_guarantees_and_how_to_report() -> None:
         "Reporting a problem",
     ):
         assert topic in section, topic
+
+
+def library_examples() -> list[str]:
+    """The ```python blocks of README's Library section, in order."""
+    section = README.split("\n## Library\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_the_library_examples_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every example of README's Library section runs, in order and in one namespace, against
+    a real SMTP server (its port put where the README says 8025), from a folder holding the
+    sample campaign; what the server got is checked afterwards."""
+    from conftest import Recorder
+
+    from mailcli.sandbox import SmtpServer
+
+    examples = library_examples()
+    assert len(examples) >= 5
+    shutil.copytree(ROOT / "campaigns", tmp_path / "campaigns")
+    monkeypatch.chdir(tmp_path)
+    recorder = Recorder(pipelining=True)
+    namespace: dict[str, object] = {}
+    with SmtpServer(recorder) as server:
+        for number, code in enumerate(examples, 1):
+            source = code.replace("8025", str(server.port))
+            exec(compile(source, f"README.md Library example {number}", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "refused: " in printed and "line break" in printed
+    subjects = [m.message["Subject"] for m in recorder.messages]
+    assert subjects[:4] == ["Your order #1001", "Hello Bob", "Hello Chloé", "Hello Dan"]
+    assert len(subjects) == 4 + 5  # the single one, three over one connection, the campaign
+    assert recorder.connections == 3  # one per send, one for send_many, one for the campaign
+    assert "Bcc" not in " ".join(m.data.decode() for m in recorder.messages)

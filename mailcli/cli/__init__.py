@@ -35,6 +35,7 @@ from mailcli.cli.console import (
     status_view,
     summary_table,
 )
+from mailcli.checks import campaign_warnings
 from mailcli.errors import CantCreateError, ExitCode, MailcliError, UsageError
 from mailcli.mailer import debug_transcript
 from mailcli.preview import Preview, preview_one, write_files
@@ -350,6 +351,8 @@ def batch(
     parsed_rate = _rate(rate)
     flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
     campaign = load_campaign(campaign_file)
+    if not quiet:
+        _warn(campaign)
     display = BatchProgress(
         dry_run=dry_run_,
         expected_rows=estimate_rows(campaign.recipients.path),
@@ -427,6 +430,12 @@ class _StopOnSignal:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def _warn(campaign: mailcli.Campaign) -> None:
+    """Deliverability warnings (one line each, never an error) on stderr."""
+    for warning in campaign_warnings(campaign):
+        typer.echo(f"mailcli: warning: {campaign.path.name}: {warning}", err=True)
 
 
 def summary_line(summary: Summary) -> str:
@@ -520,6 +529,7 @@ def preview(
     if sum(x is not None for x in (row, to)) + all_ > 1:
         raise UsageError("use one of --row, --to and --all")
     campaign = load_campaign(campaign_file)
+    _warn(campaign)
     if all_:
         written = [0]
 
