@@ -25,6 +25,7 @@ import mailcli
 from mailcli import sending
 from mailcli.batch import Summary, dry_run
 from mailcli.campaign import SmtpConfig, load_campaign, parse_rate
+from mailcli.checks import campaign_warnings
 from mailcli.cli.console import (
     BatchProgress,
     console,
@@ -35,7 +36,6 @@ from mailcli.cli.console import (
     status_view,
     summary_table,
 )
-from mailcli.checks import campaign_warnings
 from mailcli.errors import CantCreateError, ExitCode, MailcliError, UsageError
 from mailcli.mailer import debug_transcript
 from mailcli.preview import Preview, preview_one, write_files
