@@ -9,6 +9,8 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -64,12 +66,7 @@ class RecipientReader:
 
     def __iter__(self) -> Iterator[Recipient | RowProblem]:
         src = self.source
-        # 'utf-8-sig' reads files with and without the BOM that Excel writes.
-        encoding = (
-            "utf-8-sig"
-            if src.encoding.lower().replace("_", "-") in ("utf-8", "utf8")
-            else src.encoding
-        )
+        encoding = _python_encoding(src.encoding)
         try:
             handle = open(src.path, "rb")  # noqa: SIM115
         except OSError as exc:
@@ -109,12 +106,7 @@ class RecipientReader:
             raise DataError(f"the header names column {dupes[0]!r} twice", path=src.path, line=1)
         email_col = _find_column(columns, src.email_column)
         if email_col is None:
-            raise DataError(
-                f"no {src.email_column!r} column; the header has: {', '.join(named) or '(none)'}",
-                path=src.path,
-                line=1,
-                hint="name the address column with `recipients: {path: ..., email_column: ...}`",
-            )
+            raise _no_email_column(src, columns)
         if src.name_column is not None:
             name_col = _find_column(columns, src.name_column)
             if name_col is None:
@@ -172,6 +164,97 @@ class RecipientReader:
                 )
                 continue
             yield Recipient(number, start, Mailbox(name, addr), fields)
+
+
+def _python_encoding(encoding: str) -> str:
+    """The codec to read a list with: 'utf-8-sig' reads UTF-8 with and without Excel's BOM."""
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+
+
+# What a list exported by a spreadsheet is separated by, when not by the configured delimiter:
+# Excel in European locales writes ';' (the comma is their decimal separator).
+OTHER_DELIMITERS = (";", "\t", "|", ",")
+_DELIMITER_NAMES = {"\t": "tab", ",": "comma"}
+# Column names (letters and digits only, folded) that hold addresses in common exports.
+_EMAIL_NAMES = frozenset({"mail", "mailaddress", "mailadresse", "courriel", "correo", "epost"})
+
+
+def _no_email_column(src: RecipientsSource, columns: tuple[str, ...]) -> DataError:
+    """The error for a header without the address column, with the setting that would fix it.
+
+    Only this failure path reads the header again: a list whose header looks split on another
+    delimiter (a ';'-separated Excel export read on ',') gets that delimiter suggested.
+    """
+    named = [c for c in columns if c]
+    settings = [f"path: {src.path.name}"]
+    found = _other_delimiter(src, columns)
+    if found is not None:
+        delimiter, other = found
+        settings.append(f"delimiter: {_yaml_text(delimiter)}")
+        label = _DELIMITER_NAMES.get(delimiter, repr(delimiter))
+        message = (
+            f"no {src.email_column!r} column; the header looks {label}-separated "
+            f"({', '.join(c for c in other if c)})"
+        )
+        # Split right, the header may hold the configured column after all ('Email' for 'email').
+        guess = None if _find_column(other, src.email_column) is not None else _email_like(other)
+    else:
+        message = f"no {src.email_column!r} column; the header has: {', '.join(named) or '(none)'}"
+        guess = _email_like(columns)
+    if guess is not None:
+        settings.append(f"email_column: {_yaml_text(guess)}")
+    if len(settings) > 1:
+        hint = f"set `recipients: {{{', '.join(settings)}}}`"
+    else:
+        hint = "name the address column with `recipients: {path: ..., email_column: ...}`"
+    return DataError(message, path=src.path, line=1, hint=hint)
+
+
+def _other_delimiter(
+    src: RecipientsSource, columns: tuple[str, ...]
+) -> tuple[str, tuple[str, ...]] | None:
+    """Another delimiter that splits the header into more columns, or into one with the address
+    column, and the header as it splits it; None if none does."""
+    best: tuple[tuple[bool, bool, int], str, tuple[str, ...]] | None = None
+    for delimiter in OTHER_DELIMITERS:
+        if delimiter == src.delimiter:
+            continue
+        other = _header_split_on(src, delimiter)
+        if other is None or sum(1 for c in other if c) < 2:
+            continue
+        has_email = _find_column(other, src.email_column) is not None
+        if not (has_email or len(other) > len(columns)):
+            continue
+        rank = (has_email, _email_like(other) is not None, len(other))
+        if best is None or rank > best[0]:
+            best = (rank, delimiter, other)
+    return None if best is None else (best[1], best[2])
+
+
+def _header_split_on(src: RecipientsSource, delimiter: str) -> tuple[str, ...] | None:
+    """The first non-blank row of the list as `delimiter` splits it (None if unreadable)."""
+    try:
+        with open(src.path, encoding=_python_encoding(src.encoding), newline="") as handle:
+            for cells in csv.reader(handle, delimiter=delimiter, strict=False):
+                if any(cell.strip() for cell in cells):
+                    return tuple(cell.strip() for cell in cells)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    return None
+
+
+def _email_like(columns: tuple[str, ...]) -> str | None:
+    """The first column whose name says it holds addresses ('E-mail Address', 'Mail', ...)."""
+    for column in columns:
+        folded = re.sub(r"[\W_]+", "", column.casefold())
+        if "email" in folded or folded in _EMAIL_NAMES:
+            return column
+    return None
+
+
+def _yaml_text(value: str) -> str:
+    """A YAML double-quoted scalar (JSON's string syntax is a subset of it)."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _undecodable_line(path: Path, encoding: str) -> int | None:

@@ -7,6 +7,8 @@ records against the row; a problem with the template itself is a `DataError` tha
 
 from __future__ import annotations
 
+import difflib
+import re
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -209,6 +211,7 @@ class Renderer:
 
     def render(self, context: Mapping[str, Any]) -> Rendered:
         """Render every part for one recipient; raise RenderError for a per-row problem."""
+        row_context = context
         try:
             context = {**self._globals, **context}
             subject = _header_value("subject", _render(self.subject_t, context))
@@ -236,7 +239,9 @@ class Renderer:
         except jinja2.TemplateSyntaxError as exc:
             raise _syntax_error(exc, self.folder) from None
         except jinja2.UndefinedError as exc:
-            raise RenderError(f"{exc.message}{_template_place(exc)}") from None
+            raise RenderError(
+                f"{exc.message}{_template_place(exc)}{_did_you_mean(exc.message, row_context)}"
+            ) from None
         except SecurityError as exc:
             raise RenderError(
                 f"unsafe template operation blocked: {exc}{_template_place(exc)}"
@@ -329,6 +334,67 @@ def _header_value(what: str, value: str) -> str:
 def _syntax_error(exc: jinja2.TemplateSyntaxError, folder: Path) -> DataError:
     path = Path(exc.filename) if exc.filename else (folder / (exc.name or "?"))
     return DataError(f"template syntax error: {exc.message}", path=path, line=exc.lineno)
+
+
+_UNDEFINED_NAME = re.compile(r"'(\w+)' is undefined")
+# Words Jinja reads as operators or constants: a column with such a name is reachable only as
+# row["..."], never as a plain name.
+_JINJA_WORDS = frozenset(
+    ["and", "or", "not", "in", "is", "if", "else", "true", "false", "none", "True", "False", "None"]
+)
+# How many variables a message lists when none is close to the undefined name.
+LISTED_VARIABLES = 12
+
+
+def _did_you_mean(message: str | None, context: Mapping[str, Any]) -> str:
+    """'; did you mean X?' for the row variable closest to an undefined name, else the list of
+    the row's variables ('' when the message is not about an undefined name).
+
+    Only called once a row has failed, so a row that renders costs nothing. Names are compared
+    ignoring case, spaces, '_' and '-', so `First_Name` finds the column "First Name".
+    """
+    found = _UNDEFINED_NAME.fullmatch(message or "")
+    if found is None:
+        return ""
+    wanted = found.group(1)
+    spellings = _spellings(context)
+    if not spellings:
+        return ""
+    by_key: dict[str, str] = {}
+    for key, spelling in spellings.items():
+        by_key.setdefault(_fold(key), spelling)
+    close = difflib.get_close_matches(_fold(wanted), list(by_key), n=1, cutoff=0.75)
+    if close:
+        return f"; did you mean {by_key[close[0]]}?"
+    shown = list(spellings.values())
+    listed = ", ".join(shown[:LISTED_VARIABLES])
+    more = len(shown) - LISTED_VARIABLES
+    return f"; the variables are: {listed}" + (f" (and {more} more)" if more > 0 else "")
+
+
+def _spellings(context: Mapping[str, Any]) -> dict[str, str]:
+    """Each variable of a row context, as a template writes it: the columns first (in their
+    order), those whose names are not identifiers as row["..."], then every other variable."""
+    row = context.get("row")
+    columns = list(row) if isinstance(row, Mapping) else []
+    spellings: dict[str, str] = {}
+    for name in [*columns, *context]:
+        if not isinstance(name, str) or name in spellings:
+            continue
+        if name.isidentifier() and name not in _JINJA_WORDS and name in context:
+            spellings[name] = name
+        elif name in columns:
+            spellings[name] = f"row[{_quoted(name)}]"
+    return spellings
+
+
+def _fold(name: str) -> str:
+    return re.sub(r"[\s_-]+", "", name.casefold())
+
+
+def _quoted(name: str) -> str:
+    """A Jinja string literal for a column name."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _template_place(exc: BaseException) -> str:

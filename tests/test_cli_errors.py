@@ -175,6 +175,16 @@ CASES: dict[str, Case] = {
         65,
         r"row 1: 'nickname' is undefined \(in body.txt.j2, line 1\)",
     ),
+    "undefined variable close to a column": Case(
+        both(
+            replace_in(yaml_of, 'subject: "Hello {{ first_name }}"', 'subject: "Hello"'),
+            write_csv_bytes(b"email,First Name\na@example.com,Ann\n"),
+            write_text_template("Hi\n{{ First_Name }}\n"),
+        ),
+        65,
+        r"row 1: 'First_Name' is undefined \(in body.txt.j2, line 2\); "
+        r'did you mean row\["First Name"\]\?',
+    ),
     "sandbox escape": Case(
         write_text_template("{{ ''.__class__.__mro__ }}\n"), 65, r"row 1: .*__class__"
     ),
@@ -187,6 +197,20 @@ CASES: dict[str, Case] = {
         write_csv_bytes(b"mail,name\na@example.com,A\n"),
         65,
         r"{csv}:1: no 'email' column; the header has: mail, name",
+    ),
+    "semicolon-separated export": Case(
+        write_csv_bytes(b"E-mail Address;First Name;Last Name\na@example.com;Ann;Lee\n"),
+        65,
+        r"{csv}:1: no 'email' column; the header looks ';'-separated "
+        r"\(E-mail Address, First Name, Last Name\)\n"
+        r'  hint: set `recipients: \{{path: list.csv, delimiter: ";", '
+        r'email_column: "E-mail Address"\}}`',  # {{ }}: the pattern goes through str.format
+    ),
+    "tab-separated export": Case(
+        write_csv_bytes(b"email\tname\na@example.com\tA\n"),
+        65,
+        r"{csv}:1: no 'email' column; the header looks tab-separated \(email, name\)\n"
+        r'  hint: set `recipients: \{{path: list.csv, delimiter: "\\t"\}}`',
     ),
     "short row": Case(
         write_csv_bytes(CSV_HEAD + b"a@example.com,A\n"),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROWS, many_rows, write_csv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -152,6 +154,104 @@ def test_missing_configured_email_column(tmp_path: Path) -> None:
     path = write(tmp_path, "email,name\nann@example.com,Ann\n")
     with pytest.raises(DataError, match="no 'Mail' column; the header has: email, name"):
         read(path, email_column="Mail")
+
+
+# --- a list separated by another delimiter ---------------------------------------------------
+
+EXCEL_EU = "E-mail Address;First Name;Last Name\nann@example.com;Ann;Lee\n"
+
+
+def wrong_delimiter_error(path: Path, **options: str) -> DataError:
+    with pytest.raises(DataError) as info:
+        read(path, **options)
+    assert (info.value.exit_code, info.value.path, info.value.line) == (65, str(path), 1)
+    return info.value
+
+
+def suggested_source(path: Path, hint: str) -> RecipientsSource:
+    """The `recipients:` setting a hint suggests, read as the campaign file would read it."""
+    found = re.search(r"`recipients: (\{.*\})`", hint)
+    assert found, hint
+    setting = yaml.safe_load(found.group(1))
+    assert setting["path"] == path.name
+    del setting["path"]
+    return RecipientsSource(path=path, **setting)
+
+
+def test_semicolon_export_suggests_the_delimiter_and_the_address_column(tmp_path: Path) -> None:
+    """European Excel's ';'-separated export read on ',' names the delimiter and the column that
+    looks like the address column, in settings that then read the file."""
+    path = tmp_path / "subscribers.csv"
+    path.write_text(EXCEL_EU, encoding="utf-8")
+    error = wrong_delimiter_error(path)
+    assert error.message == (
+        "no 'email' column; the header looks ';'-separated (E-mail Address, First Name, Last Name)"
+    )
+    assert error.hint == (
+        'set `recipients: {path: subscribers.csv, delimiter: ";", email_column: "E-mail Address"}`'
+    )
+    [item] = list(RecipientReader(suggested_source(path, error.hint)))
+    assert isinstance(item, Recipient) and item.email == "ann@example.com"
+    assert item.fields["Last Name"] == "Lee"
+
+
+def test_semicolon_export_with_an_email_column_suggests_only_the_delimiter(tmp_path: Path) -> None:
+    """When the other delimiter finds the `email` column (in any case), only it is suggested."""
+    path = write(tmp_path, "Email;Name\nann@example.com;Ann\n")
+    error = wrong_delimiter_error(path)
+    assert error.message == "no 'email' column; the header looks ';'-separated (Email, Name)"
+    assert error.hint == 'set `recipients: {path: list.csv, delimiter: ";"}`'
+
+
+@pytest.mark.parametrize(
+    ("content", "configured", "label", "written"),
+    [
+        ("email\tname\nann@example.com\tAnn\n", ",", "tab", '"\\t"'),
+        ("email|name\nann@example.com|Ann\n", ",", "'|'", '"|"'),
+        ("email,name\nann@example.com,Ann\n", ";", "comma", '","'),
+    ],
+    ids=["tab", "pipe", "comma"],
+)
+def test_other_delimiters_are_recognised(
+    tmp_path: Path, content: str, configured: str, label: str, written: str
+) -> None:
+    """Tab, '|' and (when another delimiter is configured) ',' are recognised too, and the
+    suggested setting, as YAML, reads the file."""
+    path = write(tmp_path, content)
+    error = wrong_delimiter_error(path, delimiter=configured)
+    assert error.message == f"no 'email' column; the header looks {label}-separated (email, name)"
+    assert error.hint == f"set `recipients: {{path: list.csv, delimiter: {written}}}`"
+    assert error.hint is not None
+    [item] = list(RecipientReader(suggested_source(path, error.hint)))
+    assert isinstance(item, Recipient) and dict(item.fields) == {
+        "email": "ann@example.com",
+        "name": "Ann",
+    }
+
+
+def test_a_comma_inside_a_semicolon_header_still_finds_the_delimiter(tmp_path: Path) -> None:
+    """Read on ',' the header below has two columns, on ';' three: ';' is suggested."""
+    path = write(tmp_path, "E-mail;Name, first;City\nann@example.com;Ann;Oslo\n")
+    error = wrong_delimiter_error(path)
+    assert "looks ';'-separated (E-mail, Name, first, City)" in error.message
+    assert error.hint is not None and 'email_column: "E-mail"' in error.hint
+
+
+def test_no_delimiter_suggested_when_no_other_splits_the_header(tmp_path: Path) -> None:
+    """A header that no other delimiter splits keeps the usual message; an address-like column
+    is still suggested as `email_column`."""
+    path = write(tmp_path, "E-mail Address,First Name\nann@example.com,Ann\n")
+    error = wrong_delimiter_error(path)
+    assert error.message == "no 'email' column; the header has: E-mail Address, First Name"
+    assert error.hint == 'set `recipients: {path: list.csv, email_column: "E-mail Address"}`'
+
+
+def test_a_header_that_other_delimiters_split_worse_is_not_misread(tmp_path: Path) -> None:
+    """Three columns on ',' and two on ';' (a ';' inside a name): no delimiter is suggested."""
+    path = write(tmp_path, "mail,full;name,city\nann@example.com,Ann,Oslo\n")
+    error = wrong_delimiter_error(path)
+    assert error.message == "no 'email' column; the header has: mail, full;name, city"
+    assert error.hint == 'set `recipients: {path: list.csv, email_column: "mail"}`'
 
 
 def test_empty_file_is_a_data_error(tmp_path: Path) -> None:

@@ -66,6 +66,76 @@ def test_undefined_variable_in_included_partial_names_the_partial(folder: Path) 
     assert "footer.txt, line 2" in str(info.value)
 
 
+def row_context(fields: dict[str, str], **vars_: str) -> dict[str, object]:
+    """A row's template variables, as `Pipeline.context` makes them."""
+    return {"row": fields, **vars_, **fields, "email": fields.get("email", "ann@example.com")}
+
+
+def undefined_message(folder: Path, source: str, context: dict[str, object]) -> str:
+    write(folder, "body.txt.j2", source)
+    with pytest.raises(RenderError) as info:
+        renderer(folder, text=folder / "body.txt.j2").render(context)
+    return str(info.value)
+
+
+EXPORT = {"email": "ann@example.com", "First Name": "Ann", "last_name": "Lee", "E-mail 2": ""}
+
+
+@pytest.mark.parametrize(
+    ("used", "suggested"),
+    [
+        ("First_Name", 'row["First Name"]'),  # spaces written as '_'
+        ("first_name", 'row["First Name"]'),  # and the case ignored
+        ("FirstName", 'row["First Name"]'),  # separators left out
+        ("Last_Name", "last_name"),  # an identifier column is a plain name
+        ("lastname", "last_name"),
+        ("last_nmae", "last_name"),  # a typo
+        ("e_mail_2", 'row["E-mail 2"]'),  # hyphens
+        ("emial", "email"),
+        ("Company", "company"),  # campaign vars are variables too
+    ],
+)
+def test_undefined_variable_suggests_the_closest_one(
+    folder: Path, used: str, suggested: str
+) -> None:
+    """An undefined name close to one of the row's variables (ignoring case, spaces, '_' and
+    '-') is answered with that variable as the template must write it; file and line stay."""
+    message = undefined_message(folder, f"Hi\n{{{{ {used} }}}}\n", row_context(EXPORT, company="A"))
+    assert message == (f"'{used}' is undefined (in body.txt.j2, line 2); did you mean {suggested}?")
+
+
+def test_undefined_variable_far_from_all_lists_the_variables(folder: Path) -> None:
+    """Nothing close: the message lists the row's variables, columns first, in their order."""
+    message = undefined_message(folder, "{{ coupon }}", row_context(EXPORT, company="A"))
+    assert message == (
+        "'coupon' is undefined (in body.txt.j2, line 1); the variables are: "
+        'email, row["First Name"], last_name, row["E-mail 2"], row, company'
+    )
+
+
+def test_the_list_of_variables_is_truncated(folder: Path) -> None:
+    """A list of 40 columns is not pasted whole into every row's problem."""
+    fields = {f"col{i}": "x" for i in range(40)}
+    message = undefined_message(folder, "{{ coupon }}", row_context(fields))
+    assert message.endswith(
+        "; the variables are: col0, col1, col2, col3, col4, col5, col6, col7, col8, col9, "
+        "col10, col11 (and 30 more)"
+    )
+
+
+def test_columns_named_like_jinja_words_are_suggested_as_row_keys(folder: Path) -> None:
+    """`{{ if }}` cannot be written: a column named 'if' is reachable only as row["if"]."""
+    message = undefined_message(folder, "{{ If_ }}", row_context({"email": "a@x.org", "if": "y"}))
+    assert message.endswith('; did you mean row["if"]?')
+
+
+def test_missing_attribute_is_reported_as_jinja_says(folder: Path) -> None:
+    """Only undefined names get a suggestion: an attribute missing from an object is left to
+    Jinja's own message, which names the attribute."""
+    message = undefined_message(folder, "{{ row.First_Name }}", row_context(EXPORT))
+    assert message == "'dict object' has no attribute 'First_Name' (in body.txt.j2, line 1)"
+
+
 def test_defined_variables_render(folder: Path) -> None:
     """Variables given in the context are substituted in subject, text and HTML."""
     text = write(folder, "body.txt.j2", "Hi {{ first_name }}\n")
