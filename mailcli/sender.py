@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from mailcli.delivery import Delivery, NotSent, Pace, Transport
 from mailcli.envelope import Built
-from mailcli.errors import UnavailableError
+from mailcli.errors import MailcliError, UnavailableError
 
 log = logging.getLogger(__name__)
 RECONNECT_DELAYS = (1.0, 2.0, 4.0)
@@ -68,7 +68,12 @@ class GroupSender:
                 raise Stopped("stopped by a signal", results)
             if not self.transport.is_open and not self.reconnect():
                 raise Stopped(self._lost(reason), results)
-            answers = self.transport.send([messages[i] for i in todo], pace=pace, idle=idle)
+            try:
+                answers = self.transport.send([messages[i] for i in todo], pace=pace, idle=idle)
+            except MailcliError as exc:
+                # Refused before a byte was written (BadHeaderError): what has no answer yet
+                # was never handed over, and the caller must know which those are.
+                raise Stopped(str(exc), results) from exc
             again: list[int] = []
             for index, answer in zip(todo, answers, strict=True):
                 if isinstance(answer, NotSent):

@@ -277,3 +277,33 @@ def test_render_cache_is_bounded_and_hands_each_rendering_out_once(
     small.put(1, "a@example.com", rendered)
     small.put(2, "b@example.com", rendered)  # 11 + 11 characters: over the budget
     assert small.take(2, "b@example.com") is None and small.take(1, "a@example.com")
+
+
+def test_a_group_the_transport_refuses_before_writing_is_not_left_unknown(
+    tmp_path: Path,
+) -> None:
+    """A transport that refuses a whole group before writing a byte (BadHeaderError) stops the
+    run; that group goes back to pending, not `unknown`, and the next run sends it."""
+    from mailcli.errors import BadHeaderError
+    from mailcli.outbox import Outbox, OutboxTransport
+    from mailcli.state import open_state
+
+    class RefusesSecondGroup(OutboxTransport):
+        calls = 0
+
+        def send(self, messages: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls == 2:
+                raise BadHeaderError("the address x contains a line break")
+            return super().send(messages, **kwargs)
+
+    files = make_campaign(tmp_path, many_rows(40))
+    outbox = Outbox()
+    summary = send_batch(load_campaign(files.yaml), RefusesSecondGroup(outbox))
+    assert summary.exit_code == 75 and summary.error == "the address x contains a line break"
+    assert (summary.sent, summary.unknown, summary.pending) == (32, 0, 8)
+    with open_state(load_campaign(files.yaml).state_path, "test-campaign") as state:
+        assert state.counts()["unknown"] == 0
+    again = send_batch(load_campaign(files.yaml), OutboxTransport(outbox))
+    assert (again.sent, again.skipped, again.exit_code) == (8, 32, 0)
+    assert len(outbox) == 40 == len({m.envelope_to[0] for m in outbox})
