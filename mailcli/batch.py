@@ -9,6 +9,7 @@ pieces, each in its own module: which rows are due (`selection`), when a 4xx is 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -17,12 +18,11 @@ from pathlib import Path
 
 from mailcli import retry as policy
 from mailcli import workers
-from mailcli.addresses import Mailbox
 from mailcli.campaign import Campaign, Rate, as_campaign, parse_rate
-from mailcli.compose import Address
+from mailcli.compose import address_text
 from mailcli.delivery import Delivery, DeliveryStatus, Transport
 from mailcli.envelope import Built
-from mailcli.errors import ConfigError, ExitCode
+from mailcli.errors import ConfigError, ExitCode, MailcliError
 from mailcli.mailer import Mailer
 from mailcli.outbox import recording, suppressed_by_env
 from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
@@ -31,7 +31,7 @@ from mailcli.ratelimit import RateLimiter
 from mailcli.recipients import RowProblem
 from mailcli.selection import DueRows, Queued, RenderCache, check_due_rows
 from mailcli.sender import GroupSender, Stopped
-from mailcli.state import Outcome, StateStore, lock_path, open_state
+from mailcli.state import Outcome, StateStore, open_state, scratch_copy
 from mailcli.summary import MAX_PROBLEMS, Failure, Progress, Summary
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "RenderCache",
     "Summary",
     "dry_run",
-    "lock_path",
     "send_batch",
     "send_campaign",
 ]
@@ -176,13 +175,18 @@ def send_batch(
             limiter=RateLimiter(rate or campaign.rate, sleep=sleep),
             progress=progress,
         )
+        failure: MailcliError | None = None
         try:
             run.execute()
+        except MailcliError as exc:
+            summary.error, failure = str(exc), exc
+            raise
         finally:
             transport.close()
             summary.connections = transport.connections
             summary.elapsed_s = time.monotonic() - started
-            summary.exit_code = exit_code(summary)
+            # The run record tells how the run ended, an error's own exit code included.
+            summary.exit_code = int(failure.exit_code) if failure else exit_code(summary)
             state.finish_run(summary.to_json())
     return summary
 
@@ -234,22 +238,31 @@ def send_campaign(
 
         folder = Path(sandbox)
         with capture_server(folder) as (server, _writer):
-            trial = Mailer(server.host, server.port, "none")
-            return run(sandboxed(campaign, folder), trial.transport())
+            # outbox=False: the sandbox really delivers, even inside record_messages().
+            trial = Mailer(server.host, server.port, "none", outbox=False)
+            if mailer is not None:
+                trial.default_sender = mailer.default_sender
+            return run(sandboxed(campaign, folder), trial.transport(), _sender(campaign, trial))
     if mailer is None:
         quiet = recording() is not None or suppressed_by_env()
         mailer = Mailer() if quiet else Mailer.from_profile(campaign=campaign.smtp)
     # The password is looked up before any row is read: a missing one fails at once.
     mailer.check_password()
-    sender = None if campaign.sender else _address_text(mailer.default_sender)
-    return run(campaign, mailer.transport(), sender)
+    transport = mailer.transport()
+    if mailer.recorder() is not None:
+        # Recorded, not sent: the run starts from the campaign's progress, on a copy of it
+        # that is thrown away, so that nobody is marked as sent who was not.
+        with scratch_copy(campaign.state_path) as scratch:
+            scratched = dataclasses.replace(campaign, state_path=scratch)
+            return run(scratched, transport, _sender(campaign, mailer))
+    return run(campaign, transport, _sender(campaign, mailer))
 
 
-def _address_text(value: Address | None) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    name, addr = value
-    return str(Mailbox(name, addr))
+def _sender(campaign: Campaign, mailer: Mailer) -> str | None:
+    """The campaign's `from`, else the Mailer's default sender (a profile's `from`)."""
+    if campaign.sender or mailer.default_sender is None:
+        return None
+    return address_text(mailer.default_sender)
 
 
 def exit_code(s: Summary) -> int:
@@ -298,7 +311,8 @@ class _Run:
             while (due_at := self.state.next_retry(self.retry.attempts)) is not None:
                 log.info("retrying deferred recipients in %.0f s", max(0.0, due_at - time.time()))
                 self._wait_until(due_at)
-                self._pass(self.rows.retry_round(time.time()))
+                if not self._pass(self.rows.retry_round(time.time())):
+                    break  # nothing was due after all (the rows left the list): never spin
         except Stopped as exc:
             log.warning("run stopped: %s", exc.reason)
             self.summary.error = exc.reason
@@ -316,9 +330,12 @@ class _Run:
                 raise Stopped("stopped by a signal", [])
             self.sender.sleep(min(left, 0.5))
 
-    def _pass(self, source: Iterator[Queued]) -> None:
+    def _pass(self, source: Iterator[Queued]) -> int:
+        """Send what `source` yields, a group at a time; returns how many messages."""
         group = list(itertools.islice(source, self.group_size))
+        count = 0
         while group:
+            count += len(group)
             upcoming: list[Queued] = []
 
             def prepare(upcoming: list[Queued] = upcoming) -> None:
@@ -333,21 +350,37 @@ class _Run:
             upcoming.extend(itertools.islice(source, self.group_size - len(upcoming)))
             group = upcoming
         self.state.flush()  # the retry rounds read what this pass recorded
+        return count
 
     def _send_group(self, group: list[Queued], prepare: Callable[[], None]) -> None:
         # Durable as 'unknown' before a byte of them leaves: a crash cannot cause a resend.
         self.state.begin_flight(
             (q.ready.recipient.email, q.ready.recipient.row, q.entry) for q in group
         )
+        answered: set[int] = set()
+
+        def record(index: int, delivery: Delivery) -> None:
+            answered.add(index)
+            self._record(group[index], delivery)
+
         try:
             self.sender.send(
-                [q.built for q in group],
-                pace=self.limiter.wait,
-                idle=prepare,
-                on_result=lambda index, delivery: self._record(group[index], delivery),
+                [q.built for q in group], pace=self.limiter.wait, idle=prepare, on_result=record
             )
         except Stopped as exc:
             self._revert([q for q, r in zip(group, exc.results, strict=True) if r is None])
+            raise
+        except KeyboardInterrupt:
+            # Stopped at once (a second signal): what has no answer may have been handed
+            # over; it stays 'unknown' in the state, and is counted so.
+            for index, q in enumerate(group):
+                if index not in answered:
+                    self.summary.moved(q.counted, DeliveryStatus.UNKNOWN)
+            raise
+        except MailcliError:
+            # Reconnecting failed for good (a refused login, a bad profile): nothing without
+            # an answer was handed over on the connection that could not be made.
+            self._revert([q for index, q in enumerate(group) if index not in answered])
             raise
 
     def _record(self, queued: Queued, delivery: Delivery) -> None:

@@ -13,12 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mailcli.addresses import AddressError, Mailbox, parse_mailbox
 from mailcli.campaign import HEADER_NAME_RE, RESERVED_HEADERS
 from mailcli.envelope import Built
-from mailcli.errors import BadHeaderError, ConfigError, DataError, MailcliError
+from mailcli.errors import BadHeaderError, ConfigError, DataError, open_error
 from mailcli.message import BuildError, FilePart, MessageBuilder
 from mailcli.render import Rendered, html_to_text
 
@@ -68,7 +68,6 @@ class Message:
         recipients: Sequence[Address] | None = None,
         body: str | None = None,
         html: str | None = None,
-        *,
         sender: Address | None = None,
         cc: Sequence[Address] | None = None,
         bcc: Sequence[Address] | None = None,
@@ -77,6 +76,7 @@ class Message:
         date: datetime | float | None = None,
         charset: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        *,
         inline_images: Mapping[str, str | Path | bytes] | None = None,
         unsubscribe: str | Sequence[str] | None = None,
         list_id: str | None = None,
@@ -84,12 +84,12 @@ class Message:
         if charset is not None and charset.lower().replace("-", "") != "utf8":
             raise ConfigError(f"charset {charset!r}: mailcli writes every message in UTF-8")
         self.subject = subject
-        self.recipients: list[Address] = list(recipients or [])
+        self.recipients: list[Address] = _address_list(recipients)
         self.body = body
         self.html = html
         self.sender = sender
-        self.cc: list[Address] = list(cc or [])
-        self.bcc: list[Address] = list(bcc or [])
+        self.cc: list[Address] = _address_list(cc)
+        self.bcc: list[Address] = _address_list(bcc)
         self.attachments: list[Attachment] = list(attachments or [])
         self.reply_to = reply_to
         self.date = date
@@ -119,7 +119,7 @@ class Message:
             try:
                 data = path.read_bytes()
             except OSError as exc:
-                raise DataError(f"cannot read the attachment: {exc.strerror}", path=path) from None
+                raise open_error(path, exc, "attachment") from None
         name = Path(filename).name if filename is not None else "attachment"
         payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         ctype = content_type or _guess_type(name)
@@ -146,11 +146,23 @@ class Message:
     # -- building ---------------------------------------------------------------------------
 
     def check(self, default_sender: Address | None = None) -> None:
-        """Raise BadHeaderError or DataError for what cannot be sent; build nothing."""
+        """Raise BadHeaderError, DataError or TypeError for what cannot be sent; build nothing.
+
+        Everything a build could refuse is checked here, so that a bad message is refused
+        before any connection is made.
+        """
+        self._types()
         self._headers_safe()
         self._mailbox(self.sender or default_sender, "sender")
         if self.reply_to:
             self._mailbox(self.reply_to, "reply_to")
+        for cid, image in self.inline_images.items():
+            if "\r" in cid or "\n" in cid or not cid.strip():
+                raise BadHeaderError(f"inline image id {cid!r} is empty or has a line break")
+            if not isinstance(image, bytes):
+                FilePart.load(Path(image))  # a missing file is InputFileError (66), now
+        for attachment in self.attachments:
+            _split_type(attachment.content_type)
         if not (self.recipients or self.cc or self.bcc):
             raise DataError("the message has no recipients (recipients, cc or bcc)")
         self._boxes(self.recipients + self.cc + self.bcc, "recipient")
@@ -207,6 +219,35 @@ class Message:
         self.message_id = built.message_id
         return built._replace(source=self)
 
+    def _types(self) -> None:
+        """A clear TypeError naming the field for a value of the wrong type."""
+        _expect("subject", self.subject, str)
+        for name in ("body", "html", "list_id"):
+            _expect(name, getattr(self, name), str, optional=True)
+        for name in ("sender", "reply_to"):
+            _expect_address(name, getattr(self, name), optional=True)
+        for name in ("recipients", "cc", "bcc"):
+            for value in getattr(self, name):
+                _expect_address(name, value)
+        for key, value in self.extra_headers.items():
+            _expect("an extra_headers name", key, str)
+            _expect(f"extra_headers[{key!r}]", value, str)
+        for target in _targets(self.unsubscribe):
+            _expect("unsubscribe", target, str)
+        if self.date is not None and (
+            isinstance(self.date, bool) or not isinstance(self.date, datetime | int | float)
+        ):
+            raise TypeError(f"Message date must be a datetime or a timestamp, not {self.date!r}")
+        for attachment in self.attachments:
+            if not isinstance(attachment, Attachment):
+                raise TypeError(
+                    f"Message attachments must be mailcli.Attachment (or use attach()), "
+                    f"not {type(attachment).__name__}"
+                )
+        for cid, image in self.inline_images.items():
+            _expect("an inline_images id", cid, str)
+            _expect(f"inline_images[{cid!r}]", image, str | Path | bytes)
+
     def _headers_safe(self) -> None:
         """CR or LF anywhere a header is made from: BadHeaderError, naming where."""
         values: list[tuple[str, str]] = [("subject", self.subject)]
@@ -253,7 +294,7 @@ class Message:
             raise ConfigError(
                 "the message has no sender: give sender= or the Mailer's default_sender"
             )
-        text = _address_text(value)
+        text = address_text(value)
         if "\r" in text or "\n" in text:
             raise BadHeaderError(
                 f"{what} {text!r} contains a line break (header injection?)", recipient=text
@@ -270,7 +311,44 @@ class Message:
         return f"<Message {self.subject!r} to {len(self.send_to)} recipients>"
 
 
-def _address_text(value: Address) -> str:
+def _address_list(value: Sequence[Address] | Address | None) -> list[Address]:
+    """A list of addresses; one address alone (a str or a (name, addr) pair) is a list of one."""
+    if value is None:
+        return []
+    if isinstance(value, str) or (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, str) for v in value)
+        and "@" in value[1]
+        and "@" not in value[0]
+    ):
+        return [value]  # type: ignore[list-item]
+    return list(value)
+
+
+def _expect(what: str, value: object, kind: Any, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, kind):
+        wanted = " or ".join(
+            t.__name__ for t in (kind.__args__ if hasattr(kind, "__args__") else (kind,))
+        )
+        raise TypeError(f"Message {what} must be {wanted}, not {type(value).__name__}")
+
+
+def _expect_address(what: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    pair = isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)
+    if not (isinstance(value, str) or pair):
+        raise TypeError(
+            f"Message {what} must be an address: 'Name <a@example.com>', 'a@example.com' "
+            f"or a (name, address) pair of str, not {value!r}"
+        )
+
+
+def address_text(value: Address) -> str:
+    """An address as header text: 'Name <addr>' or 'addr'."""
     if isinstance(value, tuple):
         name, addr = value
         if "\r" in name or "\n" in name:
@@ -305,10 +383,7 @@ def _image(cid: str, value: str | Path | bytes) -> FilePart:
         if ctype is None:
             raise DataError(f"inline image {cid!r}: not a PNG, JPEG or GIF; give a file path")
         return FilePart(f"{cid}.{ctype.rpartition('/')[2]}", *_split_type(ctype), value)
-    try:
-        return FilePart.load(Path(value))
-    except MailcliError as exc:  # InputFileError names the file
-        raise DataError(f"inline image {cid!r}: {exc}") from None
+    return FilePart.load(Path(value))  # InputFileError (66) names a missing file
 
 
 __all__ = ["Address", "Attachment", "Message"]

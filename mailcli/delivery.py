@@ -61,7 +61,9 @@ class Delivery:
     `status` is `sent` when at least one recipient was accepted, `failed` for a permanent
     refusal, `deferred` for a temporary one (or a message that could not be sent for now), and
     `unknown` when the message was handed over but its answer was lost. `recipients` are the
-    accepted addresses; `refused` maps each refused address to its code and reply.
+    accepted addresses; `refused` maps each refused address to its code and reply. A `failed`
+    Delivery without a `code` was never offered to the server (it cannot go as it is, e.g. an
+    address that needs SMTPUTF8 on a server without it); `reply` says why.
     """
 
     status: DeliveryStatus
@@ -164,13 +166,17 @@ class Transport(Protocol):
         *,
         pace: Pace | None = None,
         idle: Callable[[], object] | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> list[Result]:
-        """Send messages in order over the open session: one result for each, never raises.
+        """Send messages in order over the open session: one result for each.
 
         `pace` (a rate limiter) is called right before each message's data leaves: the data is
         what delivers a message. `idle` is called while the far side works, so the caller can
-        prepare what comes next. A transport that broke returns `NotSent` for what it could not
-        hand over and is no longer open.
+        prepare what comes next. `cancel` is asked before each message that is not yet under
+        way; when it says True, that message and the rest are `NotSent`. A transport that broke
+        returns `NotSent` for what it could not hand over and is no longer open. Outcomes are
+        never raised; only a message that must not be written at all is (`BadHeaderError` for a
+        line break in an envelope address), before any byte of the call is written.
         """
         ...
 

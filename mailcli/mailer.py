@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from mailcli.campaign import SECURITY_MODES, DkimConfig, SmtpConfig
 from mailcli.compose import Address, Message
 from mailcli.delivery import Delivery, DeliveryStatus, Transport
+from mailcli.envelope import Built
 from mailcli.errors import ConfigError
 from mailcli.outbox import Outbox, OutboxTransport, recording, suppressed_by_env
 from mailcli.sender import GroupSender, Stopped
@@ -57,7 +58,7 @@ class Mailer:
         timeout: float = 30.0,
         default_sender: Address | None = None,
         *,
-        outbox: bool = False,
+        outbox: bool | None = None,
         verify: bool = True,
         local_hostname: str | None = None,
         dkim: DkimConfig | None = None,
@@ -66,8 +67,10 @@ class Mailer:
             raise ConfigError(
                 f"security must be one of {', '.join(SECURITY_MODES)}, not {security!r}"
             )
-        if timeout <= 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+            raise ConfigError(f"port must be a number, not {port!r}")
         self.settings: SmtpSettings | None = None
         if host is not None:
             self.settings = SmtpSettings(
@@ -80,7 +83,12 @@ class Mailer:
                 local_hostname=local_hostname,
             )
         self.default_sender = default_sender
-        self.outbox: Outbox | None = Outbox() if outbox or suppressed_by_env() else None
+        # outbox=None: record inside record_messages() or with MAILCLI_SUPPRESS_SEND; True: always
+        # into `self.outbox`; False: never (the sandbox, which must really deliver).
+        self._records = outbox
+        self.outbox: Outbox | None = (
+            Outbox() if outbox or (outbox is None and suppressed_by_env()) else None
+        )
         self._password: PasswordSource | None = (
             (lambda: password) if isinstance(password, str) else password
         )
@@ -131,7 +139,7 @@ class Mailer:
 
     @classmethod
     def _resolved(cls, settings: SmtpSettings, profile: Profile | None) -> Mailer:
-        mailer = cls(outbox=False)
+        mailer = cls()
         mailer.settings = settings
         mailer._profile = profile
         from mailcli.settings import default_sender
@@ -144,9 +152,14 @@ class Mailer:
 
     def send(self, message: Message) -> Delivery:
         """Send one message over a connection opened for it and closed after."""
-        message.check(self.default_sender)  # a bad header is raised before any connection
+        built = self.build([message])  # a bad message is refused before any connection
         with self.connect() as connection:
-            return connection.send(message)
+            return connection.deliver(built)[0]
+
+    def build(self, messages: Sequence[Message]) -> list[Built]:
+        """The finished messages, signed with this Mailer's DKIM key; raises for a bad one."""
+        signer = self.signer()
+        return [m.build(default_sender=self.default_sender, signer=signer) for m in messages]
 
     def connect(self) -> Connection:
         """One persistent connection for many messages: `with mailer.connect() as conn:`."""
@@ -154,9 +167,7 @@ class Mailer:
 
     def transport(self) -> Transport:
         """A new, unopened transport for this Mailer (an outbox one while recording)."""
-        outbox = recording()
-        if outbox is None:
-            outbox = self.outbox
+        outbox = self.recorder()
         if outbox is not None:
             return OutboxTransport(outbox)
         if self.settings is None:
@@ -167,6 +178,12 @@ class Mailer:
         return SmtpTransport(
             self.settings, password=self.password_source(), transcript=debug_transcript()
         )
+
+    def recorder(self) -> Outbox | None:
+        """The outbox this Mailer records into now, or None when it really sends."""
+        if self._records is False:
+            return None
+        return self.outbox if self.outbox is not None else recording()
 
     def password_source(self) -> PasswordSource | None:
         """What gives the login password (None: no login); resolved once, when first asked."""
@@ -182,7 +199,7 @@ class Mailer:
 
     def check_password(self) -> None:
         """Look the password up now (ConfigError if there is none), before any work starts."""
-        if recording() is None and self.outbox is None:
+        if self.recorder() is None:
             source = self.password_source()
             if source is not None:
                 source()
@@ -218,6 +235,10 @@ class Connection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the connection (the `with` block does it); never raises."""
         self.transport.close()
 
     @property
@@ -236,28 +257,39 @@ class Connection:
         message that could not be handed over because the server stayed unreachable comes back
         `deferred`, one handed over without an answer `unknown`.
         """
-        for message in messages:  # nothing is written while any message is unsendable
-            message.check(self.mailer.default_sender)
-        signer = self.mailer.signer()
+        if not messages:
+            return []
+        built = self.mailer.build(messages)
         if not self.transport.is_open:
             self.transport.open()
-        built = [
-            m.build(
-                default_sender=self.mailer.default_sender,
-                signer=signer,
-                smtputf8=self.transport.smtputf8,
-            )
-            for m in messages
-        ]
+        return self.deliver(built)
+
+    def deliver(self, built: Sequence[Built]) -> list[Delivery]:
+        """Send finished messages (see `Mailer.build`); one Delivery for each, in order."""
+        results: list[Delivery | None] = [None] * len(built)
+        todo: list[int] = []
+        for index, message in enumerate(built):
+            if message.smtputf8 and not self.transport.smtputf8:
+                results[index] = Delivery(
+                    DeliveryStatus.FAILED,
+                    message.message_id,
+                    reply=f"{message.rcpt_to[0]}: an address that needs a server with SMTPUTF8, "
+                    f"which {self.transport.endpoint} does not offer",
+                )
+            else:
+                todo.append(index)
         sender = GroupSender(self.transport, sleep=self.sleep)
         try:
-            return sender.send(built)
+            sent = sender.send([built[i] for i in todo])
         except Stopped as stopped:
-            return [
+            sent = [
                 result
                 if result is not None
                 else Delivery(
-                    DeliveryStatus.DEFERRED, message.message_id, code=None, reply=stopped.reason
+                    DeliveryStatus.DEFERRED, built[i].message_id, code=None, reply=stopped.reason
                 )
-                for result, message in zip(stopped.results, built, strict=True)
+                for result, i in zip(stopped.results, todo, strict=True)
             ]
+        for index, delivery in zip(todo, sent, strict=True):
+            results[index] = delivery
+        return [r for r in results if r is not None]

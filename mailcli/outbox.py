@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import email.policy
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextvars import ContextVar
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import getaddresses
 
 from mailcli.compose import Message
-from mailcli.delivery import Pace, Result, replied
+from mailcli.delivery import NotSent, Pace, Result, replied
 from mailcli.envelope import Built, check_envelope
 
 SUPPRESS_ENV = "MAILCLI_SUPPRESS_SEND"
@@ -184,12 +184,16 @@ class OutboxTransport:
         *,
         pace: Pace | None = None,
         idle: Callable[[], object] | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> list[Result]:
         """Record each message and answer as a server that accepts everything would."""
         for message in messages:
             check_envelope(message)  # the same guard as on the wire
         results: list[Result] = []
-        for message in messages:
+        for index, message in enumerate(messages):
+            if cancel is not None and cancel():
+                results.extend(NotSent("stopped") for _ in messages[index:])
+                break
             if pace is not None:
                 pace()
             self.outbox.append(SentMessage(message))
@@ -199,23 +203,34 @@ class OutboxTransport:
         return results
 
 
-_RECORDING: ContextVar[Outbox | None] = ContextVar("mailcli_outbox", default=None)
+# The open record_messages() blocks, innermost last. Process-wide, not per thread or task, as
+# Flask-Mail's: a test that sends from a worker thread or a task must record too, never send.
+_RECORDERS: list[Outbox] = []
+_RECORDERS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def record_messages() -> Iterator[Outbox]:
-    """Within the block, every Mailer records into the yielded outbox and sends nothing."""
+    """Within the block, every Mailer records into the yielded outbox and sends nothing.
+
+    The block holds for the whole process (every thread), as a test needs; nested blocks each
+    get their own outbox, the innermost one recording.
+    """
     outbox = Outbox()
-    token = _RECORDING.set(outbox)
+    with _RECORDERS_LOCK:
+        _RECORDERS.append(outbox)
     try:
         yield outbox
     finally:
-        _RECORDING.reset(token)
+        with _RECORDERS_LOCK:
+            # By identity: two outboxes with the same messages are equal lists.
+            _RECORDERS[:] = [o for o in _RECORDERS if o is not outbox]
 
 
 def recording() -> Outbox | None:
-    """The outbox of the innermost `record_messages()` block, if any."""
-    return _RECORDING.get()
+    """The outbox of the innermost open `record_messages()` block, if any."""
+    with _RECORDERS_LOCK:
+        return _RECORDERS[-1] if _RECORDERS else None
 
 
 def suppressed_by_env() -> bool:

@@ -147,19 +147,19 @@ class DueRows:
                 yield queued
 
     def retry_round(self, now: float) -> Iterator[Queued]:
-        """The recipients deferred earlier in this run whose backoff has passed."""
+        """The recipients deferred earlier in this run whose backoff has passed.
+
+        Not bounded by `limit`: each of them was counted against it when first sent.
+        """
         for item in self.pipeline.items(render=False):
             if not isinstance(item, Ready):
                 continue
-            if self.limit is not None and self.produced >= self.limit:
-                return
             r = item.recipient
             entry = self.state.lookup(r.email)
             if not policy.due_again(entry, self.state.run_id, self.retry, now):
                 continue
             queued = self._queued(r, entry, None, counted=DeliveryStatus.DEFERRED)
             if queued is not None:
-                self.produced += 1
                 yield queued
 
     def count_left(self) -> int:

@@ -69,7 +69,9 @@ class GroupSender:
             if not self.transport.is_open and not self.reconnect():
                 raise Stopped(self._lost(reason), results)
             try:
-                answers = self.transport.send([messages[i] for i in todo], pace=pace, idle=idle)
+                answers = self.transport.send(
+                    [messages[i] for i in todo], pace=pace, idle=idle, cancel=self.stop
+                )
             except MailcliError as exc:
                 # Refused before a byte was written (BadHeaderError): what has no answer yet
                 # was never handed over, and the caller must know which those are.

@@ -185,6 +185,8 @@ def exit_code(delivery: Delivery) -> ExitCode:
     """The exit code of `mailcli send` for what became of its message."""
     if delivery.status is DeliveryStatus.SENT and not delivery.refused:
         return ExitCode.OK
+    if delivery.status is DeliveryStatus.FAILED and delivery.code is None:
+        return ExitCode.DATAERR  # not sendable as it is (no server refused it): nothing was sent
     if delivery.status in (DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN) or any(
         r.temporary for r in delivery.refused.values()
     ):

@@ -23,6 +23,7 @@ import os
 import socket
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -198,6 +199,28 @@ class StateStore(Protocol):
 def lock_path(state_path: Path) -> Path:
     """The lock file beside a SQLite state database."""
     return state_path.with_name(state_path.name + ".lock")
+
+
+@contextlib.contextmanager
+def scratch_copy(path: Path) -> Iterator[Path]:
+    """A throw-away copy of a state database (none if there is none yet), removed afterwards.
+
+    A run into the outbox (tests, MAILCLI_SUPPRESS_SEND) starts from the campaign's real
+    progress but must never mark anyone as sent in it.
+    """
+    with tempfile.TemporaryDirectory(prefix="mailcli-state-") as folder:
+        copy = Path(folder) / path.name
+        if path.exists():
+            try:
+                source = sqlite3.connect(path)
+                target = sqlite3.connect(copy)
+                with source, target:
+                    source.backup(target)  # consistent even while a run writes
+                source.close()
+                target.close()
+            except sqlite3.DatabaseError as exc:
+                raise ConfigError(f"cannot read the state file: {exc}", path=path) from None
+        yield copy
 
 
 def open_state(
@@ -529,6 +552,3 @@ class SqliteState:
             run_id, started, finished, pid, host, summary.get("exit_code"), summary.get("sent")
         )
 
-
-# The name earlier versions used.
-State = SqliteState

@@ -103,10 +103,6 @@ class Status:
         return obj
 
 
-# The name earlier versions used.
-StatusReport = Status
-
-
 def campaign_status(campaign: Campaign | str | Path) -> Status:
     """Read the campaign's state (without creating it) and match it against the list."""
     if not isinstance(campaign, Campaign):

@@ -597,8 +597,13 @@ class SmtpTransport:
         *,
         pace: Pace | None = None,
         idle: Callable[[], object] | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> list[Result]:
-        """One result per message: pipelined when offered, else one transaction at a time."""
+        """One result per message: pipelined when offered, else one transaction at a time.
+
+        `cancel` is asked before each lock-step transaction; a pipelined group, about one round
+        trip a message, is finished once started.
+        """
         for message in messages:  # none of the group is written while one is unsafe
             check_envelope(message)
         if self.connection.pipelining and len(messages) > 1:
@@ -606,6 +611,9 @@ class SmtpTransport:
             return [_result(m, o) for m, o in zip(messages, outcomes, strict=True)]
         results: list[Result] = []
         for index, message in enumerate(messages):
+            if cancel is not None and cancel():
+                results.extend(NotSent("stopped") for _ in messages[index:])
+                break
             try:
                 outcome: Outcome | ConnectionLost = self.connection.send(message, pace)
             except ConnectionLost as exc:

@@ -307,3 +307,74 @@ def test_a_group_the_transport_refuses_before_writing_is_not_left_unknown(
     again = send_batch(load_campaign(files.yaml), OutboxTransport(outbox))
     assert (again.sent, again.skipped, again.exit_code) == (8, 32, 0)
     assert len(outbox) == 40 == len({m.envelope_to[0] for m in outbox})
+
+
+def test_a_deferred_row_is_retried_when_limit_is_reached_and_the_run_ends(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """--limit counts a recipient once: its retry round still runs (no endless loop when the
+    limit is reached with a row deferred)."""
+    files = make_campaign(tmp_path, many_rows(8), extra="retry: {attempts: 3, delay: 50ms}\n")
+    recorder.temp_fail_once.add("user00003@example.com")
+    summary = send_batch(load_campaign(files.yaml), connect_to(smtp_server), limit=5)
+    assert (summary.sent, summary.deferred, summary.pending) == (5, 0, 3)
+    assert summary.exit_code == 75  # three rows left for the next run
+    assert sorted(recorder.recipients()) == [f"user0000{i}@example.com" for i in range(1, 6)]
+
+
+def test_a_stop_in_lock_step_mode_ends_after_the_message_in_flight(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """Without PIPELINING the stop is asked before every transaction: the rest of the group is
+    reverted to pending, never left unknown, and the next run sends it."""
+    recorder.pipelining = False  # a pipelined group (one round trip a message) is finished
+    files = make_campaign(tmp_path, many_rows(20))
+    summary = send_batch(
+        load_campaign(files.yaml), connect_to(smtp_server), stop=lambda: len(recorder.messages) >= 3
+    )
+    assert (summary.sent, summary.unknown, summary.pending) == (3, 0, 17)
+    assert summary.error == "stopped by a signal" and summary.exit_code == 75
+    rest = send_batch(load_campaign(files.yaml), connect_to(smtp_server))
+    assert (rest.sent, rest.skipped) == (17, 3)
+    assert len(recorder.recipients()) == len(set(recorder.recipients())) == 20
+
+
+def test_a_login_refused_on_reconnect_stops_with_77_and_strands_nobody(
+    tmp_path: Path, recorder: Recorder, ca: Any, trust_ca: Path
+) -> None:
+    """The server hangs up, then refuses the password on the new connection: the run ends with
+    the AuthError (exit 77, recorded as such), and the messages not handed over go back to
+    pending instead of staying unknown."""
+    from conftest import PASSWORD, USER, check_password, start_server
+
+    from mailcli.errors import AuthError
+    from mailcli.state import open_state
+
+    logins: list[int] = []
+
+    def first_login_only(*args: Any) -> Any:
+        from aiosmtpd.smtp import AuthResult
+
+        logins.append(1)
+        return (
+            check_password(*args) if len(logins) == 1 else AuthResult(success=False, handled=False)
+        )
+
+    recorder.hangup_every = 5
+    server = start_server(recorder, ca, "starttls", authenticator=first_login_only)
+    try:
+        files = make_campaign(tmp_path, many_rows(12))
+        settings = SmtpSettings(
+            host="localhost", port=server.port, security="starttls", username=USER, timeout=10
+        )
+        transport = SmtpTransport(settings, password=lambda: PASSWORD)
+        with pytest.raises(AuthError):
+            send_batch(load_campaign(files.yaml), transport, sleep=no_sleep)
+    finally:
+        server.stop()
+    assert len(recorder.messages) == 5
+    with open_state(load_campaign(files.yaml).state_path, "test-campaign") as state:
+        counts = state.counts()
+        last = state.last_run()
+    assert (counts["sent"], counts["unknown"]) == (5, 0)
+    assert last is not None and last.exit_code == 77

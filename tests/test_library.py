@@ -415,6 +415,19 @@ def test_bad_header_on_connection_send_and_send_many_sends_no_command(
     assert mails == [] and recorder.messages == []
 
 
+def test_a_line_break_in_an_inline_image_id_is_refused_before_connecting() -> None:
+    """Checked before any connection: a closed port would say UnavailableError otherwise."""
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 8
+    mailer = mailcli.Mailer("127.0.0.1", closed_port(), "none", default_sender=SENDER)
+    bad = mailcli.Message("x", ["a@example.com"], html="<p>x</p>", inline_images={"lo\r\ngo": png})
+    with pytest.raises(mailcli.BadHeaderError):
+        mailer.send(bad)
+    typed = mailcli.Message("x", ["a@example.com"], "x")
+    typed.attach("a.bin", "no-slash", b"x")
+    with pytest.raises(mailcli.DataError, match="type/subtype"):
+        mailer.send(typed)
+
+
 @pytest.mark.parametrize("kwargs", INJECTIONS)
 def test_bad_header_on_as_bytes_and_in_the_outbox(kwargs: dict[str, Any]) -> None:
     with pytest.raises(mailcli.BadHeaderError):
@@ -523,10 +536,93 @@ def test_a_campaign_on_the_outbox_gives_the_same_summary_as_over_smtp(
     assert (on_outbox.sent, on_outbox.invalid, on_outbox.duplicates) == (40, 1, 1)
     assert (over_smtp.transport, on_outbox.transport) == ("smtp", "outbox")
     assert sorted(m.envelope_to[0] for m in outbox) == sorted(recorder.recipients())
+    # Recorded, not sent: the campaign's own progress is untouched, so a later real run (or
+    # another test) starts where it was.
     status = mailcli.campaign_status(trial.yaml)
-    assert (status.sent, status.failed, status.pending) == (40, 1, 0)
+    assert (status.sent, status.pending, status.invalid_rows, status.state_file) == (
+        0,
+        40,
+        1,
+        str(trial.folder / ".mailcli" / "test-campaign.sqlite"),
+    )
+    assert not (trial.folder / ".mailcli" / "test-campaign.sqlite").exists()
     again = mailcli.send_campaign(trial.yaml, mailcli.Mailer(outbox=True), skip_invalid=True)
-    assert (again.sent, again.skipped, again.invalid, again.connections) == (0, 40, 1, 0)
+    assert (again.sent, again.skipped, again.invalid) == (40, 0, 1)
+
+
+def test_a_recorded_run_starts_from_the_real_progress_and_leaves_it_alone(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    files = make_campaign(tmp_path, many_rows(10))
+    real = mailcli.send_campaign(files.yaml, mailer_for(smtp_server), limit=4)
+    assert (real.sent, real.pending) == (4, 6)
+    with mailcli.record_messages() as outbox:
+        trial = mailcli.send_campaign(files.yaml)
+    assert (trial.sent, trial.skipped, len(outbox)) == (6, 4, 6)
+    assert mailcli.campaign_status(files.yaml).sent == 4  # still what really went out
+    rest = mailcli.send_campaign(files.yaml, mailer_for(smtp_server))
+    assert (rest.sent, rest.skipped) == (6, 4)
+    assert len(recorder.recipients()) == len(set(recorder.recipients())) == 10
+
+
+def test_mailcli_suppress_send_in_the_cli_warns_and_changes_no_progress(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from mailcli.cli import app
+
+    files = make_campaign(tmp_path, many_rows(3))
+    monkeypatch.setenv("MAILCLI_SUPPRESS_SEND", "1")
+    args = ["batch", str(files.yaml), "--host", "127.0.0.1", "--port", str(smtp_server.port)]
+    held = CliRunner().invoke(app, [*args, "--security", "none", "--json"])
+    assert held.exit_code == 0, held.output
+    assert "MAILCLI_SUPPRESS_SEND is set" in held.stderr
+    assert json.loads(held.stdout)["transport"] == "outbox"
+    assert recorder.peers == [] and mailcli.campaign_status(files.yaml).sent == 0
+    monkeypatch.delenv("MAILCLI_SUPPRESS_SEND")
+    sent = CliRunner().invoke(app, [*args, "--security", "none"])
+    assert sent.exit_code == 0 and len(recorder.messages) == 3
+
+
+def test_record_messages_holds_in_other_threads_too() -> None:
+    """A test whose code sends from a worker thread records, never sends."""
+    import threading
+
+    mailer = mailcli.Mailer("127.0.0.1", closed_port(), "none", default_sender=SENDER)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            mailer.send(mailcli.Message("from a thread", ["a@example.com"], "x"))
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    with mailcli.record_messages() as outbox:
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join(10)
+    assert failures == [] and [m.subject for m in outbox] == ["from a thread"]
+
+
+def test_nested_record_blocks_each_keep_their_own() -> None:
+    mailer = mailcli.Mailer(default_sender=SENDER)
+    with mailcli.record_messages() as outer:
+        with mailcli.record_messages() as inner:
+            mailer.send(mailcli.Message("inner", ["a@example.com"], "x"))
+        mailer.send(mailcli.Message("outer", ["a@example.com"], "x"))
+    assert [m.subject for m in inner] == ["inner"] and [m.subject for m in outer] == ["outer"]
+    with pytest.raises(mailcli.ConfigError, match="no SMTP server"):
+        mailer.send(mailcli.Message("after", ["a@example.com"], "x"))
+
+
+def test_outbox_false_really_sends_inside_record_messages(
+    smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    real = mailcli.Mailer("127.0.0.1", smtp_server.port, "none", outbox=False)
+    with mailcli.record_messages() as outbox:
+        assert real.send(mailcli.Message("real", ["a@example.com"], "x", sender=SENDER)).ok
+    assert outbox == [] and len(recorder.messages) == 1
 
 
 def test_send_campaign_with_progress_limit_and_a_sandbox(tmp_path: Path) -> None:
@@ -586,3 +682,93 @@ def test_the_public_names_are_all_exported_and_typed() -> None:
         "unknown",
     ]
     assert (Path(mailcli.__file__).parent / "py.typed").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"sender": Path("a@example.com")}, "sender must be an address"),
+        ({"subject": b"bytes"}, "subject must be str, not bytes"),
+        ({"body": b"bytes"}, "body must be str, not bytes"),
+        ({"extra_headers": {"X-N": 5}}, r"extra_headers\['X-N'\] must be str, not int"),
+        ({"sender": (None, "a@example.com")}, "sender must be an address"),
+        ({"date": "2024-01-01"}, "date must be a datetime or a timestamp"),
+        ({"attachments": [("a.txt", b"x")]}, "must be mailcli.Attachment"),
+    ],
+)
+def test_values_of_the_wrong_type_are_a_clear_type_error(
+    kwargs: dict[str, Any], problem: str
+) -> None:
+    options: dict[str, Any] = {"recipients": ["a@example.com"], "sender": SENDER, **kwargs}
+    subject = options.pop("subject", "s")
+    with pytest.raises(TypeError, match=problem):
+        mailcli.Message(subject, body=options.pop("body", "b"), **options).as_bytes()
+
+
+def test_one_address_alone_is_a_list_of_one_and_the_arguments_keep_flask_mails_order() -> None:
+    msg = mailcli.Message(
+        "Hello",
+        "ann@example.com",
+        "text",
+        None,
+        "Acme <news@acme.example>",
+        ("Bob", "bob@example.org"),
+        ["c@example.com", "d@example.com"],
+        None,
+        "help@acme.example",
+        1_700_000_000,
+        "utf-8",
+        {"X-A": "1"},
+    )
+    parsed = parse(msg.as_bytes())
+    assert (parsed["To"], parsed["Cc"], parsed["Reply-To"], parsed["X-A"]) == (
+        "ann@example.com",
+        "Bob <bob@example.org>",
+        "help@acme.example",
+        "1",
+    )
+    assert msg.send_to == {"ann@example.com", "bob@example.org", "c@example.com", "d@example.com"}
+    assert parsed["Date"].datetime.timestamp() == 1_700_000_000
+
+
+def test_attaching_a_missing_file_is_an_input_file_error(tmp_path: Path) -> None:
+    with pytest.raises(mailcli.MailcliError) as caught:
+        mailcli.Message("x", ["a@example.com"], "x", SENDER).attach(tmp_path / "nope.pdf")
+    assert caught.value.exit_code == 66 and "attachment not found" in str(caught.value)
+    with pytest.raises(mailcli.MailcliError) as image:
+        mailcli.Message(
+            "x",
+            ["a@example.com"],
+            html="x",
+            sender=SENDER,
+            inline_images={"i": tmp_path / "no.png"},
+        ).as_bytes()
+    assert image.value.exit_code == 66
+
+
+def test_a_mailer_with_a_bad_timeout_or_port_is_a_config_error() -> None:
+    with pytest.raises(mailcli.ConfigError, match="timeout"):
+        mailcli.Mailer("h", timeout="30")  # type: ignore[arg-type]
+    with pytest.raises(mailcli.ConfigError, match="port"):
+        mailcli.Mailer("h", "25")  # type: ignore[arg-type]
+    with pytest.raises(mailcli.ConfigError, match="security"):
+        mailcli.Mailer("h", 25, "ssl")
+
+
+def test_an_address_that_needs_smtputf8_fails_alone_on_a_server_without_it(
+    recorder: Recorder,
+) -> None:
+    with (
+        SmtpServer(recorder, enable_SMTPUTF8=False) as server,
+        mailer_for(server, default_sender=SENDER).connect() as conn,
+    ):
+        plain, utf8 = conn.send_many(
+            [
+                mailcli.Message("a", ["ann@example.com"], "x"),
+                mailcli.Message("b", ["jörg@example.com"], "x"),
+            ]
+        )
+    assert plain.ok and utf8.status is mailcli.DeliveryStatus.FAILED
+    assert "SMTPUTF8" in utf8.reply
+    assert recorder.recipients() == ["ann@example.com"]
+    assert conn.send_many([]) == []

@@ -17,7 +17,7 @@ import pytest
 
 from mailcli.addresses import address_key
 from mailcli.errors import ConfigError, ExitCode, InputFileError, TempFailError
-from mailcli.state import CampaignLock, Entry, Outcome, State
+from mailcli.state import CampaignLock, Entry, Outcome, SqliteState
 
 ANN, BOB, CHLOE, DAN = "ann@example.com", "bob@example.org", "chloe@example.net", "dan@example.com"
 
@@ -28,8 +28,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def state(db_path: Path) -> Iterator[State]:
-    with State.open(db_path, "camp") as st:
+def state(db_path: Path) -> Iterator[SqliteState]:
+    with SqliteState.open(db_path, "camp") as st:
         st.start_run()
         yield st
 
@@ -50,7 +50,7 @@ def outcome(
     return Outcome(address_key(email), status, code, reply, **kw)
 
 
-def fly(state: State, *recipients: tuple[str, int]) -> None:
+def fly(state: SqliteState, *recipients: tuple[str, int]) -> None:
     """Mark recipients in flight, passing what the state knew of each."""
     state.begin_flight((email, row, state.lookup(email)) for email, row in recipients)
 
@@ -60,7 +60,7 @@ def fly(state: State, *recipients: tuple[str, int]) -> None:
 
 def test_open_creates_schema_in_wal_mode_and_records_the_campaign(db_path: Path) -> None:
     """A new state file is a WAL database with the schema and the campaign's name in meta."""
-    State.open(db_path, "camp").close()
+    SqliteState.open(db_path, "camp").close()
     with contextlib.closing(sqlite3.connect(db_path)) as other:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -70,9 +70,9 @@ def test_open_creates_schema_in_wal_mode_and_records_the_campaign(db_path: Path)
 
 def test_open_for_another_campaign_is_a_config_error_naming_both(db_path: Path) -> None:
     """A state file of campaign 'camp' refuses to serve campaign 'other' (exit 78)."""
-    State.open(db_path, "camp").close()
+    SqliteState.open(db_path, "camp").close()
     with pytest.raises(ConfigError) as info:
-        State.open(db_path, "other")
+        SqliteState.open(db_path, "other")
     assert info.value.exit_code == ExitCode.CONFIG == 78
     assert "'camp'" in str(info.value) and "'other'" in str(info.value)
 
@@ -82,7 +82,7 @@ def test_a_file_that_is_not_a_database_is_a_config_error(tmp_path: Path) -> None
     path = tmp_path / "garbage.sqlite"
     path.write_bytes(os.urandom(64) + b"this is not an sqlite database" * 200)
     with pytest.raises(ConfigError) as info:
-        State.open(path, "camp")
+        SqliteState.open(path, "camp")
     assert info.value.exit_code == 78
     assert str(path) in str(info.value)
 
@@ -90,7 +90,7 @@ def test_a_file_that_is_not_a_database_is_a_config_error(tmp_path: Path) -> None
 def test_create_false_on_a_missing_file_is_an_input_file_error(db_path: Path) -> None:
     """Reading the state of a campaign never sent is exit 66, and creates nothing."""
     with pytest.raises(InputFileError) as info:
-        State.open(db_path, "camp", create=False)
+        SqliteState.open(db_path, "camp", create=False)
     assert info.value.exit_code == ExitCode.NOINPUT == 66
     assert not db_path.exists()
 
@@ -99,7 +99,7 @@ def test_create_false_on_a_missing_file_is_an_input_file_error(db_path: Path) ->
 
 
 def test_begin_flight_commits_the_unknown_mark_before_returning(
-    state: State, db_path: Path
+    state: SqliteState, db_path: Path
 ) -> None:
     """Right after begin_flight, another connection already sees the group as 'unknown'."""
     fly(state, (ANN, 1), (BOB, 2))
@@ -107,7 +107,7 @@ def test_begin_flight_commits_the_unknown_mark_before_returning(
     assert peek(db_path, BOB) == ("unknown", None, None, None, None)
 
 
-def test_recorded_outcomes_are_committed_by_flush(state: State, db_path: Path) -> None:
+def test_recorded_outcomes_are_committed_by_flush(state: SqliteState, db_path: Path) -> None:
     """record() only buffers; flush() commits status, code, reply, Message-ID and sent_at."""
     fly(state, (ANN, 1))
     state.record(outcome(ANN, "sent", 250, "2.0.0 queued", message_id="<m1@example.com>"))
@@ -119,7 +119,9 @@ def test_recorded_outcomes_are_committed_by_flush(state: State, db_path: Path) -
     assert isinstance(row[4], str) and row[4]
 
 
-def test_recorded_outcomes_are_committed_with_the_next_group(state: State, db_path: Path) -> None:
+def test_recorded_outcomes_are_committed_with_the_next_group(
+    state: SqliteState, db_path: Path
+) -> None:
     """The next begin_flight commits the previous group's outcomes along with its own marks."""
     fly(state, (ANN, 1))
     state.record(outcome(ANN, "failed", 550, "5.1.1 no such user"))
@@ -132,7 +134,7 @@ def test_recorded_outcomes_are_committed_with_the_next_group(state: State, db_pa
 # -- attempts and run_tries ---------------------------------------------------------------
 
 
-def test_run_tries_count_within_a_run_and_restart_in_the_next(state: State) -> None:
+def test_run_tries_count_within_a_run_and_restart_in_the_next(state: SqliteState) -> None:
     """attempts counts every try ever; run_tries only this run's, restarting at 1."""
     fly(state, (ANN, 1))
     state.record(outcome(ANN, "deferred", 451, "try later"))
@@ -150,7 +152,7 @@ def test_run_tries_count_within_a_run_and_restart_in_the_next(state: State) -> N
 # -- revert -------------------------------------------------------------------------------
 
 
-def test_revert_restores_the_previous_status(state: State, db_path: Path) -> None:
+def test_revert_restores_the_previous_status(state: SqliteState, db_path: Path) -> None:
     """A deferred recipient marked in flight but never handed over is deferred again."""
     fly(state, (ANN, 1))
     state.record(outcome(ANN, "deferred", 451, "busy", next_at=123.0))
@@ -164,7 +166,7 @@ def test_revert_restores_the_previous_status(state: State, db_path: Path) -> Non
     assert peek(db_path, ANN)[0] == "deferred"
 
 
-def test_revert_of_a_new_recipient_removes_it(state: State, db_path: Path) -> None:
+def test_revert_of_a_new_recipient_removes_it(state: SqliteState, db_path: Path) -> None:
     """A recipient the state never knew, reverted, is gone again (it stays pending)."""
     fly(state, (ANN, 1))
     state.revert(ANN, None)
@@ -177,7 +179,7 @@ def test_revert_of_a_new_recipient_removes_it(state: State, db_path: Path) -> No
 
 
 def test_record_invalid_is_failed_without_code_and_not_rejected(
-    state: State, db_path: Path
+    state: SqliteState, db_path: Path
 ) -> None:
     """An invalid row is 'failed' with reply 'invalid: ...' and no code; only a 550 is rejected."""
     state.record_invalid(ANN, 3, "undefined variable 'first_name'")
@@ -207,7 +209,7 @@ def test_entry_rejected_depends_on_the_code() -> None:
 # -- reading ------------------------------------------------------------------------------
 
 
-def sample(state: State) -> None:
+def sample(state: SqliteState) -> None:
     """Rows 5, 1, 3, 2: failed, sent, unknown, deferred (marked out of row order)."""
     fly(state, (DAN, 5), (ANN, 1), (CHLOE, 3), (BOB, 2))
     state.record(outcome(DAN, "failed", 550, "no such user"))
@@ -216,13 +218,13 @@ def sample(state: State) -> None:
     state.flush()
 
 
-def test_counts_has_every_status(state: State) -> None:
+def test_counts_has_every_status(state: SqliteState) -> None:
     """counts() gives each of the five statuses, zero included."""
     sample(state)
     assert state.counts() == {"pending": 0, "sent": 1, "failed": 1, "deferred": 1, "unknown": 1}
 
 
-def test_problems_are_the_undelivered_in_row_order(state: State) -> None:
+def test_problems_are_the_undelivered_in_row_order(state: SqliteState) -> None:
     """problems() lists failed, deferred and unknown recipients by row; sent ones are left out."""
     sample(state)
     got = [(p.row, p.email, p.status, p.code, p.reply) for p in state.problems()]
@@ -233,7 +235,7 @@ def test_problems_are_the_undelivered_in_row_order(state: State) -> None:
     ]
 
 
-def test_next_retry_only_sees_this_runs_deferred_rows_below_the_limit(state: State) -> None:
+def test_next_retry_only_sees_this_runs_deferred_rows_below_the_limit(state: SqliteState) -> None:
     """next_retry ignores earlier runs' deferred rows and rows that used up their tries."""
     fly(state, (ANN, 1))
     state.record(outcome(ANN, "deferred", 451, "later", next_at=10.0))  # run 1

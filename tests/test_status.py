@@ -14,7 +14,7 @@ import mailcli
 from mailcli.addresses import address_key
 from mailcli.campaign import load_campaign
 from mailcli.cli import app
-from mailcli.state import Outcome, State
+from mailcli.state import Outcome, SqliteState
 from mailcli.status import campaign_status
 
 runner = CliRunner()
@@ -41,7 +41,7 @@ def user(i: int) -> str:
 
 def write_state(path: Path, name: str = "test-campaign") -> None:
     """Rows 1-2 sent, 3 failed (550), 4 deferred (451), 5 unknown; marked in reverse order."""
-    with State.open(path, name) as state:
+    with SqliteState.open(path, name) as state:
         state.start_run()
         state.begin_flight((user(i), i, None) for i in (5, 4, 3, 2, 1))
         for i in (1, 2):

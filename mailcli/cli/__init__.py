@@ -258,6 +258,12 @@ class SmtpFlags:
             prompt=True,
         )
         self.warn_unverified(mailer.settings)
+        if mailer.recorder() is not None:
+            typer.echo(
+                "mailcli: WARNING: MAILCLI_SUPPRESS_SEND is set: messages are recorded in memory "
+                "and thrown away, not sent; a campaign's progress is left as it was",
+                err=True,
+            )
         mailer.check_password()
         return mailer
 

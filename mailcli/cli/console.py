@@ -36,7 +36,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from mailcli.batch import Summary
     from mailcli.preview import Preview
-    from mailcli.status import StatusReport
+    from mailcli.status import Status
 
 PLAIN_PROGRESS_EVERY_S = 5.0
 LIVE_REFRESH_PER_S = 8
@@ -359,7 +359,7 @@ STATUS_STYLES = {
 }
 
 
-def status_view(report: StatusReport, *, with_recipients: bool, terminal: bool) -> Group:
+def status_view(report: Status, *, with_recipients: bool, terminal: bool) -> Group:
     """Counts per status as a table, the last run, and the recipients not delivered.
 
     Off a terminal the tables are drawn in ASCII, for logs and mail that cron sends.
