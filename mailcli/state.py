@@ -551,4 +551,3 @@ class SqliteState:
         return RunRecord(
             run_id, started, finished, pid, host, summary.get("exit_code"), summary.get("sent")
         )
-
