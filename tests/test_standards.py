@@ -500,3 +500,62 @@ def test_both_warnings_at_once(tmp_path: Path) -> None:
     c = campaign(tmp_path, DKIM.format("other.example") + 'unsubscribe: "mailto:l@example.com"\n')
     warnings = campaign_warnings(c)
     assert len(warnings) == 2 and all("\n" not in w for w in warnings)
+
+
+# -- the same, end to end: what a real server receives --------------------------------------
+
+
+def test_what_the_server_receives_is_standards_exact_and_dry_run_agrees_with_send(
+    tmp_path: Path,
+) -> None:
+    """One campaign with every case above (a 1,000-character word in the subject and in a
+    custom header, a non-ASCII List-Id, an inline image, base64 text, DKIM) goes through
+    `batch --dry-run` (no problem reported) and then a real `batch` into aiosmtpd, which refuses
+    lines over its limit with `500 Line too long`. Every received message is read back."""
+    from conftest import Recorder, server_args
+    from test_deliverability import PNG, make_key
+    from typer.testing import CliRunner
+
+    from mailcli.cli import app
+    from mailcli.sandbox import SmtpServer
+
+    word = "w" * 1000
+    files = make_campaign(
+        tmp_path,
+        subject=f"{word} {{{{ first_name }}}}",
+        text="Привет, {{ first_name }}! Как дела?\nВторая строка\n",
+        html='<p>Hi {{ first_name }} <img src="cid:logo"></p>\n',
+        extra=f"headers: {{X-Token: '{'t' * 1000}'}}\n"
+        "list_id: 'Actualités Acmé <news.acme.example>'\n"
+        "inline_images: {logo: logo.png}\n"
+        "dkim: {domain: example.com, selector: s1, key: dkim.pem}\n",
+    )
+    (files.folder / "logo.png").write_bytes(PNG)
+    _, record = make_key(files.folder)
+    dry = CliRunner().invoke(app, ["batch", str(files.yaml), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    recorder = Recorder()
+    with SmtpServer(recorder) as server:
+        sent = CliRunner().invoke(app, ["batch", str(files.yaml), *server_args(server)])
+    assert sent.exit_code == 0, sent.output
+    assert len(recorder.messages) == 3
+    for received in recorder.messages:
+        data = received.data
+        assert max(len(line) for line in data.split(b"\r\n")) <= 998
+        head = data.split(b"\r\n\r\n", 1)[0]
+        assert max(len(line) for line in head.split(b"\r\n")) <= 78
+        parsed = received.message
+        assert str(parsed["Subject"]).startswith(word + " ")
+        assert str(parsed["X-Token"]) == "t" * 1000
+        assert head.count(b"<news.acme.example>") == 1
+        assert str(parsed["List-Id"]) == "Actualités Acmé <news.acme.example>"
+        related = next(p for p in parsed.walk() if p.get_content_type() == "multipart/related")
+        assert related.get_param("type") == "text/html"
+        text = parsed.get_body(("plain",))
+        assert text is not None and text["Content-Transfer-Encoding"] == "base64"
+        decoded = base64.b64decode(text.get_payload())
+        assert b"\n" in decoded and decoded.count(b"\n") == decoded.count(b"\r\n")
+        assert dkim.verify(data, dnsfunc=lambda name, timeout=5: record)
+        assert not dkim.verify(
+            b"From: evil@attacker.example\r\n" + data, dnsfunc=lambda n, timeout=5: record
+        )
