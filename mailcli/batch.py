@@ -23,7 +23,7 @@ from mailcli.compose import address_text
 from mailcli.delivery import Delivery, DeliveryStatus, Transport
 from mailcli.envelope import Built
 from mailcli.errors import ConfigError, ExitCode, MailcliError
-from mailcli.mailer import Mailer
+from mailcli.mailer import Mailer, sandbox_mailer
 from mailcli.outbox import recording, suppressed_by_env
 from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
 from mailcli.preview import Preview
@@ -233,16 +233,11 @@ def send_campaign(
         )
 
     if sandbox is not None:
-        from mailcli.sandbox import sandbox as capture_server
         from mailcli.sandbox import sandboxed
 
-        folder = Path(sandbox)
-        with capture_server(folder) as (server, _writer):
-            # outbox=False: the sandbox really delivers, even inside record_messages().
-            trial = Mailer(server.host, server.port, "none", outbox=False)
-            if mailer is not None:
-                trial.default_sender = mailer.default_sender
-            return run(sandboxed(campaign, folder), trial.transport(), _sender(campaign, trial))
+        with sandbox_mailer(sandbox, like=mailer) as trial:
+            trial_campaign = sandboxed(campaign, Path(sandbox))
+            return run(trial_campaign, trial.transport(), _sender(campaign, trial))
     if mailer is None:
         quiet = recording() is not None or suppressed_by_env()
         mailer = Mailer() if quiet else Mailer.from_profile(campaign=campaign.smtp)

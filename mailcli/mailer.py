@@ -11,10 +11,13 @@ delivers into an in-memory outbox and opens no socket.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -129,6 +132,17 @@ class Mailer:
         return mailer
 
     @classmethod
+    def recording_for_profile(cls, name: str | None = None) -> Mailer:
+        """A Mailer that records into `outbox` with a profile's sender and DKIM key, and needs
+        no server (what `mailcli send --dry-run` builds with)."""
+        from mailcli.settings import default_sender, load_profile
+
+        profile = load_profile(name or os.environ.get("MAILCLI_PROFILE"))
+        mailer = cls(outbox=True, default_sender=default_sender(profile))
+        mailer._dkim = profile.dkim if profile else None
+        return mailer
+
+    @classmethod
     def from_env(cls) -> Mailer:
         """The Mailer of the MAILCLI_HOST, _PORT, _SECURITY, _USERNAME and _FROM variables
         alone (no config file); the password from the usual sources."""
@@ -215,6 +229,20 @@ class Mailer:
     def __repr__(self) -> str:
         where = "outbox" if self.outbox is not None else (self.settings or "unconfigured")
         return f"<Mailer {where}>"
+
+
+@contextlib.contextmanager
+def sandbox_mailer(folder: str | Path, like: Mailer | None = None) -> Iterator[Mailer]:
+    """A Mailer that delivers to an embedded capture server saving .eml files in `folder`
+    (`--sandbox`), with the sender and DKIM key of `like`; it really delivers, even inside
+    `record_messages()`."""
+    from mailcli.sandbox import sandbox
+
+    with sandbox(Path(folder)) as (server, _writer):
+        trial = Mailer(server.host, server.port, "none", outbox=False)
+        if like is not None:
+            trial.default_sender, trial._dkim = like.default_sender, like._dkim
+        yield trial
 
 
 class Connection:

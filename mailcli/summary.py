@@ -1,8 +1,10 @@
 """The counts of one run (`Summary`), which `batch --json` prints and `send_campaign` returns.
 
-The per-status counts move only through `Summary.moved`: each recipient's outcome in this run is a
-transition from what this run had recorded for it before (nothing, or `deferred` before a retry
-round) to its new status, so the counts always equal the recipients in each status.
+The counts of this run's outcomes (sent, failed, deferred, unknown) move through `Summary.moved`:
+each outcome is a transition from what this run had counted for the recipient before (nothing,
+or `deferred` before a retry round) to its new status, so a recipient retried and then sent is
+counted once, as sent. Recipients left `unknown` by an earlier run are added to `unknown` when
+the run meets them (they are why it exits 75).
 """
 
 from __future__ import annotations

@@ -772,3 +772,11 @@ def test_an_address_that_needs_smtputf8_fails_alone_on_a_server_without_it(
     assert "SMTPUTF8" in utf8.reply
     assert recorder.recipients() == ["ann@example.com"]
     assert conn.send_many([]) == []
+
+
+def test_the_sandbox_really_delivers_even_while_recording(tmp_path: Path) -> None:
+    files = make_campaign(tmp_path / "camp", many_rows(3))
+    with mailcli.record_messages() as outbox:
+        summary = mailcli.send_campaign(files.yaml, sandbox=tmp_path / "box")
+    assert summary.sent == 3 and summary.transport == "smtp" and outbox == []
+    assert len(list((tmp_path / "box").glob("*.eml"))) == 3

@@ -523,7 +523,7 @@ def test_what_the_server_receives_is_standards_exact_and_dry_run_agrees_with_sen
     files = make_campaign(
         tmp_path,
         subject=f"{word} {{{{ first_name }}}}",
-        text="Привет, {{ first_name }}! Как дела?\nВторая строка\n",
+        text="こんにちは {{ first_name }} さん\n二行目です\n",
         html='<p>Hi {{ first_name }} <img src="cid:logo"></p>\n',
         extra=f"headers: {{X-Token: '{'t' * 1000}'}}\n"
         "list_id: 'Actualités Acmé <news.acme.example>'\n"

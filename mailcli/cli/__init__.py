@@ -37,11 +37,11 @@ from mailcli.cli.console import (
     summary_table,
 )
 from mailcli.errors import CantCreateError, ExitCode, MailcliError, UsageError
-from mailcli.mailer import debug_transcript
+from mailcli.mailer import debug_transcript, sandbox_mailer
 from mailcli.preview import Preview, preview_one, write_files
 from mailcli.secrets import keyring_delete, keyring_key, keyring_set
 from mailcli.sending import OneOff, one_off_message
-from mailcli.settings import default_sender, load_profile, resolve_smtp
+from mailcli.settings import resolve_smtp
 from mailcli.status import campaign_status
 from mailcli.transport import SmtpSettings
 
@@ -245,7 +245,7 @@ class SmtpFlags:
                 err=True,
             )
 
-    def mailer(self, campaign: SmtpConfig | None = None) -> mailcli.Mailer:
+    def mailer(self, campaign: SmtpConfig | None = None, *, check: bool = True) -> mailcli.Mailer:
         """The Mailer of flags, environment, campaign and profile (the core resolves them).
 
         The password is looked up now, before any row is read or any connection made, so that
@@ -264,7 +264,8 @@ class SmtpFlags:
                 "and thrown away, not sent; a campaign's progress is left as it was",
                 err=True,
             )
-        mailer.check_password()
+        if check:
+            mailer.check_password()
         return mailer
 
 
@@ -707,10 +708,7 @@ def send(
     )
     if dry_run_ or sandbox_dir is not None:
         # Nothing to connect to: the profile gives only the sender and the DKIM key.
-        prof = load_profile(flags.options.profile or os.environ.get("MAILCLI_PROFILE"))
-        mailer = mailcli.Mailer(
-            outbox=True, default_sender=default_sender(prof), dkim=prof.dkim if prof else None
-        )
+        mailer = mailcli.Mailer.recording_for_profile(flags.options.profile)
     else:
         mailer = flags.mailer()
     fallback = mailer.default_sender
@@ -732,11 +730,7 @@ def send(
             sys.stdout.buffer.flush()
         return
     if sandbox_dir is not None:
-        from mailcli.sandbox import sandbox
-
-        with sandbox(Path(sandbox_dir)) as (server, _writer):
-            dkim = prof.dkim if prof else None
-            trial = mailcli.Mailer(server.host, server.port, "none", dkim=dkim)
+        with sandbox_mailer(sandbox_dir, like=mailer) as trial:
             delivery = trial.send(message)
     else:
         delivery = mailer.send(message)
@@ -825,14 +819,9 @@ def test_connection(
     setup_logging(verbose=verbose, debug=debug, log_file=log_file)
     flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
     campaign_smtp = load_campaign(campaign_file).smtp if campaign_file is not None else None
-    mailer = mailcli.Mailer.from_profile(
-        overrides=flags.options,
-        campaign=campaign_smtp,
-        insecure_skip_verify=flags.insecure,
-        prompt=True,
-    )
+    # The password is not looked up first: a missing one is part of the diagnosis.
+    mailer = flags.mailer(campaign_smtp, check=False)
     assert mailer.settings is not None  # from_profile raises when no server is given
-    flags.warn_unverified(mailer.settings)
     from mailcli.diagnose import diagnose
 
     report = diagnose(mailer.settings, mailer.password_source(), debug_transcript())
