@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -135,3 +136,24 @@ def test_the_library_examples_run(
     assert len(subjects) == 4 + 5  # the single one, three over one connection, the campaign
     assert recorder.connections == 3  # one per send, one for send_many, one for the campaign
     assert "Bcc" not in " ".join(m.data.decode() for m in recorder.messages)
+
+
+def test_the_django_example_runs(tmp_path: Path) -> None:
+    """README's Django example runs as written (in its own interpreter: it configures Django's
+    settings) against a real SMTP server, and the messages arrive over one connection each."""
+    from conftest import Recorder
+
+    from mailcli.sandbox import SmtpServer
+
+    section = README.split("\n## Django\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    recorder = Recorder(pipelining=True)
+    with SmtpServer(recorder) as server:
+        script = tmp_path / "example.py"
+        script.write_text(code.replace("8025", str(server.port)), encoding="utf-8")
+        run = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+        )
+    assert run.returncode == 0, run.stderr
+    assert len(recorder.messages) == 51 and recorder.connections == 2
+    assert recorder.messages[-1].message["From"] == "Acme <webmaster@acme.example>"
