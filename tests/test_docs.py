@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -138,14 +139,14 @@ def test_the_library_examples_run(
     assert "Bcc" not in " ".join(m.data.decode() for m in recorder.messages)
 
 
-def test_the_django_example_runs(tmp_path: Path) -> None:
-    """README's Django example runs as written (in its own interpreter: it configures Django's
-    settings) against a real SMTP server, and the messages arrive over one connection each."""
+def run_section_example(section_name: str, tmp_path: Path) -> Any:
+    """Run the one ```python block of a README section in its own interpreter (it sets up a
+    framework), against a real SMTP server put where the README says port 8025."""
     from conftest import Recorder
 
     from mailcli.sandbox import SmtpServer
 
-    section = README.split("\n## Django\n", 1)[1].split("\n## ", 1)[0]
+    section = README.split(f"\n## {section_name}\n", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
     recorder = Recorder(pipelining=True)
     with SmtpServer(recorder) as server:
@@ -155,5 +156,18 @@ def test_the_django_example_runs(tmp_path: Path) -> None:
             [sys.executable, str(script)], capture_output=True, text=True, timeout=120
         )
     assert run.returncode == 0, run.stderr
+    return recorder
+
+
+def test_the_django_example_runs(tmp_path: Path) -> None:
+    """README's Django example: 50 over one connection, then one with an attachment."""
+    recorder = run_section_example("Django", tmp_path)
     assert len(recorder.messages) == 51 and recorder.connections == 2
     assert recorder.messages[-1].message["From"] == "Acme <webmaster@acme.example>"
+
+
+def test_the_flask_example_runs(tmp_path: Path) -> None:
+    """README's Flask example: one message, then 100 over one pipelined connection."""
+    recorder = run_section_example("Flask", tmp_path)
+    assert len(recorder.messages) == 101 and recorder.connections == 2
+    assert recorder.messages[0].message["From"] == "Acme Shop <shop@acme.example>"
