@@ -13,13 +13,15 @@ from pathlib import Path
 import mailcli
 
 CLI_MODULES = {"mailcli.cli", "mailcli.__main__"}
+# Adapters for the optional extras: each imports its framework (Flask brings click along).
+ADAPTER_MODULES = {"mailcli.flask", "mailcli.django"}
 
 
 def core_modules() -> list[str]:
     return sorted(
         f"mailcli.{m.name}"
         for m in pkgutil.iter_modules(mailcli.__path__)
-        if f"mailcli.{m.name}" not in CLI_MODULES
+        if f"mailcli.{m.name}" not in CLI_MODULES | ADAPTER_MODULES
     )
 
 
@@ -133,6 +135,18 @@ def test_the_public_api_loads_without_the_cli() -> None:
         "[getattr(mailcli, n) for n in mailcli.__all__]\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('typer', 'rich', 'click'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def test_the_framework_adapters_do_not_load_the_cli() -> None:
+    """mailcli.flask and mailcli.django load their frameworks, never typer or rich."""
+    code = (
+        "import json, sys\n"
+        "import mailcli.flask, mailcli.django\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('typer', 'rich'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
