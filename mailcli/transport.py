@@ -14,7 +14,6 @@ import smtplib
 import socket
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
 from mailcli.delivery import NotSent, Pace, Refusal, Result, lost, replied
 from mailcli.envelope import Built, check_envelope
 from mailcli.errors import AuthError, ConfigError, UnavailableError
+from mailcli.smtpproto import ConnectionLost, Outcome, Reply, Transactions, Write
 
 log = logging.getLogger(__name__)
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
@@ -73,41 +73,6 @@ class SessionInfo:
         self.timings_ms[name] = round((time.perf_counter() - started) * 1000, 1)
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """An SMTP reply: code and text."""
-
-    code: int
-    text: str
-
-    @property
-    def ok(self) -> bool:
-        """2xx or 3xx."""
-        return 200 <= self.code < 400
-
-    @property
-    def temporary(self) -> bool:
-        """4xx: try again later."""
-        return 400 <= self.code < 500
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}".strip()
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What became of one message: the deciding reply, and the recipients the server accepted."""
-
-    reply: Reply
-    accepted: tuple[str, ...] = ()
-    refused: dict[str, Reply] = field(default_factory=dict)
-
-    @property
-    def delivered(self) -> bool:
-        """The server took responsibility for the message (250 after the data)."""
-        return self.reply.code // 100 == 2 and bool(self.accepted)
-
-
 class CertificateError(UnavailableError):
     """The server's TLS certificate did not verify (exit 69); `reason` says why."""
 
@@ -118,19 +83,6 @@ class CertificateError(UnavailableError):
             "`mailcli test-connection` shows the certificate",
         )
         self.reason = reason
-
-
-class ConnectionLost(Exception):
-    """The connection broke during a transaction.
-
-    `handed_over` is True when the whole message had been sent and only the final reply was lost:
-    the server may have queued it, so the message must be treated as `unknown`, never resent.
-    """
-
-    def __init__(self, reason: str, *, handed_over: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.handed_over = handed_over
 
 
 def tls_context(verify: bool = True) -> ssl.SSLContext:
@@ -413,42 +365,10 @@ class SmtpConnection:
         `pace` (the rate limiter) is called right before the data is written: the data is what
         delivers a message, so that is the moment a rate must space out.
         """
-        check_envelope(message)
-        smtp = self._smtp
-        if smtp is None:
-            raise ConnectionLost("not connected", handed_over=False)
-        handed_over = False
-        try:
-            code, text = smtp.mail(message.mail_from, self._mail_options(message))
-            if code != 250:
-                return self._refused(Reply(code, _decode(text)))
-            accepted: list[str] = []
-            refused: dict[str, Reply] = {}
-            for rcpt in message.rcpt_to:
-                code, text = smtp.rcpt(rcpt)
-                if code in (250, 251):
-                    accepted.append(rcpt)
-                else:
-                    refused[rcpt] = Reply(code, _decode(text))
-            if not accepted:
-                first = next(iter(refused.values()))
-                return self._refused(first, refused=refused)
-            smtp.putcmd("data")
-            code, text = smtp.getreply()
-            if code != 354:
-                return self._refused(Reply(code, _decode(text)), refused=refused)
-            if pace is not None:
-                pace()
-            _send_data(smtp, _dot_stuff(message.data) + b".\r\n")
-            # From here on the server may have the whole message: a lost reply is 'unknown'.
-            handed_over = True
-            code, text = smtp.getreply()
-            if code == 421:
-                self._drop()  # refused and closing: a temporary failure, and a new connection
-            return Outcome(Reply(code, _decode(text)), tuple(accepted), refused)
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self._drop()
-            raise ConnectionLost(_os_reason(exc), handed_over=handed_over) from None
+        (result,) = self.transactions([message], pace=pace, pipelining=self.pipelining)
+        if isinstance(result, ConnectionLost):
+            raise result
+        return result
 
     @property
     def pipelining(self) -> bool:
@@ -464,29 +384,65 @@ class SmtpConnection:
         """Send several messages with RFC 2920 pipelining: one result for each, in order.
 
         Each message's MAIL, RCPT and DATA go out in one write; its data, the end of data and the
-        next message's commands go out together, so a message costs about one round trip. Every
-        reply is matched to its command through a queue. When the connection breaks, a message
-        whose data was sent gets ConnectionLost(handed_over=True) ('unknown'), the others
+        next message's commands go out together, so a message costs about one round trip. When
+        the connection breaks, a message whose data was sent gets
+        ConnectionLost(handed_over=True) ('unknown'), the others
         ConnectionLost(handed_over=False) (safe to send again). `pace` (the rate limiter) is
         called before each message's data is written: the data is what delivers a message.
         `idle` is called after each write, while the server works: the caller prepares its
         next messages there.
         """
+        return self.transactions(messages, pace=pace, idle=idle, pipelining=True)
+
+    def transactions(
+        self,
+        messages: Sequence[Built],
+        *,
+        pace: Callable[[], object] | None = None,
+        idle: Callable[[], object] | None = None,
+        pipelining: bool,
+    ) -> list[Outcome | ConnectionLost]:
+        """Drive the protocol core (`smtpproto.Transactions`) over this session's socket."""
         for message in messages:  # before the first write: it carries several messages' commands
             check_envelope(message)
         smtp = self._smtp
         if smtp is None:
             return [ConnectionLost("not connected", handed_over=False) for _ in messages]
-        run = _Pipeline(smtp, messages, self._mail_options, pace, idle)
+        core = Transactions(messages, self._mail_options, pipelining=pipelining)
         try:
-            run.execute()
-        except _ServerClosing as exc:
-            self._drop()
-            run.abandon(f"server closing the connection: {exc.reply}")
+            self._write(smtp, core.start(), pace, idle)
+            if idle is not None:
+                idle()
+            while not core.done:
+                code, text = smtp.getreply()
+                if code == -1:  # smtplib's code for a line that is not "NNN text"
+                    self._drop()
+                    return core.abandon(f"not an SMTP reply: {_decode(text)[:60]!r}")
+                self._write(smtp, core.receive(Reply(code, _decode(text))), pace, idle)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
-            run.abandon(_os_reason(exc))
-        return run.results  # type: ignore[return-value]
+            return core.abandon(_os_reason(exc))
+        if core.closing is not None:
+            self._drop()
+            return core.abandon(f"server closing the connection: {core.closing}")
+        return core.outcomes()
+
+    @staticmethod
+    def _write(
+        smtp: smtplib.SMTP,
+        writes: list[Write],
+        pace: Callable[[], object] | None,
+        idle: Callable[[], object] | None,
+    ) -> None:
+        for write in writes:
+            if write.data:
+                if pace is not None:
+                    pace()  # the rate counts deliveries, and the data is what delivers
+                _send_data(smtp, write.data, write.after_data)
+                if idle is not None:
+                    idle()
+            else:
+                smtp.send(write.commands)
 
     def _mail_options(self, message: Built) -> list[str]:
         smtp = self._smtp
@@ -497,22 +453,6 @@ class SmtpConnection:
         if smtp.has_extn("size"):
             options.append(f"SIZE={len(message.data)}")
         return options
-
-    def _refused(self, reply: Reply, refused: dict[str, Reply] | None = None) -> Outcome:
-        """Reset the transaction after a refusal so the next message starts clean."""
-        smtp = self._smtp
-        assert smtp is not None
-        if reply.code == 421:
-            # The server is closing the channel before it took the message: nothing was handed
-            # over, so the caller reconnects and sends the same message again.
-            self._drop()
-            raise ConnectionLost(f"server closing the connection: {reply}", handed_over=False)
-        else:
-            try:
-                smtp.rset()
-            except (smtplib.SMTPException, OSError):
-                self._drop()
-        return Outcome(reply, (), refused or {})
 
     def _drop(self) -> None:
         if self._smtp is not None:
@@ -641,144 +581,6 @@ def _result(message: Built, outcome: Outcome | ConnectionLost) -> Result:
     return replied(message, code, text, (), refused)
 
 
-class _ServerClosing(Exception):
-    """A 421 before the data: the server is going away; nothing of this message was taken."""
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
-
-
-@dataclass
-class _Txn:
-    """The replies gathered for one pipelined transaction."""
-
-    mail: Reply | None = None
-    accepted: list[str] = field(default_factory=list)
-    refused: dict[str, Reply] = field(default_factory=dict)
-    handed_over: bool = False
-
-
-class _Pipeline:
-    """One pipelined run over a list of messages (see SmtpConnection.send_pipelined)."""
-
-    def __init__(
-        self,
-        smtp: smtplib.SMTP,
-        messages: Sequence[Built],
-        options: Callable[[Built], list[str]],
-        pace: Callable[[], object] | None,
-        idle: Callable[[], object] | None,
-    ) -> None:
-        self.smtp, self.messages, self.options, self.pace = smtp, messages, options, pace
-        self.idle = idle
-        self.results: list[Outcome | ConnectionLost | None] = [None] * len(messages)
-        self.txns = [_Txn() for _ in messages]
-        self.expect: deque[tuple[str, int, str]] = deque()
-        self.next_index = 0
-
-    def execute(self) -> None:
-        self._write_commands(rset=False)
-        if self.idle is not None:
-            self.idle()
-        while self.expect:
-            kind, index, rcpt = self.expect.popleft()
-            code, text = self.smtp.getreply()
-            reply = Reply(code, _decode(text))
-            txn = self.txns[index]
-            if kind == "rset" or kind == "discard":
-                continue
-            if kind == "end":
-                self.results[index] = Outcome(reply, tuple(txn.accepted), txn.refused)
-                if code == 421:
-                    raise _ServerClosing(reply)  # refused and closing; the rest go elsewhere
-            elif kind == "mail":
-                if code == 421:
-                    raise _ServerClosing(reply)
-                txn.mail = reply
-            elif kind == "rcpt":
-                if code == 421:
-                    raise _ServerClosing(reply)
-                if code in (250, 251):
-                    txn.accepted.append(rcpt)
-                else:
-                    txn.refused[rcpt] = reply
-            else:  # "data"
-                self._after_data(index, txn, reply)
-
-    def _after_data(self, index: int, txn: _Txn, reply: Reply) -> None:
-        if reply.code == 421:
-            raise _ServerClosing(reply)
-        assert txn.mail is not None
-        if txn.mail.code == 250 and txn.accepted and reply.code == 354:
-            payload = _dot_stuff(self.messages[index].data) + b".\r\n"
-            # The data, its end and the next message's commands leave in one write.
-            self.expect.append(("end", index, ""))
-            following = self._commands(rset=False)
-            if self.pace is not None:
-                self.pace()  # the rate counts deliveries, and the data is what delivers
-            # Counted as handed over before the write: the end of data sits in the middle of
-            # it, so a failure part-way may come after the server has the whole message.
-            txn.handed_over = True
-            _send_data(self.smtp, payload, following)
-            if self.idle is not None:
-                self.idle()
-            return
-        if reply.code == 354:
-            # DATA accepted although no recipient was: end an empty message at once.
-            self.smtp.send(b".\r\n")
-            self.expect.append(("discard", index, ""))
-        if txn.mail.code != 250:
-            deciding = txn.mail
-        elif not txn.accepted:
-            deciding = next(iter(txn.refused.values()))
-        else:
-            deciding = reply
-        self.results[index] = Outcome(deciding, (), txn.refused)
-        # A refused transaction is reset before the next one (RSET may be pipelined).
-        if self.next_index < len(self.messages):
-            self._write_commands(rset=True)
-        else:
-            self.smtp.send(b"RSET\r\n")
-            self.expect.append(("rset", index, ""))
-
-    def _write_commands(self, *, rset: bool) -> None:
-        commands = self._commands(rset=rset)
-        if commands:
-            self.smtp.send(commands)
-
-    def _commands(self, *, rset: bool) -> bytes:
-        """The next message's RSET?/MAIL/RCPT/DATA, with their replies queued; b"" at the end."""
-        index = self.next_index
-        if index >= len(self.messages):
-            return b""
-        self.next_index += 1
-        message = self.messages[index]
-        options = self.options(message)
-        lines = []
-        if rset:
-            lines.append("RSET")
-            self.expect.append(("rset", index, ""))
-        # Addresses are validated and normalised already: no need for smtplib.quoteaddr(), which
-        # runs the full email address parser (most of the cost of a pipelined message).
-        lines.append(f"MAIL FROM:<{message.mail_from}>" + "".join(" " + o for o in options))
-        self.expect.append(("mail", index, ""))
-        for rcpt in message.rcpt_to:
-            lines.append(f"RCPT TO:<{rcpt}>")
-            self.expect.append(("rcpt", index, rcpt))
-        lines.append("DATA")
-        self.expect.append(("data", index, ""))
-        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
-
-    def abandon(self, reason: str) -> None:
-        """The connection broke: every message without a result gets ConnectionLost."""
-        for index, result in enumerate(self.results):
-            if result is None:
-                self.results[index] = ConnectionLost(
-                    reason, handed_over=self.txns[index].handed_over
-                )
-
-
 def _send_data(smtp: smtplib.SMTP, data: bytes, following: bytes = b"") -> None:
     """Send message data (and pipelined commands after it) in one write; a transcript shows
     the data's size, not its content."""
@@ -793,14 +595,6 @@ def _send_data(smtp: smtplib.SMTP, data: bytes, following: bytes = b"") -> None:
         smtp.in_data = False  # type: ignore[attr-defined]
     if following:
         smtp.send(following)
-
-
-def _dot_stuff(data: bytes) -> bytes:
-    """Transparency (RFC 5321 4.5.2): double a leading dot, end with CRLF."""
-    if data.startswith(b"."):
-        data = b"." + data
-    data = data.replace(b"\r\n.", b"\r\n..")
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def _decode(text: bytes | str) -> str:
