@@ -11,7 +11,7 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +131,10 @@ class Message:
     def send_to(self) -> set[str]:
         """Every envelope recipient: To, Cc and Bcc addresses."""
         return {box.addr for box in self._boxes(self.recipients + self.cc + self.bcc, "to")}
+
+    def reads_files(self) -> bool:
+        """Building reads files from disk (inline images given as paths)."""
+        return any(not isinstance(v, bytes) for v in self.inline_images.values())
 
     def as_bytes(self) -> bytes:
         """The exact RFC 5322 bytes that would be sent (DKIM excepted: the Mailer signs)."""
@@ -286,7 +290,7 @@ class Message:
     def _date(self) -> datetime | None:
         if self.date is None or isinstance(self.date, datetime):
             return self.date
-        return datetime.fromtimestamp(float(self.date), timezone.utc)
+        return datetime.fromtimestamp(float(self.date), UTC)
 
     @staticmethod
     def _mailbox(value: Address | None, what: str) -> Mailbox:

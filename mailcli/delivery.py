@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Protocol
 
 from mailcli.envelope import Built
 
 
-class DeliveryStatus(str, Enum):
+class DeliveryStatus(StrEnum):
     """A recipient's or a message's state: the words of the contract and of the state file."""
 
     PENDING = "pending"
@@ -30,9 +30,6 @@ class DeliveryStatus(str, Enum):
     FAILED = "failed"
     DEFERRED = "deferred"
     UNKNOWN = "unknown"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

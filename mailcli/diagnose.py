@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -96,7 +96,7 @@ def describe_certificate(
         "issuer": cert.issuer.rfc4514_string(),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": not_after.isoformat(),
-        "expires_in_days": (not_after - datetime.now(timezone.utc)).days,
+        "expires_in_days": (not_after - datetime.now(UTC)).days,
         "names": names,
         "verified": verified,
         "problem": problem,

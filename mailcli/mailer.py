@@ -31,6 +31,7 @@ from mailcli.sender import GroupSender, Stopped
 from mailcli.transport import DEFAULT_PORTS, SmtpSettings, SmtpTransport, Transcript
 
 if TYPE_CHECKING:
+    from mailcli.aio import AsyncConnection
     from mailcli.dkimsign import DkimSigner
     from mailcli.settings import Profile
 
@@ -65,6 +66,7 @@ class Mailer:
         verify: bool = True,
         local_hostname: str | None = None,
         dkim: DkimConfig | None = None,
+        max_connections: int = 8,
     ) -> None:
         if security not in SECURITY_MODES:
             raise ConfigError(
@@ -74,6 +76,12 @@ class Mailer:
             raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
         if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
             raise ConfigError(f"port must be a number, not {port!r}")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ConfigError(f"max_connections must be a whole number, not {max_connections!r}")
+        if max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, not {max_connections}")
+        #: The most connections concurrent `send_async` calls open on one event loop.
+        self.max_connections = max_connections
         self.settings: SmtpSettings | None = None
         if host is not None:
             self.settings = SmtpSettings(
@@ -170,6 +178,26 @@ class Mailer:
         with self.connect() as connection:
             return connection.deliver(built)[0]
 
+    async def send_async(self, message: Message) -> Delivery:
+        """Send one message without blocking the event loop; concurrent calls share a pool of
+        at most `max_connections` connections, pipelined where the server offers it."""
+        from mailcli.aio import send_async
+
+        return await send_async(self, message)
+
+    def connect_async(self) -> AsyncConnection:
+        """One connection for asyncio: `async with mailer.connect_async() as conn:`."""
+        from mailcli.aio import AsyncConnection
+
+        return AsyncConnection(self)
+
+    async def aclose(self) -> None:
+        """Close the connections `send_async` keeps open on this event loop (idle ones also
+        close by themselves after 10 s)."""
+        from mailcli.aio import close_pool
+
+        await close_pool(self)
+
     def build(self, messages: Sequence[Message]) -> list[Built]:
         """The finished messages, signed with this Mailer's DKIM key; raises for a bad one."""
         signer = self.signer()
@@ -217,6 +245,10 @@ class Mailer:
             source = self.password_source()
             if source is not None:
                 source()
+
+    def signer_pending(self) -> bool:
+        """A DKIM key is configured and not read yet (reading it touches the disk)."""
+        return self._dkim is not None and self._signer is None
 
     def signer(self) -> DkimSigner | None:
         """The DKIM signer of this Mailer's key, read once."""

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -277,7 +277,7 @@ class MessageBuilder:
         if second != self._date_second:
             # Formatting a date costs more than building the rest of the headers: once a second.
             self._date_second = second
-            local = datetime.fromtimestamp(second, timezone.utc).astimezone()
+            local = datetime.fromtimestamp(second, UTC).astimezone()
             self._date_text = email.utils.format_datetime(local).encode("ascii")
         return self._date_text
 

@@ -14,7 +14,7 @@ import re
 import ssl
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ class EmlWriter:
         self.folder = folder
         self.count = 0
         self._lock = threading.Lock()
-        self._stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        self._stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         """Save the message; reply 250 naming the file."""

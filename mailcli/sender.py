@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from mailcli.delivery import Delivery, NotSent, Pace, Transport
+from mailcli.delivery import Delivery, NotSent, Pace, Result, Transport
 from mailcli.envelope import Built
 from mailcli.errors import MailcliError, UnavailableError
 
@@ -59,37 +59,23 @@ class GroupSender:
 
         `on_result(index, delivery)` is called as each result comes in.
         """
-        results: list[Delivery | None] = [None] * len(messages)
-        todo = list(range(len(messages)))
-        fruitless = 0
-        reason = ""
-        while todo:
+        rounds = Rounds(len(messages), on_result)
+        while rounds.todo:
             if self.stop():
-                raise Stopped("stopped by a signal", results)
+                raise Stopped("stopped by a signal", rounds.results)
             if not self.transport.is_open and not self.reconnect():
-                raise Stopped(self._lost(reason), results)
+                raise Stopped(rounds.lost(self.transport.endpoint), rounds.results)
             try:
                 answers = self.transport.send(
-                    [messages[i] for i in todo], pace=pace, idle=idle, cancel=self.stop
+                    [messages[i] for i in rounds.todo], pace=pace, idle=idle, cancel=self.stop
                 )
             except MailcliError as exc:
                 # Refused before a byte was written (BadHeaderError): what has no answer yet
                 # was never handed over, and the caller must know which those are.
-                raise Stopped(str(exc), results) from exc
-            again: list[int] = []
-            for index, answer in zip(todo, answers, strict=True):
-                if isinstance(answer, NotSent):
-                    again.append(index)
-                    reason = answer.reason
-                    continue
-                results[index] = answer
-                if on_result is not None:
-                    on_result(index, answer)
-            fruitless = fruitless + 1 if len(again) == len(todo) else 0
-            if again and fruitless >= len(RECONNECT_DELAYS):
-                raise Stopped(self._lost(reason), results)
-            todo = again
-        return [r for r in results if r is not None]
+                raise Stopped(str(exc), rounds.results) from exc
+            if rounds.settle(answers):
+                raise Stopped(rounds.lost(self.transport.endpoint), rounds.results)
+        return rounds.deliveries()
 
     def reconnect(self) -> bool:
         """Reconnect with backoff; False after RECONNECT_DELAYS failures in a row."""
@@ -104,6 +90,39 @@ class GroupSender:
                 log.warning("reconnecting failed: %s", exc)
         return False
 
-    def _lost(self, reason: str) -> str:
-        text = f"connection to {self.transport.endpoint} lost and not regained"
-        return f"{text}: {reason}" if reason else text
+
+class Rounds:
+    """The bookkeeping of the reconnect policy, for the blocking and the asyncio sender alike:
+    which messages still need sending, and when to give up (after RECONNECT_DELAYS rounds in a
+    row that send nothing)."""
+
+    def __init__(self, count: int, on_result: Callable[[int, Delivery], None] | None) -> None:
+        self.results: list[Delivery | None] = [None] * count
+        self.todo = list(range(count))
+        self.on_result = on_result
+        self.fruitless = 0
+        self.reason = ""
+
+    def settle(self, answers: Sequence[Result]) -> bool:
+        """Take one round's answers; True when the policy gives up."""
+        again: list[int] = []
+        for index, answer in zip(self.todo, answers, strict=True):
+            if isinstance(answer, NotSent):
+                again.append(index)
+                self.reason = answer.reason
+                continue
+            self.results[index] = answer
+            if self.on_result is not None:
+                self.on_result(index, answer)
+        self.fruitless = self.fruitless + 1 if len(again) == len(self.todo) else 0
+        self.todo = again
+        return bool(again) and self.fruitless >= len(RECONNECT_DELAYS)
+
+    def deliveries(self) -> list[Delivery]:
+        """Every message's Delivery, in order (once `todo` is empty)."""
+        return [r for r in self.results if r is not None]
+
+    def lost(self, endpoint: str) -> str:
+        """Why the rest could not be sent."""
+        text = f"connection to {endpoint} lost and not regained"
+        return f"{text}: {self.reason}" if self.reason else text

@@ -14,7 +14,7 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -246,6 +246,38 @@ def advertised_auth(smtp: smtplib.SMTP) -> list[str]:
     return (smtp.esmtp_features.get("auth") or "").upper().split()
 
 
+def choose_auth(
+    offered: list[str], settings: SmtpSettings, *, encrypted: bool, peer: str | None
+) -> str:
+    """The AUTH mechanism to use, or the reason not to log in (shared by both drivers).
+
+    Refuses to send a password in the clear to a host that is not on this machine unless the
+    profile says `allow_plaintext_auth: true`.
+    """
+    s = settings
+    if not encrypted and not is_loopback(peer) and not s.allow_plaintext_auth:
+        raise ConfigError(
+            f"refusing to send the password for {s.username or ''} unencrypted to {s.endpoint}",
+            hint="use --security starttls or tls; or set `allow_plaintext_auth: true` in the "
+            "profile if this network is trusted",
+        )
+    if not offered:
+        raise AuthError(
+            f"{s.endpoint} does not offer AUTH"
+            + ("" if encrypted else " on an unencrypted connection")
+        )
+    if s.auth is not None:
+        mechanism = s.auth.upper()
+        _require(offered, mechanism, s)
+        return mechanism
+    usable = [m for m in PREFERRED_AUTH if m in offered]
+    if not usable:
+        raise AuthError(
+            f"{s.endpoint} offers no login mechanism mailcli knows (offered: {' '.join(offered)})"
+        )
+    return usable[0]
+
+
 def login(smtp: smtplib.SMTP, settings: SmtpSettings, password: str) -> str:
     """Authenticate once on an established session; return the mechanism used.
 
@@ -256,29 +288,7 @@ def login(smtp: smtplib.SMTP, settings: SmtpSettings, password: str) -> str:
     user = s.username or ""
     encrypted = isinstance(smtp.sock, ssl.SSLSocket)
     peer = smtp.sock.getpeername()[0] if smtp.sock else None
-    if not encrypted and not is_loopback(peer) and not s.allow_plaintext_auth:
-        raise ConfigError(
-            f"refusing to send the password for {user} unencrypted to {s.endpoint}",
-            hint="use --security starttls or tls; or set `allow_plaintext_auth: true` in the "
-            "profile if this network is trusted",
-        )
-    offered = advertised_auth(smtp)
-    if not offered:
-        raise AuthError(
-            f"{s.endpoint} does not offer AUTH"
-            + ("" if encrypted else " on an unencrypted connection")
-        )
-    if s.auth is not None:
-        mechanism = s.auth.upper()
-        _require(offered, mechanism, s)
-    else:
-        usable = [m for m in PREFERRED_AUTH if m in offered]
-        if not usable:
-            raise AuthError(
-                f"{s.endpoint} offers no login mechanism mailcli knows "
-                f"(offered: {' '.join(offered)})"
-            )
-        mechanism = usable[0]
+    mechanism = choose_auth(advertised_auth(smtp), s, encrypted=encrypted, peer=peer)
     try:
         # One mechanism, one try: smtplib.login() would retry a wrong password with the next
         # mechanism, and every failed try counts toward the provider's account lockout.
@@ -445,14 +455,7 @@ class SmtpConnection:
                 smtp.send(write.commands)
 
     def _mail_options(self, message: Built) -> list[str]:
-        smtp = self._smtp
-        assert smtp is not None
-        options = ["SMTPUTF8"] if message.smtputf8 and smtp.has_extn("smtputf8") else []
-        if not message.data.isascii() and smtp.has_extn("8bitmime"):
-            options.append("BODY=8BITMIME")  # declared only for the 8-bit data it covers
-        if smtp.has_extn("size"):
-            options.append(f"SIZE={len(message.data)}")
-        return options
+        return mail_options(message, self.extensions)
 
     def _drop(self) -> None:
         if self._smtp is not None:
@@ -565,6 +568,21 @@ class SmtpTransport:
         return results
 
 
+def mail_options(message: Built, extensions: Mapping[str, str]) -> list[str]:
+    """The MAIL FROM parameters a message needs, among those the server offers."""
+    options = ["SMTPUTF8"] if message.smtputf8 and "smtputf8" in extensions else []
+    if not message.data.isascii() and "8bitmime" in extensions:
+        options.append("BODY=8BITMIME")  # declared only for the 8-bit data it covers
+    if "size" in extensions:
+        options.append(f"SIZE={len(message.data)}")
+    return options
+
+
+def result_of(message: Built, outcome: Outcome | ConnectionLost) -> Result:
+    """The transport-level result of one transaction (the one rule for a lost answer)."""
+    return _result(message, outcome)
+
+
 def _result(message: Built, outcome: Outcome | ConnectionLost) -> Result:
     if isinstance(outcome, ConnectionLost):
         return lost(message, outcome.reason, handed_over=outcome.handed_over)
@@ -603,6 +621,11 @@ def _decode(text: bytes | str) -> str:
 
 def _reply_text(exc: smtplib.SMTPResponseException) -> str:
     return f"{exc.smtp_code} {_decode(exc.smtp_error)}"
+
+
+def os_reason(exc: BaseException) -> str:
+    """A short reason for a network error."""
+    return _os_reason(exc)
 
 
 def _os_reason(exc: BaseException) -> str:

@@ -171,7 +171,7 @@ def test_verbose_and_log_file_record_the_run(
     assert debug.exit_code == 0
     logged = log.read_text()
     assert "DEBUG   pid" in logged
-    assert "smtp: C: mail FROM:<sender@example.com>" in logged
+    assert "smtp: C: MAIL FROM:<sender@example.com>" in logged
 
 
 def test_a_log_file_that_cannot_be_opened_is_a_clean_error(tmp_path: Path) -> None:

@@ -1,0 +1,535 @@
+"""asyncio: `Mailer.send_async`, `Mailer.connect_async`, on the protocol core the blocking
+transport uses (`mailcli.smtpproto`), never blocking the event loop.
+
+The transactions (MAIL/RCPT/DATA, pipelined or lock-step, outcomes, what a lost answer means)
+are `smtpproto.Transactions`, the same object the blocking transport drives; this module only
+moves its bytes over asyncio streams, and opens the session (banner, EHLO, STARTTLS, AUTH) with
+the same policy (`transport.choose_auth`). Everything that could block runs off the loop: DNS
+(the loop's resolver), loading the TLS trust store, looking up the password (keyring,
+password_command) and building messages (attachments and images are read from disk) go to
+threads; every wait is bounded by the timeout.
+
+Concurrent `send_async` calls share a small pool of connections per event loop
+(`Mailer(max_connections=N)`, 8 by default): each connection takes the messages waiting in the
+queue, up to 32 at a time, and sends them in one pipelined run, so 200 concurrent calls make a
+few connections and about one round trip a message, not 200 connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import logging
+import ssl
+import weakref
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from mailcli.delivery import Delivery, DeliveryStatus, NotSent, Result
+from mailcli.envelope import Built, check_envelope
+from mailcli.errors import AuthError, MailcliError, UnavailableError
+from mailcli.outbox import OutboxTransport
+from mailcli.sender import RECONNECT_DELAYS, Rounds, Stopped
+from mailcli.smtpproto import ProtocolError, Reply, ReplyReader, Transactions, Write
+from mailcli.transport import (
+    CertificateError,
+    SmtpSettings,
+    choose_auth,
+    mail_options,
+    os_reason,
+    result_of,
+    tls_context,
+)
+
+if TYPE_CHECKING:
+    from mailcli.compose import Message
+    from mailcli.mailer import Mailer
+
+log = logging.getLogger(__name__)
+_smtp_log = logging.getLogger("mailcli.smtp")
+# A pooled connection with nothing to send for this long is closed (servers drop idle ones).
+POOL_IDLE_S = 10.0
+BATCH = 32  # the most messages one pipelined run of a pooled connection carries
+BUILD_SLICE = 8  # messages built between two turns of the event loop
+
+
+class AsyncSmtpTransport:
+    """One SMTP session over asyncio streams."""
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        *,
+        password: Callable[[], str] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self._password = password
+        self._tls = tls
+        self.connections = 0
+        self.extensions: dict[str, str] = {}
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._replies = ReplyReader()
+        self._encrypted = False
+
+    @property
+    def endpoint(self) -> str:
+        """host:port."""
+        return self.settings.endpoint
+
+    @property
+    def is_open(self) -> bool:
+        """A session is established."""
+        return self._writer is not None
+
+    @property
+    def smtputf8(self) -> bool:
+        """The server offers SMTPUTF8."""
+        return "smtputf8" in self.extensions
+
+    @property
+    def pipelining(self) -> bool:
+        """The server offers PIPELINING."""
+        return "pipelining" in self.extensions
+
+    async def open(self) -> None:
+        """Connect, read the banner, EHLO, STARTTLS and log in; raise on failure."""
+        s = self.settings
+        try:
+            if s.security != "none" and self._tls is None:
+                # Loading the trust store reads files: not on the loop.
+                self._tls = await asyncio.to_thread(tls_context, s.verify)
+            implicit = self._tls if s.security == "tls" else None
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    s.host, s.port, ssl=implicit, server_hostname=s.host if implicit else None
+                ),
+                s.timeout,
+            )
+            self._reader, self._writer = reader, writer
+            self._replies = ReplyReader()
+            self._encrypted = implicit is not None
+            banner = await self._reply()
+            if banner.code != 220:
+                raise UnavailableError(f"{s.endpoint} refused the session: {banner}")
+            await self._ehlo()
+            if s.security == "starttls":
+                await self._starttls()
+            if s.username:
+                await self._login()
+        except ssl.SSLCertVerificationError as exc:
+            await self._drop()
+            reason = str(exc.verify_message or exc.reason or exc)
+            raise CertificateError(s.endpoint, reason) from None
+        except ssl.SSLError as exc:
+            await self._drop()
+            raise UnavailableError(f"TLS with {s.endpoint} failed: {exc.reason or exc}") from None
+        except MailcliError:
+            await self._drop()
+            raise
+        except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
+            await self._drop()
+            raise UnavailableError(f"cannot connect to {s.endpoint}: {os_reason(exc)}") from None
+        self.connections += 1
+        log.info("connected to %s (asyncio%s)", s.endpoint, ", pipelining" * self.pipelining)
+
+    async def send(self, messages: Sequence[Built]) -> list[Result]:
+        """One result per message, pipelined when offered (see `Transport.send`)."""
+        for message in messages:  # none of the group is written while one is unsafe
+            check_envelope(message)
+        if self._writer is None:
+            return [NotSent("not connected") for _ in messages]
+        core = Transactions(
+            messages, lambda m: mail_options(m, self.extensions), pipelining=self.pipelining
+        )
+        try:
+            await self._write(core.start())
+            while not core.done:
+                for reply in await self._replies_now():
+                    await self._write(core.receive(reply))
+                    if core.done:
+                        break
+        except (OSError, TimeoutError, ProtocolError) as exc:
+            await self._drop()
+            outcomes = core.abandon(os_reason(exc))
+        else:
+            if core.closing is not None:
+                await self._drop()
+                outcomes = core.abandon(f"server closing the connection: {core.closing}")
+            else:
+                outcomes = core.outcomes()
+        return [result_of(m, o) for m, o in zip(messages, outcomes, strict=True)]
+
+    async def close(self) -> None:
+        """QUIT and close; never raises."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._trace("C: QUIT")
+                self._writer.write(b"QUIT\r\n")
+                await asyncio.wait_for(self._reply(), min(self.settings.timeout, 5.0))
+        await self._drop()
+
+    # -- the session -----------------------------------------------------------------------
+
+    async def _ehlo(self) -> None:
+        name = self.settings.local_hostname or "localhost"
+        reply = await self._command(f"EHLO {name}\r\n".encode())
+        if reply.code != 250:
+            raise UnavailableError(f"{self.endpoint} refused EHLO: {reply}")
+        self.extensions = {}
+        for line in reply.text.split("\n")[1:]:
+            keyword, _, params = line.partition(" ")
+            self.extensions[keyword.lower()] = params
+
+    async def _starttls(self) -> None:
+        if "starttls" not in self.extensions:
+            raise UnavailableError(
+                f"{self.endpoint} does not offer STARTTLS",
+                hint="use --security tls for port 465, or --security none only for a server on "
+                "this machine",
+            )
+        reply = await self._command(b"STARTTLS\r\n")
+        if reply.code != 220:
+            raise UnavailableError(f"{self.endpoint} refused STARTTLS: {reply}")
+        assert self._writer is not None and self._tls is not None
+        await asyncio.wait_for(
+            self._writer.start_tls(self._tls, server_hostname=self.settings.host),
+            self.settings.timeout,
+        )
+        self._encrypted = True
+        self._replies = ReplyReader()
+        await self._ehlo()
+
+    async def _login(self) -> None:
+        s = self.settings
+        assert self._writer is not None
+        peer = self._writer.get_extra_info("peername")
+        offered = (self.extensions.get("auth") or "").upper().split()
+        mechanism = choose_auth(
+            offered, s, encrypted=self._encrypted, peer=peer[0] if peer else None
+        )
+        if self._password is None:
+            raise AuthError(f"a username is set for {s.endpoint} but no password source")
+        # The keyring or a password_command may block: not on the loop.
+        password = await asyncio.to_thread(self._password)
+        user = s.username or ""
+        if mechanism == "PLAIN":
+            token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+            reply = await self._command(f"AUTH PLAIN {token}\r\n".encode(), secret=True)
+        elif mechanism == "LOGIN":
+            reply = await self._command(b"AUTH LOGIN\r\n")
+            if reply.code == 334:
+                reply = await self._command(_b64line(user), secret=True)
+            if reply.code == 334:
+                reply = await self._command(_b64line(password), secret=True)
+        elif mechanism == "CRAM-MD5":
+            reply = await self._command(b"AUTH CRAM-MD5\r\n")
+            if reply.code == 334:
+                challenge = base64.b64decode(reply.text.strip())
+                digest = hmac.new(password.encode(), challenge, "md5").hexdigest()
+                reply = await self._command(_b64line(f"{user} {digest}"), secret=True)
+        else:  # XOAUTH2
+            token = f"user={user}\x01auth=Bearer {password}\x01\x01"
+            reply = await self._command(f"AUTH XOAUTH2 {_b64(token)}\r\n".encode(), secret=True)
+            if reply.code == 334:  # an error report in a challenge: answer empty to end it
+                reply = await self._command(b"\r\n")
+        if reply.code not in (235, 503):
+            raise AuthError(f"{s.endpoint} refused the login for {user}: {reply}")
+
+    async def _command(self, line: bytes, *, secret: bool = False) -> Reply:
+        assert self._writer is not None
+        self._trace("C: <redacted>" if secret else f"C: {line.decode('utf-8', 'replace').rstrip()}")
+        self._writer.write(line)
+        await self._writer.drain()
+        return await self._reply()
+
+    async def _reply(self) -> Reply:
+        while True:
+            replies = await self._replies_now()
+            if replies:
+                return replies[0]  # during the session set-up one reply answers one command
+
+    async def _replies_now(self) -> list[Reply]:
+        assert self._reader is not None
+        data = await asyncio.wait_for(self._reader.read(65536), self.settings.timeout)
+        if not data:
+            raise ConnectionResetError("the server closed the connection")
+        replies = self._replies.feed(data)
+        for reply in replies:
+            self._trace(f"S: {reply}")
+        return replies
+
+    async def _write(self, writes: list[Write]) -> None:
+        assert self._writer is not None
+        for write in writes:
+            if write.data:
+                self._trace(f"C: <message data, {len(write.data)} bytes>")
+                self._writer.write(write.data + write.after_data)
+                if write.after_data:
+                    self._trace(f"C: {write.after_data.decode('utf-8', 'replace').rstrip()}")
+            else:
+                self._trace(f"C: {write.commands.decode('utf-8', 'replace').rstrip()}")
+                self._writer.write(write.commands)
+        await self._writer.drain()
+
+    async def _drop(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    def _trace(self, line: str) -> None:
+        if _smtp_log.isEnabledFor(logging.DEBUG):
+            for part in line.split("\r\n"):
+                _smtp_log.debug("%s", part)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _b64line(text: str) -> bytes:
+    return (_b64(text) + "\r\n").encode()
+
+
+class AsyncGroupSender:
+    """Sends a group over an asyncio transport with the one reconnect policy (`Rounds`)."""
+
+    def __init__(self, transport: AsyncSmtpTransport) -> None:
+        self.transport = transport
+
+    async def send(self, messages: Sequence[Built]) -> list[Delivery]:
+        """A Delivery for every message; raises Stopped when the server stays away."""
+        rounds = Rounds(len(messages), None)
+        while rounds.todo:
+            if not self.transport.is_open:
+                if self.transport.connections == 0:
+                    await self.transport.open()  # the first: its error is the caller's
+                elif not await self.reconnect():
+                    raise Stopped(rounds.lost(self.transport.endpoint), rounds.results)
+            answers = await self.transport.send([messages[i] for i in rounds.todo])
+            if rounds.settle(answers):
+                raise Stopped(rounds.lost(self.transport.endpoint), rounds.results)
+        return rounds.deliveries()
+
+    async def reconnect(self) -> bool:
+        """Reconnect with backoff; False after RECONNECT_DELAYS failures in a row."""
+        for delay in RECONNECT_DELAYS:
+            log.warning("reconnecting to %s in %.0f s", self.transport.endpoint, delay)
+            await asyncio.sleep(delay)
+            try:
+                await self.transport.close()
+                await self.transport.open()
+                return True
+            except UnavailableError as exc:
+                log.warning("reconnecting failed: %s", exc)
+        return False
+
+
+def _deferred(stopped: Stopped, built: Sequence[Built]) -> list[Delivery]:
+    return [
+        result
+        if result is not None
+        else Delivery(DeliveryStatus.DEFERRED, message.message_id, reply=stopped.reason)
+        for result, message in zip(stopped.results, built, strict=True)
+    ]
+
+
+async def _build(mailer: Mailer, messages: Sequence[Message]) -> list[Built]:
+    """The messages built without blocking the loop.
+
+    What reads files (inline images given as paths, the DKIM key the first time) is done in a
+    thread. The rest is a fraction of a millisecond a message: it is done here, a few messages
+    at a time with the loop let through in between, since building in threads would only
+    contend for the GIL with the loop and delay it more.
+    """
+    if mailer.signer_pending():
+        await asyncio.to_thread(mailer.signer)
+    built: list[Built] = []
+    for start in range(0, len(messages), BUILD_SLICE):
+        part = messages[start : start + BUILD_SLICE]
+        if any(m.reads_files() for m in part):
+            built += await asyncio.to_thread(mailer.build, part)
+        else:
+            built += mailer.build(part)
+        if start + BUILD_SLICE < len(messages):
+            await asyncio.sleep(0)
+    return built
+
+
+def _transport(mailer: Mailer) -> AsyncSmtpTransport:
+    from mailcli.errors import ConfigError
+
+    if mailer.settings is None:
+        raise ConfigError(
+            "no SMTP server given",
+            hint="pass host= to Mailer, or use Mailer.from_profile() / Mailer.from_env()",
+        )
+    return AsyncSmtpTransport(mailer.settings, password=mailer.password_source())
+
+
+def _record(mailer: Mailer, built: Sequence[Built]) -> list[Delivery] | None:
+    """Inside record_messages() (or with an outbox): recorded, no socket; else None."""
+    outbox = mailer.recorder()
+    if outbox is None:
+        return None
+    results = OutboxTransport(outbox).send(built)
+    return [r for r in results if isinstance(r, Delivery)]
+
+
+class AsyncConnection:
+    """One connection of a Mailer for asyncio: `async with mailer.connect_async() as conn:`."""
+
+    def __init__(self, mailer: Mailer) -> None:
+        self.mailer = mailer
+        self.transport: AsyncSmtpTransport | None = None
+
+    async def __aenter__(self) -> AsyncConnection:
+        if self.mailer.recorder() is None:
+            self.transport = _transport(self.mailer)
+            await self.transport.open()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.transport is not None:
+            await self.transport.close()
+
+    @property
+    def connections(self) -> int:
+        """Connections opened so far (more than one after a reconnect)."""
+        return self.transport.connections if self.transport is not None else 0
+
+    async def send(self, message: Message) -> Delivery:
+        """Send one message; its outcome, refusals included, is data."""
+        return (await self.send_many([message]))[0]
+
+    async def send_many(self, messages: Sequence[Message]) -> list[Delivery]:
+        """Send messages in order, pipelined where offered: one Delivery for each."""
+        if not messages:
+            return []
+        built = await _build(self.mailer, messages)
+        recorded = _record(self.mailer, built)
+        if recorded is not None:
+            return recorded
+        assert self.transport is not None
+        try:
+            return await AsyncGroupSender(self.transport).send(built)
+        except Stopped as stopped:
+            return _deferred(stopped, built)
+
+
+class ConnectionPool:
+    """The connections concurrent `send_async` calls share (one pool per Mailer and loop)."""
+
+    def __init__(self, mailer: Mailer, size: int) -> None:
+        self.mailer = mailer
+        self.size = size
+        self.queue: asyncio.Queue[tuple[Message, asyncio.Future[Delivery]]] = asyncio.Queue()
+        self.workers: set[asyncio.Task[None]] = set()
+
+    async def send(self, message: Message) -> Delivery:
+        """Queue one (checked) message and wait for its Delivery; a worker builds it."""
+        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((message, future))
+        if len(self.workers) < self.size:
+            task = asyncio.create_task(self._work())
+            self.workers.add(task)
+            task.add_done_callback(self.workers.discard)
+        return await future
+
+    async def close(self) -> None:
+        """Stop the workers; their connections say QUIT."""
+        for task in list(self.workers):
+            task.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        transport = _transport(self.mailer)
+        try:
+            while True:
+                try:
+                    first = await asyncio.wait_for(self.queue.get(), POOL_IDLE_S)
+                except TimeoutError:
+                    return  # idle: let the connection go
+                batch = [first]
+                while len(batch) < BATCH and not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                await self._send(transport, batch)
+        finally:
+            await transport.close()
+
+    async def _send(
+        self,
+        transport: AsyncSmtpTransport,
+        queued: list[tuple[Message, asyncio.Future[Delivery]]],
+    ) -> None:
+        # Built here, a slice at a time, rather than by each caller: 200 calls made at once
+        # would otherwise all build in one turn of the loop.
+        batch: list[tuple[Built, asyncio.Future[Delivery]]] = []
+        for message, future in queued:
+            try:
+                (one,) = await _build(self.mailer, [message])
+            except MailcliError as exc:
+                future.set_exception(exc)
+                continue
+            batch.append((one, future))
+        built = [b for b, _ in batch]
+        if not built:
+            return
+        try:
+            deliveries = await AsyncGroupSender(transport).send(built)
+        except Stopped as stopped:
+            deliveries = _deferred(stopped, built)
+        except MailcliError as exc:  # the server cannot be reached, the login is refused
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), delivery in zip(batch, deliveries, strict=True):
+            if not future.done():
+                future.set_result(delivery)
+
+
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, ConnectionPool]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def pool_of(mailer: Mailer, size: int) -> ConnectionPool:
+    """The pool of `mailer` on the running event loop."""
+    pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
+    pool = pools.get(id(mailer))
+    if pool is None or pool.mailer is not mailer:
+        pool = pools[id(mailer)] = ConnectionPool(mailer, size)
+    return pool
+
+
+async def send_async(mailer: Mailer, message: Message) -> Delivery:
+    """`Mailer.send_async`: one message through the Mailer's pool on this loop."""
+    if mailer.recorder() is not None:
+        (built,) = await _build(mailer, [message])
+        recorded = _record(mailer, [built])
+        assert recorded is not None
+        return recorded[0]
+    message.check(mailer.default_sender)  # a bad header is raised here, before any connection
+    return await pool_of(mailer, mailer.max_connections).send(message)
+
+
+async def close_pool(mailer: Mailer) -> None:
+    """`Mailer.aclose`: close the Mailer's pooled connections on this loop."""
+    pools = _POOLS.get(asyncio.get_running_loop(), {})
+    pool = pools.pop(id(mailer), None)
+    if pool is not None:
+        await pool.close()
