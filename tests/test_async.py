@@ -212,3 +212,20 @@ def test_record_messages_applies_to_send_async() -> None:
         deliveries = asyncio.run(main())
     assert all(d.ok for d in deliveries)
     assert [m.subject for m in outbox] == ["Note 1", "Note 2", "Note 3"]
+
+
+def test_the_password_never_reaches_the_debug_log(
+    starttls_server: SmtpServer, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    import base64
+    import logging
+
+    mailer = mailcli.Mailer("localhost", starttls_server.port, "starttls", USER, PASSWORD)
+    with caplog.at_level(logging.DEBUG, logger="mailcli.smtp"):
+        asyncio.run(mailer.send_async(message(1)))
+        asyncio.run(mailer.aclose())
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "C: <redacted>" in logged and "C: <message data," in logged
+    plain = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    assert PASSWORD not in logged and plain not in logged
+    assert base64.b64encode(PASSWORD.encode()).decode() not in logged

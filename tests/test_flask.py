@@ -97,7 +97,7 @@ def mailcli_app(**config: Any) -> Any:
     from mailcli.flask import Mail
 
     app = Flask("mailcli_flask_test")
-    app.config.update(MAIL_DEFAULT_SENDER="Acme <news@acme.example>", **config)
+    app.config.update({"MAIL_DEFAULT_SENDER": "Acme <news@acme.example>", **config})
     return app, Mail(app)
 
 
@@ -179,3 +179,42 @@ def test_mail_use_tls_and_ssl_together_is_a_config_error() -> None:
 
     with pytest.raises(mailcli.ConfigError, match="not both"):
         mailcli_app(MAIL_USE_TLS=True, MAIL_USE_SSL=True)
+
+
+def test_mail_profile_takes_the_clis_profile(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailcli.flask import Message
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "profiles:\n"
+        f"  relay: {{host: 127.0.0.1, port: {smtp_server.port}, security: none,"
+        ' from: "Relay <relay@acme.example>"}\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("MAILCLI_CONFIG", str(config))
+    app, mail = mailcli_app(MAIL_PROFILE="relay", MAIL_DEFAULT_SENDER=None)
+    with app.app_context():
+        mail.send(Message("Via the profile", ["a@example.com"], "x"))
+    assert recorder.messages[0].message["From"] == "Relay <relay@acme.example>"
+
+
+def test_email_dispatched_fires_for_each_message_taken(
+    smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    from mailcli.flask import Message, email_dispatched
+
+    recorder.rcpt_replies["gone@example.com"] = "550 5.1.1 no such user"
+    app, mail = mailcli_app(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp_server.port)
+    seen: list[tuple[Any, str]] = []
+
+    def on_dispatch(sender: Any, message: Message, **extra: Any) -> None:
+        seen.append((sender, message.subject))
+
+    with email_dispatched.connected_to(on_dispatch), app.app_context(), mail.connect() as conn:
+        taken = conn.send(Message("taken", ["a@example.com"], "x"))
+        refused = conn.send(Message("refused", ["gone@example.com"], "x"))
+    assert taken is not None and taken.ok
+    assert refused is not None and refused.status.value == "failed"
+    assert seen == [(app, "taken")]
