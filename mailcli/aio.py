@@ -22,6 +22,7 @@ import base64
 import contextlib
 import hmac
 import logging
+import socket
 import ssl
 import weakref
 from collections.abc import Callable, Sequence
@@ -145,6 +146,26 @@ class AsyncSmtpTransport:
             check_envelope(message)
         if self._writer is None:
             return [NotSent("not connected") for _ in messages]
+        results: list[Result | None] = [None] * len(messages)
+        todo: list[int] = []
+        for index, message in enumerate(messages):
+            if message.smtputf8 and not self.smtputf8:
+                results[index] = Delivery(
+                    DeliveryStatus.FAILED,
+                    message.message_id,
+                    reply=f"{message.rcpt_to[0]}: an address that needs a server with SMTPUTF8, "
+                    f"which {self.endpoint} does not offer",
+                )
+            else:
+                todo.append(index)
+        sent = await self._transactions([messages[i] for i in todo])
+        for index, result in zip(todo, sent, strict=True):
+            results[index] = result
+        return [r for r in results if r is not None]
+
+    async def _transactions(self, messages: Sequence[Built]) -> list[Result]:
+        if not messages:
+            return []
         core = Transactions(
             messages, lambda m: mail_options(m, self.extensions), pipelining=self.pipelining
         )
@@ -158,6 +179,11 @@ class AsyncSmtpTransport:
         except (OSError, TimeoutError, ProtocolError) as exc:
             await self._drop()
             outcomes = core.abandon(os_reason(exc))
+        except BaseException:
+            # Cancelled (or worse) mid-transaction: replies are still on their way, and the
+            # next command would be answered by them. The connection cannot be used again.
+            self._abort()
+            raise
         else:
             if core.closing is not None:
                 await self._drop()
@@ -178,7 +204,7 @@ class AsyncSmtpTransport:
     # -- the session -----------------------------------------------------------------------
 
     async def _ehlo(self) -> None:
-        name = self.settings.local_hostname or "localhost"
+        name = self.settings.local_hostname or socket.gethostname()
         reply = await self._command(f"EHLO {name}\r\n".encode())
         if reply.code != 250:
             raise UnavailableError(f"{self.endpoint} refused EHLO: {reply}")
@@ -197,6 +223,10 @@ class AsyncSmtpTransport:
         reply = await self._command(b"STARTTLS\r\n")
         if reply.code != 220:
             raise UnavailableError(f"{self.endpoint} refused STARTTLS: {reply}")
+        if self._replies.pending:
+            # Bytes after the 220, before the TLS handshake, would be read as if they had come
+            # over TLS (STARTTLS command injection): refuse the session.
+            raise UnavailableError(f"{self.endpoint} sent data after its STARTTLS reply")
         assert self._writer is not None and self._tls is not None
         await asyncio.wait_for(
             self._writer.start_tls(self._tls, server_hostname=self.settings.host),
@@ -246,7 +276,7 @@ class AsyncSmtpTransport:
         assert self._writer is not None
         self._trace("C: <redacted>" if secret else f"C: {line.decode('utf-8', 'replace').rstrip()}")
         self._writer.write(line)
-        await self._writer.drain()
+        await asyncio.wait_for(self._writer.drain(), self.settings.timeout)
         return await self._reply()
 
     async def _reply(self) -> Reply:
@@ -276,7 +306,13 @@ class AsyncSmtpTransport:
             else:
                 self._trace(f"C: {write.commands.decode('utf-8', 'replace').rstrip()}")
                 self._writer.write(write.commands)
-        await self._writer.drain()
+        # A server that stops reading must not hang the sender: the timeout bounds this too.
+        await asyncio.wait_for(self._writer.drain(), self.settings.timeout)
+
+    def _abort(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is not None:
+            writer.close()
 
     async def _drop(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
@@ -312,8 +348,13 @@ class AsyncGroupSender:
             if not self.transport.is_open:
                 if self.transport.connections == 0:
                     await self.transport.open()  # the first: its error is the caller's
-                elif not await self.reconnect():
-                    raise Stopped(rounds.lost(self.transport.endpoint), rounds.results)
+                else:
+                    try:
+                        regained = await self.reconnect()
+                    except MailcliError as exc:  # the login refused on the new connection
+                        raise Stopped(str(exc), rounds.results, exc) from exc
+                    if not regained:
+                        raise Stopped(rounds.lost(self.transport.endpoint), rounds.results)
             answers = await self.transport.send([messages[i] for i in rounds.todo])
             if rounds.settle(answers):
                 raise Stopped(rounds.lost(self.transport.endpoint), rounds.results)
@@ -450,10 +491,13 @@ class ConnectionPool:
         return await future
 
     async def close(self) -> None:
-        """Stop the workers; their connections say QUIT."""
+        """Stop the workers (their connections say QUIT); what still waits is cancelled."""
         for task in list(self.workers):
             task.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
+        while not self.queue.empty():
+            _, future = self.queue.get_nowait()
+            future.cancel()
 
     async def _work(self) -> None:
         transport = _transport(self.mailer)
@@ -462,7 +506,10 @@ class ConnectionPool:
                 try:
                     first = await asyncio.wait_for(self.queue.get(), POOL_IDLE_S)
                 except TimeoutError:
-                    return  # idle: let the connection go
+                    # Idle: let the connection go. Out of the pool first, so that a message
+                    # queued while it says QUIT starts a worker of its own.
+                    self.workers.discard(asyncio.current_task())
+                    return
                 batch = [first]
                 while len(batch) < BATCH and not self.queue.empty():
                     batch.append(self.queue.get_nowait())
@@ -477,29 +524,49 @@ class ConnectionPool:
     ) -> None:
         # Built here, a slice at a time, rather than by each caller: 200 calls made at once
         # would otherwise all build in one turn of the loop.
-        batch: list[tuple[Built, asyncio.Future[Delivery]]] = []
-        for message, future in queued:
-            try:
-                (one,) = await _build(self.mailer, [message])
-            except MailcliError as exc:
-                future.set_exception(exc)
-                continue
-            batch.append((one, future))
-        built = [b for b, _ in batch]
-        if not built:
-            return
+        futures = [future for _, future in queued]
         try:
-            deliveries = await AsyncGroupSender(transport).send(built)
-        except Stopped as stopped:
-            deliveries = _deferred(stopped, built)
+            batch: list[tuple[Built, asyncio.Future[Delivery]]] = []
+            for message, future in queued:
+                try:
+                    (one,) = await _build(self.mailer, [message])
+                except MailcliError as exc:
+                    _settle(future, exc)
+                    continue
+                batch.append((one, future))
+            built = [b for b, _ in batch]
+            if not built:
+                return
+            try:
+                deliveries = await AsyncGroupSender(transport).send(built)
+            except Stopped as stopped:
+                deliveries = _deferred(stopped, built)
+            for (_, future), delivery in zip(batch, deliveries, strict=True):
+                _settle(future, delivery)
         except MailcliError as exc:  # the server cannot be reached, the login is refused
-            for _, future in batch:
+            for future in futures:
+                _settle(future, exc)
+        except BaseException as exc:
+            # Cancelled, or a bug: no caller may wait forever.
+            for future in futures:
                 if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), delivery in zip(batch, deliveries, strict=True):
-            if not future.done():
-                future.set_result(delivery)
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(
+                            MailcliError(f"sending failed: {exc.__class__.__name__}: {exc}")
+                        )
+            raise
+
+
+def _settle(future: asyncio.Future[Delivery], outcome: Delivery | MailcliError) -> None:
+    """Resolve a caller's future unless it is done already (the caller gave up)."""
+    if future.done():
+        return
+    if isinstance(outcome, MailcliError):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 _POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, ConnectionPool]] = (
@@ -523,7 +590,12 @@ async def send_async(mailer: Mailer, message: Message) -> Delivery:
         recorded = _record(mailer, [built])
         assert recorded is not None
         return recorded[0]
-    message.check(mailer.default_sender)  # a bad header is raised here, before any connection
+    # A bad header is raised here, before any connection; checking inline images given as
+    # paths reads the files, so that part goes to a thread.
+    if message.reads_files():
+        await asyncio.to_thread(message.check, mailer.default_sender)
+    else:
+        message.check(mailer.default_sender)
     return await pool_of(mailer, mailer.max_connections).send(message)
 
 

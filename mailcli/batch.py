@@ -311,6 +311,10 @@ class _Run:
         except Stopped as exc:
             log.warning("run stopped: %s", exc.reason)
             self.summary.error = exc.reason
+            if exc.error is not None:
+                self.state.flush()
+                self.summary.pending = self.rows.count_left()
+                raise exc.error from None  # its own exit code (77 for a refused login)
         except KeyboardInterrupt:
             # A second signal: whatever was in flight stays 'unknown'; the rest is recorded.
             self.summary.error = "interrupted"

@@ -255,6 +255,18 @@ class Message:
     def _headers_safe(self) -> None:
         """CR or LF anywhere a header is made from: BadHeaderError, naming where."""
         values: list[tuple[str, str]] = [("subject", self.subject)]
+        if self.message_id is not None:
+            if not isinstance(self.message_id, str):
+                raise TypeError(f"Message message_id must be str, not {self.message_id!r}")
+            values.append(("message_id", self.message_id))
+            inner = self.message_id.strip()
+            shaped = inner.startswith("<") and inner.endswith(">") and "@" in inner
+            if (
+                "\r" not in inner
+                and "\n" not in inner
+                and (not shaped or any(c in inner[1:-1] for c in "<> \t"))
+            ):
+                raise DataError(f"message_id {self.message_id!r} is not of the form <left@right>")
         if self.list_id is not None:
             values.append(("list_id", self.list_id))
         values += [("unsubscribe", t) for t in _targets(self.unsubscribe)]

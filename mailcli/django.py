@@ -15,10 +15,11 @@ Install with `pip install 'mailcli[django]'`.
 
 from __future__ import annotations
 
+import mimetypes
 import threading
 from collections.abc import Sequence
 from email.mime.base import MIMEBase
-from email.utils import parseaddr
+from email.utils import formataddr, getaddresses, parseaddr
 from typing import Any
 
 from django.conf import settings
@@ -30,6 +31,7 @@ from mailcli.compose import Attachment, Message
 from mailcli.errors import BadHeaderError as MailcliBadHeaderError
 from mailcli.errors import ConfigError, MailcliError
 from mailcli.mailer import Connection, Mailer
+from mailcli.message import smtp_address
 
 __all__ = ["BadHeaderError", "EmailBackend", "to_message"]
 
@@ -115,7 +117,14 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]
             if self.connection is None:
                 return 0  # failed silently
             try:
-                deliveries = self.connection.send_many(converted)
+                built = self.mailer.build(converted)
+                # The envelope sender is `from_email` even when a From header replaces the
+                # one written (Django's SMTP backend sends it so).
+                built = [
+                    b._replace(mail_from=_envelope_sender(m, b.mail_from))
+                    for m, b in zip(messages, built, strict=True)
+                ]
+                deliveries = self.connection.deliver(built)
             except MailcliError:
                 if not self.fail_silently:
                     raise
@@ -137,27 +146,41 @@ def to_message(email: EmailMessage) -> Message:
 
 
 def _convert(email: EmailMessage) -> Message:
+    # Header names are case-insensitive; Django matches them so too.
     headers = dict(email.extra_headers)
-    # Django lets extra_headers replace From, To, Cc and Reply-To as written in the message;
-    # the envelope stays to + cc + bcc, as Django's SMTP backend sends it.
-    sender = headers.pop("From", None) or email.from_email
-    headers.pop("To", None)
-    headers.pop("Cc", None)
-    reply_to = headers.pop("Reply-To", None) or (", ".join(email.reply_to) or None)
-    message_id = headers.pop("Message-ID", None)
-    headers.pop("Date", None)  # mailcli writes the Date of the moment it builds
+    special = {k.lower(): k for k in headers}
+
+    def take(name: str) -> str | None:
+        key = special.pop(name.lower(), None)
+        return str(headers.pop(key)) if key is not None else None
+
+    for name in ("To", "Cc"):
+        if name.lower() in special:
+            raise ConfigError(
+                f"mailcli.django: a {name} header in `headers` cannot be sent (mailcli writes "
+                f"{name} from the message's `{name.lower()}` list)"
+            )
+    # A From header replaces the one written; the envelope sender stays `from_email`, as with
+    # Django's SMTP backend (see EmailBackend.send_messages).
+    sender = take("From") or email.from_email
+    reply_to = take("Reply-To") or (", ".join(email.reply_to) or None)
+    message_id = take("Message-ID")
+    take("Date")  # mailcli writes the Date of the moment it builds
     body: str | None = email.body
     html: str | None = None
     if email.content_subtype == "html":
         body, html = None, email.body
     for alternative in getattr(email, "alternatives", []):
         content, mimetype = alternative[0], alternative[1]
+        text = content if isinstance(content, str) else bytes(content).decode("utf-8")
         if mimetype == "text/html" and html is None:
-            html = content if isinstance(content, str) else content.decode("utf-8")
+            html = text
+        elif mimetype == "text/plain" and body is None:
+            body = text
         else:
             raise ConfigError(
                 f"mailcli.django: an alternative of type {mimetype} cannot be sent "
-                "(text/plain and one text/html part are)"
+                "(one text/plain and one text/html part can)"
             )
     message = Message(
         str(email.subject),
@@ -176,18 +199,31 @@ def _convert(email: EmailMessage) -> Message:
 
 
 def _first_address(value: str | None) -> str | None:
-    # mailcli writes one Reply-To address; Django allows a list.
-    if not value:
-        return None
-    name, addr = parseaddr(value.split(",")[0])
-    return f"{name} <{addr}>" if name else addr
+    # mailcli writes one Reply-To address; Django allows a list (quoted names may hold commas).
+    found = [(name, addr) for name, addr in getaddresses([value or ""]) if addr]
+    if not found:
+        return value or None
+    name, addr = found[0]
+    return formataddr((name, addr)) if name else addr  # quotes a name that needs it
 
 
 def _attachment(item: Any) -> Attachment:
     if isinstance(item, MIMEBase):
+        if item.is_multipart():
+            raise ConfigError(
+                "mailcli.django: a multipart MIMEBase attachment cannot be sent; attach its "
+                "parts, or the message as message/rfc822 bytes"
+            )
         payload = item.get_payload(decode=True)
         data = payload if isinstance(payload, bytes) else str(item.get_payload()).encode()
         return Attachment(item.get_filename() or "attachment", item.get_content_type(), data)
     filename, content, mimetype = item[0], item[1], item[2]
     data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+    if not mimetype and filename:
+        mimetype = mimetypes.guess_type(filename)[0]  # as Django does
     return Attachment(filename or "attachment", mimetype or "application/octet-stream", data)
+
+
+def _envelope_sender(email: EmailMessage, written: str) -> str:
+    addr = parseaddr(str(email.from_email or ""))[1]
+    return smtp_address(addr) if addr else written

@@ -156,8 +156,13 @@ class Message(compose.Message):
 
     @property
     def msgId(self) -> str | None:
-        """The Message-ID (known once the message has been built or sent)."""
+        """The Message-ID: the one the application set, else mailcli's (on the sender's
+        domain), known once the message has been built or sent."""
         return self.message_id
+
+    @msgId.setter
+    def msgId(self, value: str | None) -> None:
+        self.message_id = value
 
     def attach(  # type: ignore[override]
         self,
@@ -208,6 +213,9 @@ class Message(compose.Message):
 
     def _core(self) -> compose.Message:
         inline = {a.content_id: a for a in self.attachments if a.content_id}
+        headers, message_id, unsubscribe, list_id = _own_headers(
+            self.extra_headers, self.message_id, self.unsubscribe, self.list_id
+        )
         core = compose.Message(
             self.subject,
             self.recipients,
@@ -220,16 +228,42 @@ class Message(compose.Message):
             self.reply_to,
             self.date,
             None,
-            self.extra_headers,
+            headers,
             inline_images={
                 cid: a.data if isinstance(a.data, bytes) else a.data.encode()
                 for cid, a in inline.items()
             },
-            unsubscribe=self.unsubscribe,
-            list_id=self.list_id,
+            unsubscribe=unsubscribe,
+            list_id=list_id,
         )
-        core.message_id = self.message_id
+        core.message_id = message_id
         return core
+
+
+def _own_headers(
+    extra: Mapping[str, str] | None,
+    message_id: str | None,
+    unsubscribe: str | Sequence[str] | None,
+    list_id: str | None,
+) -> tuple[dict[str, str], str | None, str | Sequence[str] | None, str | None]:
+    """Flask-Mail applications set some headers through `extra_headers` that mailcli writes
+    itself: Message-ID, List-Unsubscribe (and -Post), List-Id and Date are taken from there."""
+    headers: dict[str, str] = {}
+    for name, value in (extra or {}).items():
+        key = name.lower()
+        if key == "message-id" and isinstance(value, str):
+            message_id = value
+        elif key == "list-unsubscribe" and isinstance(value, str):
+            unsubscribe = [t.strip().strip("<>") for t in value.split(",") if t.strip()]
+        elif key == "list-unsubscribe-post":
+            pass  # mailcli writes it whenever the unsubscribe target is https
+        elif key == "list-id" and isinstance(value, str):
+            list_id = value
+        elif key == "date":
+            pass  # the moment the message is built (or `date=`)
+        else:
+            headers[name] = value
+    return headers, message_id, unsubscribe, list_id
 
 
 class _State:
@@ -259,6 +293,11 @@ class _State:
     def mailer(self) -> Mailer:
         """The mailcli Mailer of this configuration, made on first use."""
         if self._mailer is None:
+            if self.suppress:
+                # Nothing is sent: no server, profile or password is needed (a test machine
+                # has none); the messages are still built, so a bad one fails here too.
+                self._mailer = Mailer(outbox=True, default_sender=self.default_sender)
+                return self._mailer
             if self.profile is not None:
                 mailer = Mailer.from_profile(self.profile)
                 mailer.default_sender = self.default_sender or mailer.default_sender
@@ -320,15 +359,25 @@ class Connection:
             mail_from = compose.Message._mailbox(envelope_from, "envelope_from").addr
             built = [b._replace(mail_from=mail_from) for b in built]
         results: list[Delivery | None] = []
-        chunk = int(self.state.max_emails or len(built) or 1)
-        for start in range(0, len(built), chunk):
-            part = built[start : start + chunk]
+        limit = int(self.state.max_emails or 0)
+        start = 0
+        while start < len(built):
+            if limit and self.num_emails >= limit:
+                # MAIL_MAX_EMAILS: a new connection after that many messages (servers that
+                # limit messages per session), opened when the next one is sent.
+                self.num_emails = 0
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection.transport.open()
+            room = limit - self.num_emails if limit else len(built)
+            part = built[start : start + room]
             if self._connection is None:
                 results.extend([None] * len(part))
             else:
                 results.extend(self._connection.deliver(part))
-            self._dispatched(messages[start : start + chunk], results[start:])
-            self._count(len(part))
+            self._dispatched(messages[start : start + len(part)], results[start:])
+            self.num_emails += len(part)
+            start += len(part)
         return results
 
     def send_message(self, *args: Any, **kwargs: Any) -> Delivery | None:
@@ -340,16 +389,6 @@ class Connection:
         for message, delivery in zip(messages, results, strict=True):
             if delivery is None or delivery.ok:  # suppressed, or taken by the server
                 email_dispatched.send(app, message=message)
-
-    def _count(self, sent: int) -> None:
-        # MAIL_MAX_EMAILS: a new connection after that many messages (servers that limit
-        # messages per session).
-        self.num_emails += sent
-        if self.state.max_emails and self.num_emails >= int(self.state.max_emails):
-            self.num_emails = 0
-            if self._connection is not None:
-                self._connection.close()
-                self._connection.transport.open()
 
 
 class Mail:

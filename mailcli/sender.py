@@ -27,10 +27,15 @@ class Stopped(Exception):
     handed over (safe to send later).
     """
 
-    def __init__(self, reason: str, results: list[Delivery | None]) -> None:
+    def __init__(
+        self, reason: str, results: list[Delivery | None], error: MailcliError | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.results = results
+        # What stopped it when that was an error of its own (a login refused on reconnect):
+        # the caller may raise it once it has recorded what was sent.
+        self.error = error
 
 
 class GroupSender:
@@ -63,8 +68,13 @@ class GroupSender:
         while rounds.todo:
             if self.stop():
                 raise Stopped("stopped by a signal", rounds.results)
-            if not self.transport.is_open and not self.reconnect():
-                raise Stopped(rounds.lost(self.transport.endpoint), rounds.results)
+            if not self.transport.is_open:
+                try:
+                    regained = self.reconnect()
+                except MailcliError as exc:  # e.g. the login refused on the new connection
+                    raise Stopped(str(exc), rounds.results, exc) from exc
+                if not regained:
+                    raise Stopped(rounds.lost(self.transport.endpoint), rounds.results)
             try:
                 answers = self.transport.send(
                     [messages[i] for i in rounds.todo], pace=pace, idle=idle, cancel=self.stop

@@ -85,6 +85,11 @@ class ReplyReader:
         self._buffer = b""
         self._lines: list[str] = []
 
+    @property
+    def pending(self) -> bool:
+        """Bytes received that are not a complete reply yet."""
+        return bool(self._buffer or self._lines)
+
     def feed(self, data: bytes) -> list[Reply]:
         """Every reply completed by `data` (a partial one waits for more)."""
         self._buffer += data
@@ -155,7 +160,7 @@ class Transactions:
         """Account for one reply; what to write next (often nothing)."""
         kind, index, rcpt = self._expect.popleft()
         txn = self.txns[index]
-        if reply.code == 421 and kind != "rset" and kind != "discard":
+        if reply.code == 421 and kind != "discard":
             if kind == "end":
                 self.results[index] = Outcome(reply, tuple(txn.accepted), txn.refused)
             self.closing = reply
@@ -171,6 +176,10 @@ class Transactions:
                 return self._refuse(index, reply)
             return self._release()
         if kind == "rcpt":
+            if txn.mail is not None and txn.mail.code != 250:
+                # Pipelined behind a refused MAIL: the server answers 503 to each RCPT, which
+                # says nothing about the recipient; the MAIL reply decides (a 451 stays 4xx).
+                return self._release()
             if reply.code in (250, 251):
                 txn.accepted.append(rcpt)
             else:

@@ -229,3 +229,40 @@ def test_the_password_never_reaches_the_debug_log(
     plain = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
     assert PASSWORD not in logged and plain not in logged
     assert base64.b64encode(PASSWORD.encode()).decode() not in logged
+
+
+def test_a_send_cancelled_mid_transaction_does_not_confuse_the_next(
+    smtp_server: SmtpServer, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timeout around conn.send drops that connection: the next send goes over a new one
+    and gets its own replies, not the late ones of the cancelled transaction."""
+    monkeypatch.setattr("mailcli.aio.RECONNECT_DELAYS", (0.0, 0.0, 0.0))
+    recorder.stall_data = lambda env: 1.0 if "r0@example.com" in env.rcpt_tos else 0.0
+    mailer = mailcli.Mailer("127.0.0.1", smtp_server.port, "none", timeout=10)
+
+    async def main() -> mailcli.Delivery:
+        async with mailer.connect_async() as conn:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(conn.send(message(0)), 0.3)
+            return await conn.send(message(1))
+
+    second = asyncio.run(main())
+    assert second.ok and second.recipients == ("r1@example.com",)
+    assert [m.rcpt_tos for m in recorder.messages] == [["r1@example.com"]]
+
+
+def test_aclose_while_sends_wait_cancels_them_rather_than_hanging(
+    smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    recorder.stall_data = lambda env: 2.0
+    mailer = mailcli.Mailer("127.0.0.1", smtp_server.port, "none", timeout=10, max_connections=1)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.create_task(mailer.send_async(message(n))) for n in range(10)]
+        await asyncio.sleep(0.3)
+        await mailer.aclose()
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+
+    outcomes = asyncio.run(main())
+    assert len(outcomes) == 10
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)

@@ -182,3 +182,46 @@ def test_the_locmem_backend_is_django_s_own_for_tests() -> None:
         mail.outbox = []
         mail.send_mail("Kept", "x", None, ["a@example.com"])
         assert [m.subject for m in mail.outbox] == ["Kept"]
+
+
+def test_django_header_overrides_and_reply_to_lists(
+    smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    message = mail.EmailMessage(
+        "Hi",
+        "x",
+        "bounces@acme.example",
+        ["ann@example.com"],
+        reply_to=['"Doe, John" <john@example.com>', "other@example.com"],
+        headers={"from": "Acme <news@acme.example>", "message-id": "<chosen@acme.example>"},
+    )
+    with at(smtp_server):
+        assert message.send() == 1
+    received = recorder.messages[0]
+    parsed = received.message
+    assert received.mail_from == "bounces@acme.example"  # the envelope stays from_email
+    assert parsed["From"] == "Acme <news@acme.example>"
+    assert parsed["Message-ID"] == "<chosen@acme.example>"
+    assert parsed["Reply-To"] == '"Doe, John" <john@example.com>'
+
+
+def test_a_message_id_header_with_a_line_break_is_refused(
+    smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    message = mail.EmailMessage(
+        "Hi", "x", to=["a@example.com"], headers={"Message-ID": "<a@b>\r\nBcc: evil@x.example"}
+    )
+    with at(smtp_server), pytest.raises(mail.BadHeaderError):
+        message.send()
+    assert recorder.peers == []
+
+
+def test_an_html_body_with_a_text_alternative(smtp_server: SmtpServer, recorder: Recorder) -> None:
+    message = mail.EmailMultiAlternatives("Hi", "<p>Hello</p>", to=["a@example.com"])
+    message.content_subtype = "html"
+    message.attach_alternative("Hello, in text", "text/plain")
+    with at(smtp_server):
+        assert message.send() == 1
+    parsed = recorder.messages[0].message
+    assert parsed.get_body(("plain",)).get_content().strip() == "Hello, in text"
+    assert parsed.get_body(("html",)).get_content().strip() == "<p>Hello</p>"

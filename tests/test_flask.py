@@ -218,3 +218,39 @@ def test_email_dispatched_fires_for_each_message_taken(
     assert taken is not None and taken.ok
     assert refused is not None and refused.status.value == "failed"
     assert seen == [(app, "taken")]
+
+
+def test_flask_mail_style_headers_and_msgid_are_honoured(
+    smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    from mailcli.flask import Message
+
+    app, mail = mailcli_app(MAIL_SERVER="127.0.0.1", MAIL_PORT=smtp_server.port)
+    with app.app_context():
+        msg = Message(
+            "News",
+            ["a@example.com"],
+            "x",
+            extra_headers={
+                "List-Unsubscribe": "<https://acme.example/u/1>, <mailto:u@acme.example>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                "X-Campaign": "spring",
+            },
+        )
+        msg.msgId = "<chosen@acme.example>"
+        mail.send(msg)
+    parsed = recorder.messages[0].message
+    assert parsed["Message-ID"] == "<chosen@acme.example>"
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "https://acme.example/u/1" in parsed["List-Unsubscribe"]
+    assert parsed["X-Campaign"] == "spring"
+
+
+def test_under_testing_a_missing_profile_does_not_matter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailcli.flask import Message
+
+    monkeypatch.setenv("MAILCLI_CONFIG", "/nonexistent/config.yaml")
+    app, mail = mailcli_app(TESTING=True, MAIL_PROFILE="production")
+    with app.app_context(), mail.record_messages() as outbox:
+        assert mail.send(Message("x", ["a@example.com"], "x")) is None
+    assert len(outbox) == 1

@@ -780,3 +780,30 @@ def test_the_sandbox_really_delivers_even_while_recording(tmp_path: Path) -> Non
         summary = mailcli.send_campaign(files.yaml, sandbox=tmp_path / "box")
     assert summary.sent == 3 and summary.transport == "smtp" and outbox == []
     assert len(list((tmp_path / "box").glob("*.eml"))) == 3
+
+
+def test_a_temporary_mail_from_refusal_stays_deferred_when_pipelining(
+    smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """Behind a refused MAIL the server answers 503 to RCPT and DATA; the MAIL reply decides."""
+    recorder.pipelining = True
+    recorder.mail_reply = lambda n: "451 4.3.2 try again later" if n == 0 else None
+    mailer = mailer_for(smtp_server, default_sender=SENDER)
+    first = mailer.send(mailcli.Message("a", ["a@example.com"], "x"))
+    assert (first.status, first.code) == (mailcli.DeliveryStatus.DEFERRED, 451)
+    recorder.mail_reply = lambda n: "550 5.7.1 sender refused"
+    with mailer.connect() as conn:
+        both = conn.send_many([mailcli.Message(s, ["b@example.com"], "x") for s in "bc"])
+    assert [(d.status.value, d.code) for d in both] == [("failed", 550), ("failed", 550)]
+
+
+def test_a_message_id_with_a_line_break_is_bad_header_error() -> None:
+    msg = mailcli.Message("x", ["a@example.com"], "x", sender=SENDER)
+    msg.message_id = "<a@b.example>\r\nBcc: evil@example.com"
+    with pytest.raises(mailcli.BadHeaderError):
+        msg.as_bytes()
+    msg.message_id = "not-an-id"
+    with pytest.raises(mailcli.DataError, match="<left@right>"):
+        msg.as_bytes()
+    msg.message_id = "<given@acme.example>"
+    assert parse(msg.as_bytes())["Message-ID"] == "<given@acme.example>"
