@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from mailcli.delivery import Delivery, DeliveryStatus, NotSent, Result
+from mailcli.delivery import Delivery, DeliveryStatus, NotSent, Result, without_smtputf8
 from mailcli.envelope import Built, check_envelope
 from mailcli.errors import AuthError, MailcliError, UnavailableError
 from mailcli.outbox import OutboxTransport
@@ -146,18 +146,8 @@ class AsyncSmtpTransport:
             check_envelope(message)
         if self._writer is None:
             return [NotSent("not connected") for _ in messages]
-        results: list[Result | None] = [None] * len(messages)
-        todo: list[int] = []
-        for index, message in enumerate(messages):
-            if message.smtputf8 and not self.smtputf8:
-                results[index] = Delivery(
-                    DeliveryStatus.FAILED,
-                    message.message_id,
-                    reply=f"{message.rcpt_to[0]}: an address that needs a server with SMTPUTF8, "
-                    f"which {self.endpoint} does not offer",
-                )
-            else:
-                todo.append(index)
+        failed, todo = without_smtputf8(messages, self.smtputf8, self.endpoint)
+        results: list[Result | None] = list(failed)
         sent = await self._transactions([messages[i] for i in todo])
         for index, result in zip(todo, sent, strict=True):
             results[index] = result

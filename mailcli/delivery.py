@@ -122,6 +122,28 @@ def replied(
     )
 
 
+def without_smtputf8(
+    messages: Sequence[Built], supported: bool, endpoint: str
+) -> tuple[list[Delivery | None], list[int]]:
+    """Where the server lacks SMTPUTF8, a message whose addresses need it fails at once, unsent.
+
+    Returns a Delivery for each of those (None for the others) and the indexes of the others.
+    """
+    results: list[Delivery | None] = [None] * len(messages)
+    todo: list[int] = []
+    for index, message in enumerate(messages):
+        if message.smtputf8 and not supported:
+            results[index] = Delivery(
+                DeliveryStatus.FAILED,
+                message.message_id,
+                reply=f"{message.rcpt_to[0]}: an address that needs a server with SMTPUTF8, "
+                f"which {endpoint} does not offer",
+            )
+        else:
+            todo.append(index)
+    return results, todo
+
+
 Pace = Callable[[], object]
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from mailcli.campaign import SECURITY_MODES, DkimConfig, SmtpConfig
 from mailcli.compose import Address, Message
-from mailcli.delivery import Delivery, DeliveryStatus, Transport
+from mailcli.delivery import Delivery, DeliveryStatus, Transport, without_smtputf8
 from mailcli.envelope import Built
 from mailcli.errors import ConfigError
 from mailcli.outbox import Outbox, OutboxTransport, recording, suppressed_by_env
@@ -326,18 +326,7 @@ class Connection:
 
     def deliver(self, built: Sequence[Built]) -> list[Delivery]:
         """Send finished messages (see `Mailer.build`); one Delivery for each, in order."""
-        results: list[Delivery | None] = [None] * len(built)
-        todo: list[int] = []
-        for index, message in enumerate(built):
-            if message.smtputf8 and not self.transport.smtputf8:
-                results[index] = Delivery(
-                    DeliveryStatus.FAILED,
-                    message.message_id,
-                    reply=f"{message.rcpt_to[0]}: an address that needs a server with SMTPUTF8, "
-                    f"which {self.transport.endpoint} does not offer",
-                )
-            else:
-                todo.append(index)
+        results, todo = without_smtputf8(built, self.transport.smtputf8, self.transport.endpoint)
         sender = GroupSender(self.transport, sleep=self.sleep)
         try:
             sent = sender.send([built[i] for i in todo])

@@ -266,3 +266,20 @@ def test_aclose_while_sends_wait_cancels_them_rather_than_hanging(
     outcomes = asyncio.run(main())
     assert len(outcomes) == 10
     assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+
+
+def test_an_address_that_needs_smtputf8_fails_alone_without_it(recorder: Recorder) -> None:
+    async def main(port: int) -> list[mailcli.Delivery]:
+        mailer = mailcli.Mailer("127.0.0.1", port, "none", timeout=10, default_sender=SENDER)
+        async with mailer.connect_async() as conn:
+            return await conn.send_many(
+                [
+                    mailcli.Message("a", ["ann@example.com"], "x"),
+                    mailcli.Message("b", ["jörg@example.com"], "x"),
+                ]
+            )
+
+    with SmtpServer(recorder, enable_SMTPUTF8=False) as server:
+        plain, utf8 = asyncio.run(main(server.port))
+    assert plain.ok and utf8.status is mailcli.DeliveryStatus.FAILED and "SMTPUTF8" in utf8.reply
+    assert recorder.recipients() == ["ann@example.com"]
