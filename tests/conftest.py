@@ -374,3 +374,17 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MAILCLI_CONFIG", str(tmp_path / "no-config.yaml"))
+
+
+def relay_profile(tmp_path: Path, server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A config file with the profile `relay` (plain SMTP to `server`, from Relay
+    <relay@acme.example>), in force through MAILCLI_CONFIG."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "profiles:\n"
+        f"  relay: {{host: 127.0.0.1, port: {server.port}, security: none,"
+        ' from: "Relay <relay@acme.example>"}\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("MAILCLI_CONFIG", str(config))
+    return config

@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, USER, Recorder
+from conftest import PASSWORD, USER, Recorder, relay_profile
 
 from mailcli.sandbox import SmtpServer
 
@@ -186,14 +186,7 @@ def test_mail_profile_takes_the_clis_profile(
 ) -> None:
     from mailcli.flask import Message
 
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "profiles:\n"
-        f"  relay: {{host: 127.0.0.1, port: {smtp_server.port}, security: none,"
-        ' from: "Relay <relay@acme.example>"}\n',
-        encoding="utf-8",
-    )
-    monkeypatch.setenv("MAILCLI_CONFIG", str(config))
+    relay_profile(tmp_path, smtp_server, monkeypatch)
     app, mail = mailcli_app(MAIL_PROFILE="relay", MAIL_DEFAULT_SENDER=None)
     with app.app_context():
         mail.send(Message("Via the profile", ["a@example.com"], "x"))

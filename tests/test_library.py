@@ -22,6 +22,7 @@ from conftest import (
     Recorder,
     make_campaign,
     many_rows,
+    relay_profile,
 )
 
 import mailcli
@@ -283,14 +284,7 @@ def test_no_password_source_is_a_config_error_not_a_prompt(
 def test_from_profile_and_from_env(
     tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "profiles:\n"
-        f"  relay: {{host: 127.0.0.1, port: {smtp_server.port}, security: none,"
-        ' from: "Relay <relay@acme.example>"}\n',
-        encoding="utf-8",
-    )
-    monkeypatch.setenv("MAILCLI_CONFIG", str(config))
+    relay_profile(tmp_path, smtp_server, monkeypatch)
     mailer = mailcli.Mailer.from_profile("relay")
     assert mailer.default_sender == "Relay <relay@acme.example>"
     assert mailer.send(mailcli.Message("p", ["a@example.com"], "x")).ok
