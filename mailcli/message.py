@@ -42,18 +42,10 @@ DKIM_HEADERS = (
 )
 # Signed one time more than they occur (RFC 6376 5.4.2, 8.15): the extra entry signs "no further
 # instance", so a replayed message cannot gain a second From or Subject, which many readers
-# would show instead of the signed one, or a Reply-To or list header it never had.
-DKIM_OVERSIGN = (
-    b"From",
-    b"To",
-    b"Cc",
-    b"Reply-To",
-    b"Subject",
-    b"Date",
-    b"Message-ID",
-    b"List-Unsubscribe",
-    b"List-Unsubscribe-Post",
-    b"List-Id",
+# would show instead of the signed one, or a Reply-To or list header it never had. All the
+# signed headers but those that describe the body's form or the sender's feedback loop.
+DKIM_OVERSIGN = tuple(
+    h for h in DKIM_HEADERS if h not in (b"MIME-Version", b"Content-Type", b"Feedback-ID")
 )
 
 

@@ -231,7 +231,7 @@ def establish(
         raise
     except (smtplib.SMTPException, OSError) as exc:
         _close(smtp)
-        raise UnavailableError(f"cannot connect to {s.endpoint}: {_os_reason(exc)}") from None
+        raise UnavailableError(f"cannot connect to {s.endpoint}: {os_reason(exc)}") from None
     return smtp
 
 
@@ -310,7 +310,7 @@ def login(smtp: smtplib.SMTP, settings: SmtpSettings, password: str) -> str:
         raise AuthError(f"login to {s.endpoint} failed: {exc}") from None
     except (OSError, smtplib.SMTPServerDisconnected) as exc:
         raise UnavailableError(
-            f"connection to {s.endpoint} lost during login: {_os_reason(exc)}"
+            f"connection to {s.endpoint} lost during login: {os_reason(exc)}"
         ) from None
 
 
@@ -431,7 +431,7 @@ class SmtpConnection:
                 self._write(smtp, core.receive(Reply(code, _decode(text))), pace, idle)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
-            return core.abandon(_os_reason(exc))
+            return core.abandon(os_reason(exc))
         if core.closing is not None:
             self._drop()
             return core.abandon(f"server closing the connection: {core.closing}")
@@ -551,7 +551,7 @@ class SmtpTransport:
             check_envelope(message)
         if self.connection.pipelining and len(messages) > 1:
             outcomes = self.connection.send_pipelined(messages, pace, idle)
-            return [_result(m, o) for m, o in zip(messages, outcomes, strict=True)]
+            return [result_of(m, o) for m, o in zip(messages, outcomes, strict=True)]
         results: list[Result] = []
         for index, message in enumerate(messages):
             if cancel is not None and cancel():
@@ -560,11 +560,11 @@ class SmtpTransport:
             try:
                 outcome: Outcome | ConnectionLost = self.connection.send(message, pace)
             except ConnectionLost as exc:
-                results.append(_result(message, exc))
+                results.append(result_of(message, exc))
                 # Nothing after a broken transaction was handed over: safe to send again.
                 results.extend(NotSent(exc.reason) for _ in messages[index + 1 :])
                 break
-            results.append(_result(message, outcome))
+            results.append(result_of(message, outcome))
         return results
 
 
@@ -580,10 +580,6 @@ def mail_options(message: Built, extensions: Mapping[str, str]) -> list[str]:
 
 def result_of(message: Built, outcome: Outcome | ConnectionLost) -> Result:
     """The transport-level result of one transaction (the one rule for a lost answer)."""
-    return _result(message, outcome)
-
-
-def _result(message: Built, outcome: Outcome | ConnectionLost) -> Result:
     if isinstance(outcome, ConnectionLost):
         return lost(message, outcome.reason, handed_over=outcome.handed_over)
     refused = {a: Refusal(r.code, r.text) for a, r in outcome.refused.items()}
@@ -625,10 +621,6 @@ def _reply_text(exc: smtplib.SMTPResponseException) -> str:
 
 def os_reason(exc: BaseException) -> str:
     """A short reason for a network error."""
-    return _os_reason(exc)
-
-
-def _os_reason(exc: BaseException) -> str:
     if isinstance(exc, socket.timeout | TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
