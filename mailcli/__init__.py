@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mailcli.apiconf import ApiConfig as ApiConfig
     from mailcli.batch import dry_run as dry_run
     from mailcli.batch import send_campaign as send_campaign
     from mailcli.campaign import Campaign as Campaign
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 # Each public name and the module that defines it.
 _EXPORTS = {
     "Message": "mailcli.compose",
+    "ApiConfig": "mailcli.apiconf",
     "Attachment": "mailcli.compose",
     "Mailer": "mailcli.mailer",
     "Connection": "mailcli.mailer",

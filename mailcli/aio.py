@@ -24,6 +24,7 @@ import hmac
 import logging
 import socket
 import ssl
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -47,7 +48,7 @@ from mailcli.transport import (
 
 if TYPE_CHECKING:
     from mailcli.compose import Message
-    from mailcli.mailer import Mailer
+    from mailcli.mailer import Connection, Mailer
 
 log = logging.getLogger(__name__)
 _smtp_log = logging.getLogger("mailcli.smtp")
@@ -421,11 +422,18 @@ class AsyncConnection:
     def __init__(self, mailer: Mailer) -> None:
         self.mailer = mailer
         self.transport: AsyncSmtpTransport | None = None
+        # An HTTP API provider: its blocking connection, driven from a worker thread.
+        self.api: Connection | None = None
 
     async def __aenter__(self) -> AsyncConnection:
-        if self.mailer.recorder() is None:
-            self.transport = _transport(self.mailer)
-            await self.transport.open()
+        if self.mailer.recorder() is not None:
+            return self
+        if self.mailer.api is not None:
+            self.api = self.mailer.connect()
+            await asyncio.to_thread(self.api.__enter__)
+            return self
+        self.transport = _transport(self.mailer)
+        await self.transport.open()
         return self
 
     async def __aexit__(
@@ -436,10 +444,14 @@ class AsyncConnection:
     ) -> None:
         if self.transport is not None:
             await self.transport.close()
+        if self.api is not None:
+            await asyncio.to_thread(self.api.close)
 
     @property
     def connections(self) -> int:
         """Connections opened so far (more than one after a reconnect)."""
+        if self.api is not None:
+            return self.api.connections
         return self.transport.connections if self.transport is not None else 0
 
     async def send(self, message: Message) -> Delivery:
@@ -450,6 +462,8 @@ class AsyncConnection:
         """Send messages in order, pipelined where offered: one Delivery for each."""
         if not messages:
             return []
+        if self.api is not None:
+            return await asyncio.to_thread(self.api.send_many, messages)
         built = await _build(self.mailer, messages)
         recorded = _record(self.mailer, built)
         if recorded is not None:
@@ -586,7 +600,59 @@ async def send_async(mailer: Mailer, message: Message) -> Delivery:
         await asyncio.to_thread(message.check, mailer.default_sender)
     else:
         message.check(mailer.default_sender)
+    if mailer.api is not None:
+        return await api_pool_of(mailer).send(message)
     return await pool_of(mailer, mailer.max_connections).send(message)
+
+
+class ApiPool:
+    """Concurrent `send_async` calls over an HTTP API provider: at most `max_connections`
+    blocking connections (each one kept-alive HTTP connection), driven from worker threads so
+    the event loop never waits on them; an idle connection is reused by the next call."""
+
+    def __init__(self, mailer: Mailer) -> None:
+        self.mailer = mailer
+        self.slots = asyncio.Semaphore(mailer.max_connections)
+        self.idle: list[Connection] = []
+        self.lock = threading.Lock()
+
+    async def send(self, message: Message) -> Delivery:
+        """Send one message on a free connection."""
+        async with self.slots:
+            return await asyncio.to_thread(self._send, message)
+
+    def _send(self, message: Message) -> Delivery:
+        with self.lock:
+            connection = self.idle.pop() if self.idle else None
+        if connection is None:
+            connection = self.mailer.connect()
+            connection.__enter__()
+        try:
+            return connection.send(message)
+        finally:
+            with self.lock:
+                self.idle.append(connection)
+
+    async def close(self) -> None:
+        """Close the idle connections."""
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for connection in idle:
+            await asyncio.to_thread(connection.close)
+
+
+_API_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, ApiPool]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def api_pool_of(mailer: Mailer) -> ApiPool:
+    """The HTTP API pool of `mailer` on the running event loop."""
+    pools = _API_POOLS.setdefault(asyncio.get_running_loop(), {})
+    pool = pools.get(id(mailer))
+    if pool is None or pool.mailer is not mailer:
+        pool = pools[id(mailer)] = ApiPool(mailer)
+    return pool
 
 
 async def close_pool(mailer: Mailer) -> None:
@@ -595,3 +661,6 @@ async def close_pool(mailer: Mailer) -> None:
     pool = pools.pop(id(mailer), None)
     if pool is not None:
         await pool.close()
+    api = _API_POOLS.get(asyncio.get_running_loop(), {}).pop(id(mailer), None)
+    if api is not None:
+        await api.close()

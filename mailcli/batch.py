@@ -20,7 +20,7 @@ from mailcli import retry as policy
 from mailcli import workers
 from mailcli.campaign import Campaign, Rate, as_campaign, parse_rate
 from mailcli.compose import address_text
-from mailcli.delivery import Delivery, DeliveryStatus, Transport
+from mailcli.delivery import WINDOW, Delivery, DeliveryStatus, Transport
 from mailcli.envelope import Built
 from mailcli.errors import ConfigError, ExitCode, MailcliError
 from mailcli.mailer import Mailer, sandbox_mailer
@@ -47,10 +47,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-# Messages marked in flight together (one fsync, one pipelined stream): the most a crash can
-# leave 'unknown'. Tens, so that a crash strands few; not a handful, so that the fsync and the
-# pipeline draining at each group's end cost little per message.
-WINDOW = 32
 
 
 def dry_run(
@@ -69,6 +65,9 @@ def dry_run(
     bytes, so it keeps the work in this process.
     """
     campaign = as_campaign(campaign)
+    if campaign.api is not None:
+        # What the campaign's provider cannot carry is a configuration error in a dry run too.
+        Mailer(api=campaign.api, outbox=False).check_campaign(campaign)
     started = time.monotonic()
     summary = Summary(campaign=campaign.name, dry_run=True, phase="building")
     pipeline = Pipeline(campaign, sender=sender)
@@ -184,6 +183,7 @@ def send_batch(
         finally:
             transport.close()
             summary.connections = transport.connections
+            summary.requests = transport.requests
             summary.elapsed_s = time.monotonic() - started
             # The run record tells how the run ended, an error's own exit code included.
             summary.exit_code = int(failure.exit_code) if failure else exit_code(summary)
@@ -240,7 +240,12 @@ def send_campaign(
             return run(trial_campaign, trial.transport(), _sender(campaign, trial))
     if mailer is None:
         quiet = recording() is not None or suppressed_by_env()
-        mailer = Mailer() if quiet else Mailer.from_profile(campaign=campaign.smtp)
+        mailer = (
+            Mailer()
+            if quiet
+            else Mailer.from_profile(campaign=campaign.smtp, campaign_api=campaign.api)
+        )
+    mailer.check_campaign(campaign)
     # The password is looked up before any row is read: a missing one fails at once.
     mailer.check_password()
     transport = mailer.transport()
@@ -286,10 +291,12 @@ class _Run:
         self.limiter, self.progress = limiter, progress
         self.retry = rows.retry
         rate = limiter.rate
-        # The group is the unknown window: at most WINDOW messages, and about a second's worth
-        # at a slow rate, so a crash strands few recipients in 'unknown'.
-        per_second = rate.count / rate.per_s if rate else float(WINDOW)
-        self.group_size = max(1, min(WINDOW, int(per_second)))
+        # The group is the unknown window: what the transport carries best at once (WINDOW
+        # over SMTP, a batch call over an HTTP API), and about a second's worth at a slow rate,
+        # so a crash strands few recipients in 'unknown'.
+        window = sender.transport.window
+        per_second = rate.count / rate.per_s if rate else float(window)
+        self.group_size = max(1, min(window, int(per_second)))
 
     def execute(self) -> None:
         """Main pass, then retry rounds for 4xx replies, until done or stopped."""

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mailcli.addresses import AddressError, parse_mailbox
+from mailcli.apiconf import ApiConfig, read_api
 from mailcli.errors import ConfigError, InputFileError
 from mailcli.yamlconf import Section, describe, load_mapping
 
@@ -155,6 +156,7 @@ class Campaign:
     inline_images: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
     dkim: DkimConfig | None = None
     smtp: SmtpConfig = SmtpConfig()
+    api: ApiConfig | None = None  # an HTTP API provider instead of SMTP
     rate: Rate | None = None
     retry: Retry = Retry()
     inline_css: bool = False
@@ -221,6 +223,7 @@ TOP_KEYS = (
     "inline_css",
     "dkim",
     "smtp",
+    "api",
     "rate",
     "retry",
     "state",
@@ -298,6 +301,7 @@ def _build(top: Section, file: Path) -> Campaign:
         inline_images=MappingProxyType(_inline_images(top, folder)),
         dkim=read_dkim(top, folder),
         smtp=_smtp(top),
+        api=_api(top),
         rate=_parsed(top, "rate", parse_rate),
         retry=_retry(top),
         inline_css=bool(top.get("inline_css", bool, "true or false", False)),
@@ -515,6 +519,15 @@ def _smtp(top: Section) -> SmtpConfig:
 
 
 SMTP_KEYS = ("host", "port", "security", "username", "timeout")
+
+
+def _api(top: Section) -> ApiConfig | None:
+    sec = top.section("api")
+    if sec is None:
+        return None
+    if top.has("smtp"):
+        raise top.error("api", "give 'smtp' or 'api', not both: a campaign has one transport")
+    return read_api(sec)
 
 
 def read_smtp(sec: Section) -> SmtpConfig:

@@ -60,7 +60,9 @@ class Delivery:
     `unknown` when the message was handed over but its answer was lost. `recipients` are the
     accepted addresses; `refused` maps each refused address to its code and reply. A `failed`
     Delivery without a `code` was never offered to the server (it cannot go as it is, e.g. an
-    address that needs SMTPUTF8 on a server without it); `reply` says why.
+    address that needs SMTPUTF8 on a server without it); `reply` says why. Over an HTTP API,
+    `code` is the provider's (Postmark's ErrorCode, else the HTTP status) and the status is the
+    provider's verdict, not read from the code.
     """
 
     status: DeliveryStatus
@@ -69,6 +71,8 @@ class Delivery:
     refused: Mapping[str, Refusal] = field(default_factory=lambda: _NO_REFUSALS)
     code: int | None = None
     reply: str = ""
+    #: The HTTP API provider's own id for the message (None over SMTP).
+    provider_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -145,6 +149,10 @@ def without_smtputf8(
 
 
 Pace = Callable[[], object]
+# Messages marked in flight together (one fsync, one pipelined stream): the most a crash can
+# leave 'unknown' over SMTP. Tens, so that a crash strands few; not a handful, so that the fsync
+# and the pipeline draining at each group's end cost little per message.
+WINDOW = 32
 
 
 class Transport(Protocol):
@@ -158,6 +166,16 @@ class Transport(Protocol):
     @property
     def connections(self) -> int:
         """Connections (or sessions) opened so far."""
+        ...
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests made so far (0 for SMTP and the outbox)."""
+        ...
+
+    @property
+    def window(self) -> int:
+        """The most messages one `send` call should carry (the batch engine's group)."""
         ...
 
     @property

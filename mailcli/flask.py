@@ -26,6 +26,7 @@ import blinker
 from flask import Flask, current_app, has_app_context
 
 from mailcli import compose
+from mailcli.apiconf import ApiConfig
 from mailcli.compose import Address
 from mailcli.delivery import Delivery
 from mailcli.envelope import Built
@@ -283,6 +284,18 @@ class _State:
         self.ascii_attachments: bool = bool(config.get("MAIL_ASCII_ATTACHMENTS", False))
         self.timeout: float = float(config.get("MAIL_TIMEOUT", 30.0))
         self.profile: str | None = config.get("MAIL_PROFILE")
+        # mailcli's own: an HTTP API provider instead of MAIL_SERVER (the token from
+        # MAIL_API_TOKEN, else the provider's variable, the keyring or a token_command), with
+        # its options (base_url, stream, tag, metadata, domain, region, token_command).
+        self.api: ApiConfig | None = None
+        provider = config.get("MAIL_API")
+        if provider:
+            options = dict(config.get("MAIL_API_OPTIONS") or {})
+            try:
+                self.api = ApiConfig(provider=str(provider), **options)
+            except TypeError as exc:
+                raise ConfigError(f"MAIL_API_OPTIONS: {exc}") from None
+        self.api_token: str | None = config.get("MAIL_API_TOKEN")
         if self.use_tls and self.use_ssl:
             raise ConfigError("MAIL_USE_TLS and MAIL_USE_SSL: set one of them, not both")
         if self.max_emails is not None and int(self.max_emails) < 1:
@@ -298,7 +311,14 @@ class _State:
                 # has none); the messages are still built, so a bad one fails here too.
                 self._mailer = Mailer(outbox=True, default_sender=self.default_sender)
                 return self._mailer
-            if self.profile is not None:
+            if self.api is not None:
+                mailer = Mailer(
+                    api=self.api,
+                    token=self.api_token,
+                    timeout=self.timeout,
+                    default_sender=self.default_sender,
+                )
+            elif self.profile is not None:
                 mailer = Mailer.from_profile(self.profile)
                 mailer.default_sender = self.default_sender or mailer.default_sender
             else:

@@ -21,7 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from mailcli.campaign import SECURITY_MODES, DkimConfig, SmtpConfig
+from mailcli.apiconf import ApiConfig
+from mailcli.campaign import SECURITY_MODES, Campaign, DkimConfig, SmtpConfig
 from mailcli.compose import Address, Message
 from mailcli.delivery import Delivery, DeliveryStatus, Transport, without_smtputf8
 from mailcli.envelope import Built
@@ -67,6 +68,8 @@ class Mailer:
         local_hostname: str | None = None,
         dkim: DkimConfig | None = None,
         max_connections: int = 8,
+        api: str | ApiConfig | None = None,
+        token: str | PasswordSource | None = None,
     ) -> None:
         if security not in SECURITY_MODES:
             raise ConfigError(
@@ -82,6 +85,13 @@ class Mailer:
             raise ConfigError(f"max_connections must be at least 1, not {max_connections}")
         #: The most connections concurrent `send_async` calls open on one event loop.
         self.max_connections = max_connections
+        self.timeout = float(timeout)
+        self.verify = verify
+        #: The HTTP API provider messages go through (None: SMTP).
+        self.api: ApiConfig | None = ApiConfig(api) if isinstance(api, str) else api
+        if self.api is not None and host is not None:
+            raise ConfigError("give host= (SMTP) or api= (an HTTP API provider), not both")
+        self._token: PasswordSource | None = (lambda: token) if isinstance(token, str) else token
         self.settings: SmtpSettings | None = None
         if host is not None:
             self.settings = SmtpSettings(
@@ -107,6 +117,7 @@ class Mailer:
         self._prompt = False
         self._dkim = dkim
         self._signer: DkimSigner | None = None
+        self._check_dkim("dkim")
 
     # -- construction from the CLI's configuration ------------------------------------------
 
@@ -119,19 +130,35 @@ class Mailer:
         campaign: SmtpConfig | None = None,
         insecure_skip_verify: bool = False,
         prompt: bool = False,
+        campaign_api: ApiConfig | None = None,
+        api: str | None = None,
     ) -> Mailer:
         """The Mailer of a CLI profile (None: MAILCLI_PROFILE, else `default`), with the
         MAILCLI_* variables over it, as `mailcli batch` resolves them.
 
         `overrides` are command-line style settings (highest precedence); `campaign` a
-        campaign's `smtp:` keys. `prompt=True` asks for a password on a terminal when no other
+        campaign's `smtp:` keys, `campaign_api` its `api:`; `api` a provider named on the
+        command line (`--api`). `prompt=True` asks for a password on a terminal when no other
         source has one, as the command line does.
         """
-        from mailcli.settings import resolve_smtp
+        from mailcli.settings import default_sender, resolve_api, resolve_smtp
 
         options = overrides or SmtpConfig()
         if name is not None:
             options = dataclasses.replace(options, profile=name)
+        chosen = resolve_api(options, campaign, campaign_api, api)
+        if chosen is not None:
+            config, profile = chosen
+            mailer = cls(
+                api=config,
+                timeout=options.timeout or (profile.smtp.timeout if profile else None) or 30.0,
+                verify=not insecure_skip_verify,
+                default_sender=default_sender(profile),
+            )
+            mailer._profile = profile
+            mailer._dkim = profile.dkim if profile else None
+            mailer._check_dkim(f"profile {profile.name!r}: dkim" if profile else "dkim")
+            return mailer
         settings, profile = resolve_smtp(
             options, campaign, insecure_skip_verify=insecure_skip_verify
         )
@@ -212,10 +239,17 @@ class Mailer:
         outbox = self.recorder()
         if outbox is not None:
             return OutboxTransport(outbox)
+        if self.api is not None:
+            from mailcli.httpapi import ApiTransport
+
+            return ApiTransport(
+                self.api, self.token_source(), timeout=self.timeout, verify=self.verify
+            )
         if self.settings is None:
             raise ConfigError(
                 "no SMTP server given",
-                hint="pass host= to Mailer, or use Mailer.from_profile() / Mailer.from_env()",
+                hint="pass host= (or api=) to Mailer, or use Mailer.from_profile() / "
+                "Mailer.from_env()",
             )
         return SmtpTransport(
             self.settings, password=self.password_source(), transcript=debug_transcript()
@@ -239,12 +273,51 @@ class Mailer:
             self._password = password_source(self.settings, self._profile, interactive=interactive)
         return self._password
 
+    def token_source(self) -> PasswordSource:
+        """What gives the API token: the one given, else the provider's variable, the keyring
+        (`api:PROVIDER`) or `api.token_command`; resolved once, when first asked."""
+        assert self.api is not None
+        if self._token is None:
+            from mailcli.secrets import token_source
+
+            self._token = token_source(self.api)
+        return self._token
+
     def check_password(self) -> None:
-        """Look the password up now (ConfigError if there is none), before any work starts."""
+        """Look the password (or API token) up now (ConfigError if there is none), before
+        any work starts."""
         if self.recorder() is None:
-            source = self.password_source()
+            source = self.token_source() if self.api is not None else self.password_source()
             if source is not None:
                 source()
+
+    def check_campaign(self, campaign: Campaign) -> None:
+        """Raise ConfigError, naming the key and the provider, for what the campaign asks and
+        this Mailer's HTTP API cannot carry (before anything is sent)."""
+        if self.api is None or self.recorder() is not None:
+            return
+        from mailcli.providers import provider_for
+
+        provider = provider_for(self.api)
+        asked = {"dkim": campaign.dkim is not None}
+        for key, why in provider.cannot.items():
+            if asked.get(key):
+                raise ConfigError(
+                    f"'{key}': {provider.title} cannot carry mailcli's own {key}: {why}; remove "
+                    f"'{key}' from the campaign, or send with provider mailgun (MIME) or SMTP",
+                    path=campaign.path,
+                )
+
+    def _check_dkim(self, where: str) -> None:
+        if self.api is None or self._dkim is None:
+            return
+        from mailcli.providers import provider_for
+
+        why = provider_for(self.api).cannot.get("dkim")
+        if why is not None:
+            raise ConfigError(
+                f"{where}: {self.api.info.title} cannot carry mailcli's own DKIM signature: {why}"
+            )
 
     def signer_pending(self) -> bool:
         """A DKIM key is configured and not read yet (reading it touches the disk)."""
@@ -259,7 +332,9 @@ class Mailer:
         return self._signer
 
     def __repr__(self) -> str:
-        where = "outbox" if self.outbox is not None else (self.settings or "unconfigured")
+        where = (
+            "outbox" if self.outbox is not None else (self.api or self.settings or "unconfigured")
+        )
         return f"<Mailer {where}>"
 
 

@@ -18,7 +18,7 @@ from email.parser import BytesParser
 from email.utils import getaddresses
 
 from mailcli.compose import Message
-from mailcli.delivery import NotSent, Pace, Result, replied
+from mailcli.delivery import WINDOW, NotSent, Pace, Result, replied
 from mailcli.envelope import Built, check_envelope
 
 SUPPRESS_ENV = "MAILCLI_SUPPRESS_SEND"
@@ -148,6 +148,8 @@ class OutboxTransport:
     """A `Transport` that appends to an `Outbox`; opens no socket, accepts every message."""
 
     name = "outbox"
+    requests = 0
+    window = WINDOW
 
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox

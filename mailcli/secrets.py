@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from mailcli.errors import ConfigError, MailcliError
 
 if TYPE_CHECKING:
+    from mailcli.apiconf import ApiConfig
     from mailcli.settings import Profile
     from mailcli.transport import SmtpSettings
 
@@ -110,8 +111,9 @@ def keyring_remove(entry: str) -> bool:
     return True
 
 
-def run_password_command(command: str) -> str:
-    """Run a profile's password_command; its first line of output is the password."""
+def run_password_command(command: str, what: str = "password_command") -> str:
+    """Run a profile's password_command (or an `api.token_command`); its first line of output
+    is the secret."""
     try:
         result = subprocess.run(
             shlex.split(command),
@@ -122,17 +124,15 @@ def run_password_command(command: str) -> str:
             check=False,
         )
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"password_command {command!r} could not run: {exc}") from None
+        raise ConfigError(f"{what} {command!r} could not run: {exc}") from None
     except subprocess.TimeoutExpired:
-        raise ConfigError(
-            f"password_command {command!r} took more than {COMMAND_TIMEOUT_S} s"
-        ) from None
+        raise ConfigError(f"{what} {command!r} took more than {COMMAND_TIMEOUT_S} s") from None
     if result.returncode != 0:
         # Its output is not shown: it may hold part of a secret.
-        raise ConfigError(f"password_command {command!r} failed with exit code {result.returncode}")
-    password = result.stdout.splitlines()[0] if result.stdout else ""
+        raise ConfigError(f"{what} {command!r} failed with exit code {result.returncode}")
+    password = result.stdout.splitlines()[0].strip() if result.stdout else ""
     if not password:
-        raise ConfigError(f"password_command {command!r} printed nothing")
+        raise ConfigError(f"{what} {command!r} printed nothing")
     return password
 
 
@@ -193,3 +193,44 @@ def password_source(
         return cache[0]
 
     return password
+
+
+def api_keyring_entry(provider: str) -> str:
+    """The keyring entry name for a provider's API token: `api:PROVIDER`."""
+    return f"api:{provider}"
+
+
+def resolve_token(config: ApiConfig, env: Mapping[str, str] | None = None) -> str:
+    """An API provider's token: its usual variable, the keyring, then `api.token_command`."""
+    environ = os.environ if env is None else env
+    info = config.info
+    value = environ.get(info.token_env, "").strip()
+    if value:
+        return value
+    keyring_note = ""
+    try:
+        stored = keyring_read(api_keyring_entry(config.provider))
+    except KeyringUnavailable as exc:
+        keyring_note = f" ({exc.message})"
+        stored = None
+    if stored:
+        return stored.strip()
+    if config.token_command:
+        return run_password_command(config.token_command, "api.token_command")
+    raise ConfigError(
+        f"no API token for {info.title}",
+        hint=f"set {info.token_env}, store one with `mailcli password set --api "
+        f"{config.provider}`{keyring_note}, or give api.token_command",
+    )
+
+
+def token_source(config: ApiConfig, env: Mapping[str, str] | None = None) -> Callable[[], str]:
+    """A function giving the API token, looked up on the first call and kept after."""
+    cache: list[str] = []
+
+    def token() -> str:
+        if not cache:
+            cache.append(resolve_token(config, env))
+        return cache[0]
+
+    return token

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailcli.addresses import AddressError, parse_mailbox
+from mailcli.apiconf import ApiConfig, read_api
 from mailcli.campaign import SECURITY_MODES, SMTP_KEYS, DkimConfig, SmtpConfig, read_dkim, read_smtp
 from mailcli.errors import ConfigError, UsageError
 from mailcli.transport import AUTH_MECHANISMS, DEFAULT_PORTS, SmtpSettings
@@ -27,6 +28,7 @@ PROFILE_KEYS = (
     "allow_plaintext_auth",
     "insecure_skip_verify",
     "dkim",
+    "api",
 )
 
 
@@ -42,6 +44,7 @@ class Profile:
     allow_plaintext_auth: bool = False
     insecure_skip_verify: bool = False
     dkim: DkimConfig | None = None  # signs what `mailcli send` sends through this profile
+    api: ApiConfig | None = None  # an HTTP API provider instead of an SMTP server
 
 
 def config_file(env: Mapping[str, str] | None = None) -> Path:
@@ -94,8 +97,13 @@ def _profile(name: str, sec: Section, folder: Path) -> Profile:
             parse_mailbox(sender)
         except AddressError as exc:
             raise sec.error("from", str(exc)) from None
+    api_sec = sec.section("api")
+    api = read_api(api_sec) if api_sec is not None else None
+    if api is not None and sec.has("host"):
+        raise sec.error("api", "give an SMTP 'host' or an 'api', not both: a profile has one")
     return Profile(
         name=name,
+        api=api,
         smtp=read_smtp(sec),
         sender=sender,
         password_command=sec.text("password_command"),
@@ -173,3 +181,37 @@ def resolve_smtp(
         allow_plaintext_auth=profile.allow_plaintext_auth if profile else False,
     )
     return settings, profile
+
+
+def resolve_api(
+    options: SmtpConfig,
+    campaign: SmtpConfig | None = None,
+    campaign_api: ApiConfig | None = None,
+    api: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[ApiConfig, Profile | None] | None:
+    """The HTTP API provider to send with, or None for SMTP.
+
+    Precedence: `--api PROVIDER` (with the profile's `api:` options when it names the same
+    provider), the campaign's `api:`; then an SMTP host given anywhere (flag, MAILCLI_HOST, the
+    campaign's `smtp.host`) means SMTP; last, the profile's `api:`.
+    """
+    env = os.environ if env is None else env
+    campaign = campaign or SmtpConfig()
+    name = options.profile or env.get("MAILCLI_PROFILE") or campaign.profile
+    if api is not None:
+        profile = load_profile(name, env)
+        if profile is not None and profile.api is not None and profile.api.provider == api:
+            return profile.api, profile
+        try:
+            return ApiConfig(provider=api), profile
+        except ConfigError as exc:
+            raise UsageError(f"--api {api}: {exc.message.partition(': ')[2]}") from None
+    if campaign_api is not None:
+        return campaign_api, load_profile(name, env)
+    if options.host or env.get("MAILCLI_HOST") or campaign.host:
+        return None
+    profile = load_profile(name, env)
+    if profile is not None and profile.api is not None:
+        return profile.api, profile
+    return None

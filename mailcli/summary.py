@@ -51,6 +51,7 @@ class Summary:
     bytes: int = 0
     elapsed_s: float = 0.0
     connections: int = 0
+    requests: int = 0  # HTTP calls (an API transport)
     transport: str | None = None
     exit_code: int = 0
     error: str | None = None
@@ -113,6 +114,7 @@ class Summary:
             "rate_per_s": round(self.rate_per_s, 1),
             "connections": self.connections,
             "transport": self.transport,
+            "requests": self.requests,
             "exit_code": self.exit_code,
             "error": self.error,
             "problems": [

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-from mailcli.delivery import NotSent, Pace, Refusal, Result, lost, replied
+from mailcli.delivery import WINDOW, NotSent, Pace, Refusal, Result, lost, replied
 from mailcli.envelope import Built, check_envelope
 from mailcli.errors import AuthError, ConfigError, UnavailableError
 from mailcli.smtpproto import ConnectionLost, Outcome, Reply, Transactions, Write
@@ -486,6 +486,8 @@ class SmtpTransport:
     """The `Transport` over SMTP: one persistent session, pipelined (RFC 2920) where offered."""
 
     name = "smtp"
+    requests = 0  # no HTTP
+    window = WINDOW
 
     def __init__(
         self,

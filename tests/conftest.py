@@ -371,6 +371,10 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         "MAILCLI_USERNAME",
         "MAILCLI_PROFILE",
         "MAILCLI_FROM",
+        "POSTMARK_SERVER_TOKEN",
+        "RESEND_API_KEY",
+        "SENDGRID_API_KEY",
+        "MAILGUN_API_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MAILCLI_CONFIG", str(tmp_path / "no-config.yaml"))

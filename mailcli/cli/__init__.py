@@ -23,6 +23,7 @@ from typer.exceptions import TyperException
 
 import mailcli
 from mailcli import sending
+from mailcli.apiconf import PROVIDERS, ApiConfig
 from mailcli.batch import Summary, dry_run
 from mailcli.campaign import SmtpConfig, load_campaign, parse_rate
 from mailcli.checks import campaign_warnings
@@ -39,7 +40,7 @@ from mailcli.cli.console import (
 from mailcli.errors import CantCreateError, ExitCode, MailcliError, UsageError
 from mailcli.mailer import debug_transcript, sandbox_mailer
 from mailcli.preview import Preview, preview_one, write_files
-from mailcli.secrets import keyring_delete, keyring_key, keyring_set
+from mailcli.secrets import keyring_delete, keyring_key, keyring_set, keyring_write
 from mailcli.sending import OneOff, one_off_message
 from mailcli.settings import resolve_smtp
 from mailcli.status import campaign_status
@@ -202,6 +203,16 @@ DebugOpt = Annotated[
         rich_help_panel="SMTP",
     ),
 ]
+ApiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api",
+        metavar="PROVIDER",
+        help="Send through an HTTP API provider instead of SMTP: postmark, resend, sendgrid or "
+        "mailgun (the token from its usual variable, the keyring or api.token_command).",
+        rich_help_panel="SMTP",
+    ),
+]
 SandboxOpt = Annotated[
     str | None,
     typer.Option(
@@ -236,6 +247,7 @@ class SmtpFlags:
     options: SmtpConfig
     insecure: bool = False
     debug: bool = False
+    api: str | None = None  # --api PROVIDER
 
     def warn_unverified(self, settings: SmtpSettings | None) -> None:
         """Say loudly that TLS certificates are not checked (--insecure-skip-verify)."""
@@ -245,7 +257,13 @@ class SmtpFlags:
                 err=True,
             )
 
-    def mailer(self, campaign: SmtpConfig | None = None, *, check: bool = True) -> mailcli.Mailer:
+    def mailer(
+        self,
+        campaign: SmtpConfig | None = None,
+        *,
+        check: bool = True,
+        campaign_api: ApiConfig | None = None,
+    ) -> mailcli.Mailer:
         """The Mailer of flags, environment, campaign and profile (the core resolves them).
 
         The password is looked up now, before any row is read or any connection made, so that
@@ -256,6 +274,8 @@ class SmtpFlags:
             campaign=campaign,
             insecure_skip_verify=self.insecure,
             prompt=True,
+            campaign_api=campaign_api,
+            api=self.api,
         )
         self.warn_unverified(mailer.settings)
         if mailer.recorder() is not None:
@@ -278,10 +298,18 @@ def _smtp_flags(
     timeout: float | None,
     insecure: bool = False,
     debug: bool = False,
+    api: str | None = None,
 ) -> SmtpFlags:
     if security is not None and security not in ("starttls", "tls", "none"):
         raise UsageError(f"--security must be starttls, tls or none, not {security!r}")
-    return SmtpFlags(SmtpConfig(profile, host, port, security, username, timeout), insecure, debug)
+    if api is not None:
+        if api not in PROVIDERS:
+            raise UsageError(f"--api must be one of {', '.join(PROVIDERS)}, not {api!r}")
+        if host is not None:
+            raise UsageError("give --host (SMTP) or --api (an HTTP API provider), not both")
+    return SmtpFlags(
+        SmtpConfig(profile, host, port, security, username, timeout), insecure, debug, api
+    )
 
 
 def _json_mode(ctx: typer.Context, value: bool) -> None:
@@ -332,6 +360,7 @@ def batch(
     timeout: TimeoutOpt = None,
     insecure: InsecureOpt = False,
     debug: DebugOpt = False,
+    api: ApiOpt = None,
     sandbox_dir: SandboxOpt = None,
     json_: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")] = False,
@@ -349,14 +378,15 @@ def batch(
         ),
     ] = None,
 ) -> None:
-    """Send a campaign to every recipient of its list, over one SMTP connection.
+    """Send a campaign to every recipient of its list, over one SMTP connection (or an HTTP
+    API provider's batch calls).
 
     Example: mailcli batch campaigns/welcome/campaign.yaml --dry-run
     """
     _json_mode(ctx, json_)
     setup_logging(verbose=verbose, debug=debug, log_file=log_file)
     parsed_rate = _rate(rate)
-    flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
+    flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug, api)
     campaign = load_campaign(campaign_file)
     if not quiet:
         _warn(campaign)
@@ -379,7 +409,7 @@ def batch(
                 err=True,
             )
     else:
-        mailer = flags.mailer(campaign.smtp)
+        mailer = flags.mailer(campaign.smtp, campaign_api=campaign.api)
     with _StopOnSignal(quiet or json_) as stop, display.running():
         summary = mailcli.send_campaign(
             campaign,
@@ -456,11 +486,13 @@ def summary_line(summary: Summary) -> str:
         )
     earlier = f", {s.skipped} done in earlier runs" if s.skipped else ""
     left = f", {s.pending} left for the next run" if s.pending else ""
+    requests = f", {_n(s.requests, 'request')} to {s.transport}" if s.requests else ""
     return (
         f"Campaign '{s.campaign}': {s.sent} sent, {s.failed} failed, {s.deferred} deferred, "
         f"{s.unknown} unknown{earlier}{left}, {s.invalid} invalid, "
         f"{_n(s.duplicates, 'duplicate')} of {_n(s.total, 'row')} "
-        f"({_n(s.connections, 'connection')}, {s.elapsed_s:.2f} s, {s.rate_per_s:.1f} msg/s)."
+        f"({_n(s.connections, 'connection')}{requests}, {s.elapsed_s:.2f} s, "
+        f"{s.rate_per_s:.1f} msg/s)."
     )
 
 
@@ -649,6 +681,7 @@ def send(
     timeout: TimeoutOpt = None,
     insecure: InsecureOpt = False,
     debug: DebugOpt = False,
+    api: ApiOpt = None,
     verbose: VerboseOpt = False,
     log_file: LogFileOpt = None,
     dry_run_: Annotated[
@@ -687,7 +720,7 @@ def send(
     """
     _json_mode(ctx, json_)
     setup_logging(verbose=verbose, debug=debug, log_file=log_file)
-    flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
+    flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug, api)
     spec = OneOff(
         to=tuple(to),
         cc=tuple(cc or ()),
@@ -804,23 +837,31 @@ def test_connection(
     timeout: TimeoutOpt = None,
     insecure: InsecureOpt = False,
     debug: DebugOpt = False,
+    api: ApiOpt = None,
     verbose: VerboseOpt = False,
     log_file: LogFileOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Diagnose an SMTP server: banner, capabilities, TLS, certificate, AUTH and timings.
+    """Diagnose an SMTP server: banner, capabilities, TLS, certificate, AUTH and timings; or
+    check an HTTP API provider's token with a read-only call (account and limits).
 
     Sends no message. Exit 0 when all works, 69 when the server or TLS fails, 77 when the
-    login is refused.
+    login (or the API token) is refused.
 
     Example: mailcli test-connection --host smtp.example.com --port 587 --username me@example.com
     """
     _json_mode(ctx, json_)
     setup_logging(verbose=verbose, debug=debug, log_file=log_file)
-    flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug)
-    campaign_smtp = load_campaign(campaign_file).smtp if campaign_file is not None else None
+    flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug, api)
+    loaded = load_campaign(campaign_file) if campaign_file is not None else None
     # The password is not looked up first: a missing one is part of the diagnosis.
-    mailer = flags.mailer(campaign_smtp, check=False)
+    mailer = flags.mailer(
+        loaded.smtp if loaded else None,
+        check=False,
+        campaign_api=loaded.api if loaded else None,
+    )
+    if mailer.api is not None:
+        _test_api(mailer, json_)
     assert mailer.settings is not None  # from_profile raises when no server is given
     from mailcli.diagnose import diagnose
 
@@ -831,6 +872,42 @@ def test_connection(
         typer.echo(format_diagnosis(report))
         if report.error:
             typer.echo(f"mailcli: error: {report.error}", err=True)
+    raise typer.Exit(report.exit_code)
+
+
+def _test_api(mailer: mailcli.Mailer, json_: bool) -> None:
+    """test-connection for an HTTP API provider: a read-only call with the token."""
+    from mailcli.httpapi import diagnose_api
+
+    assert mailer.api is not None
+    report = diagnose_api(
+        mailer.api, mailer.token_source(), timeout=mailer.timeout, verify=mailer.verify
+    )
+    if json_:
+        _emit(report.to_json())
+    else:
+        info = report.to_json()
+        title = mailer.api.info.title
+        lines = [f"{'Provider':<12}{title} at {report.config.url}"]
+        if report.tls:
+            tls = report.tls
+            lines.append(
+                f"{'TLS':<12}{tls['version']}, {tls['cipher']} ({tls['bits']} bits), "
+                f"{tls['http_version']}"
+            )
+        if report.ok:
+            lines.append(f"{'Token':<12}accepted ({report.status})")
+            lines.append(f"{'Account':<12}{report.account.get('name')}")
+            limits = report.account.get("limits")
+            if limits:
+                shown = ", ".join(f"{k} {v}" for k, v in limits.items() if v is not None)
+                lines.append(f"{'Limits':<12}{shown}")
+        total = sum(report.timings_ms.values())
+        verdict = "OK" if report.ok else f"FAILED (exit {report.exit_code})"
+        lines.append(f"{'Result':<12}{verdict}  {total:.1f} ms")
+        typer.echo("\n".join(lines))
+        if info["error"]:
+            typer.echo(f"mailcli: error: {info['error']}", err=True)
     raise typer.Exit(report.exit_code)
 
 
@@ -926,7 +1003,8 @@ def init(
 
 password_app = typer.Typer(
     name="password",
-    help="Store or delete the SMTP password in the system keyring (service 'mailcli').\n\n"
+    help="Store or delete the SMTP password (or an HTTP API token, --api PROVIDER) in the "
+    "system keyring (service 'mailcli').\n\n"
     "Example: mailcli password set --host smtp.example.com --username news@example.com",
     no_args_is_help=True,
 )
@@ -945,23 +1023,46 @@ def password_set(
     profile: ProfileOpt = None,
     host: HostOpt = None,
     username: UsernameOpt = None,
+    api: Annotated[
+        str | None,
+        typer.Option("--api", metavar="PROVIDER", help="Store an HTTP API provider's token."),
+    ] = None,
 ) -> None:
-    """Store the password for USERNAME@HOST; read from a hidden prompt, or stdin if piped.
+    """Store the password for USERNAME@HOST (or the API token of --api PROVIDER); read from a
+    hidden prompt, or stdin if piped.
 
     Example: printf '%s\\n' "$SECRET" | mailcli password set --host smtp.example.com
     --username me@example.com
     """
+    if api is not None:
+        entry = _api_entry(api)
+        keyring_write(entry, _read_secret(f"API token for {api}", "token"))
+        typer.echo(f"stored the {api} API token in the system keyring (entry {entry})")
+        return
     user, server = _login_target(profile, host, username)
+    keyring_set(user, server, _read_secret(f"Password for {keyring_key(user, server)}"))
+    typer.echo(f"stored the password for {keyring_key(user, server)} in the system keyring")
+
+
+def _read_secret(prompt: str, noun: str = "password") -> str:
+    """A secret from a hidden prompt (asked twice), or the first line of stdin when piped."""
     if sys.stdin.isatty():
-        first = getpass.getpass(f"Password for {keyring_key(user, server)}: ")
+        first = getpass.getpass(f"{prompt}: ")
         if getpass.getpass("Again: ") != first:
-            raise UsageError("the two passwords differ; nothing was stored")
+            raise UsageError(f"the two {noun}s differ; nothing was stored")
     else:
         first = sys.stdin.readline().rstrip("\r\n")
     if not first:
-        raise UsageError("empty password; nothing was stored")
-    keyring_set(user, server, first)
-    typer.echo(f"stored the password for {keyring_key(user, server)} in the system keyring")
+        raise UsageError(f"empty {noun}; nothing was stored")
+    return first
+
+
+def _api_entry(api: str) -> str:
+    if api not in PROVIDERS:
+        raise UsageError(f"--api must be one of {', '.join(PROVIDERS)}, not {api!r}")
+    from mailcli.secrets import api_keyring_entry
+
+    return api_keyring_entry(api)
 
 
 @password_app.command("delete")
@@ -969,11 +1070,23 @@ def password_delete(
     profile: ProfileOpt = None,
     host: HostOpt = None,
     username: UsernameOpt = None,
+    api: Annotated[
+        str | None,
+        typer.Option("--api", metavar="PROVIDER", help="Delete an HTTP API provider's token."),
+    ] = None,
 ) -> None:
-    """Delete the stored password for USERNAME@HOST.
+    """Delete the stored password for USERNAME@HOST (or the API token of --api PROVIDER).
 
     Example: mailcli password delete --host smtp.example.com --username me@example.com
     """
+    if api is not None:
+        from mailcli.secrets import keyring_remove
+
+        entry = _api_entry(api)
+        if not keyring_remove(entry):
+            raise UsageError(f"no {api} API token is stored (entry {entry})")
+        typer.echo(f"deleted the {api} API token from the system keyring")
+        return
     user, server = _login_target(profile, host, username)
     if not keyring_delete(user, server):
         raise UsageError(f"no password is stored for {keyring_key(user, server)}")

@@ -1,0 +1,599 @@
+"""The `Transport` over an HTTP API provider (Postmark, Resend, SendGrid, Mailgun), on httpx.
+
+One kept-alive connection (HTTP/2 where the endpoint offers it) carries every call. Messages go
+in calls sized by the provider's count and byte limits (`mailcli.providers`). What each answer
+means, for every provider alike:
+
+- 2xx: the provider's verdict per message (accepted -> `sent` with its id; refused -> `failed`,
+  or `deferred` where the provider says it may clear).
+- 429, 500, 503, and Resend's 409 for a request still in progress: nothing was taken; the same
+  request is sent again after `Retry-After` (or the rate-limit reset, or a backoff), a few times,
+  then the messages are `deferred` for the engine's retry policy.
+- a token refused (401, 403 by the provider's reading): nothing was taken; the run stops with
+  exit 77 once what was sent is recorded.
+- 413, or another 4xx refusing a call of several messages: nothing was taken; the call is split
+  (413: in halves; else into single messages) so that one bad message fails alone.
+- a request that could not be written (connect failure, a write error): `NotSent`, sent again
+  on a new connection by the one reconnect policy (`mailcli.sender`).
+- a request that was written and got no answer (timeout, the connection dropped, 502/504 from a
+  gateway that lost the provider's answer): the provider may have taken it, so every message of
+  it is `unknown` and never resent, unless the provider has idempotency keys (Resend): then the
+  same request, with the same key, is sent again, which the provider answers without sending
+  twice within 24 hours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any
+
+import httpx
+
+from mailcli.apiconf import ApiConfig
+from mailcli.delivery import (
+    WINDOW,
+    Delivery,
+    DeliveryStatus,
+    NotSent,
+    Pace,
+    Result,
+)
+from mailcli.envelope import Built, check_envelope
+from mailcli.errors import AuthError, ConfigError, ExitCode, MailcliError
+from mailcli.providers import (
+    Answer,
+    Item,
+    Provider,
+    Request,
+    Uncarried,
+    answerless,
+    provider_for,
+    refused,
+)
+from mailcli.transport import tls_context
+
+log = logging.getLogger(__name__)
+_http_log = logging.getLogger("mailcli.http")
+TokenSource = Callable[[], str]
+# Tries of one request that the provider asked to repeat (429, 500, 503), or of an idempotent
+# request that got no answer; after that its messages are `deferred` (or `unknown`).
+TRIES = 4
+BACKOFF_S = (1.0, 2.0, 4.0)
+MAX_WAIT_S = 60.0  # the longest a Retry-After is honoured within a run
+RETRY_STATUSES = frozenset((429, 500, 503))
+# A gateway's "the provider did not answer": the provider may have taken the request.
+GATEWAY_STATUSES = frozenset((502, 504))
+
+
+def _h2() -> bool:
+    try:
+        import h2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def user_agent() -> str:
+    """mailcli/VERSION (Resend refuses requests without a User-Agent)."""
+    import mailcli
+
+    return f"mailcli/{mailcli.__version__}"
+
+
+@dataclass
+class _Call:
+    """Messages that travel in one request: their indexes in the `send` call, and the items."""
+
+    indexes: list[int]
+    items: list[Item]
+    key: str | None = None  # the Idempotency-Key, the same on every try
+
+
+@dataclass
+class _Split:
+    """A call refused whole before the provider took anything: send these parts instead."""
+
+    parts: list[_Call] = field(default_factory=list)
+
+
+class ApiTransport:
+    """Moves messages over an HTTP API provider; see the module's text for what answers mean."""
+
+    smtputf8 = False  # the providers take ASCII local parts only
+
+    def __init__(
+        self,
+        config: ApiConfig,
+        token: TokenSource,
+        *,
+        timeout: float = 30.0,
+        verify: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.provider: Provider = provider_for(config)
+        self.token = token
+        self.timeout = config.timeout or timeout
+        self.verify = verify
+        self.sleep = sleep
+        self.clock = clock
+        self.connections = 0
+        self.requests = 0
+        self._client: httpx.Client | None = None
+        self._refused: AuthError | None = None
+        self._not_before = 0.0  # a rate-limit reset the provider announced
+
+    # -- the Transport protocol -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The provider's name: "postmark", "resend", "sendgrid" or "mailgun"."""
+        return self.config.provider
+
+    @property
+    def endpoint(self) -> str:
+        """The provider's base URL."""
+        return self.config.url
+
+    @property
+    def window(self) -> int:
+        """A batch call (Postmark 500, Resend 100), or the SMTP window for one-message APIs."""
+        size = self.provider.batch_max if self.provider.batch_max > 1 else WINDOW
+        return min(size, self.config.batch_size or size)
+
+    @property
+    def is_open(self) -> bool:
+        """A client is ready (HTTP connects on the first request)."""
+        return self._client is not None
+
+    def open(self) -> None:
+        """Make the client; raise the AuthError of a token already refused in this run."""
+        if self._refused is not None:
+            raise self._refused
+        if self._client is not None:
+            return
+        token = self.token()  # ConfigError when there is none, before any request
+        url = self.config.url
+        headers = {"User-Agent": user_agent(), **self.provider.auth(token)}
+        self._client = httpx.Client(
+            base_url=url,
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout),
+            verify=tls_context(self.verify) if url.startswith("https:") else False,
+            http2=url.startswith("https:") and _h2(),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+
+    def close(self) -> None:
+        """Close the connection; never raises."""
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def send(
+        self,
+        messages: Sequence[Built],
+        *,
+        pace: Pace | None = None,
+        idle: Callable[[], object] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> list[Result]:
+        """Send messages in calls; one result for each, in order (never raises an outcome)."""
+        for message in messages:
+            check_envelope(message)  # the same guard as on the wire over SMTP
+        results: list[Result | None] = [None] * len(messages)
+        items: list[tuple[int, Item]] = []
+        for index, message in enumerate(messages):
+            try:
+                items.append((index, self.provider.item(message)))
+            except Uncarried as exc:
+                # Never offered to the provider: failed without a code, like an address that
+                # needs SMTPUTF8 on a server without it.
+                results[index] = Delivery(
+                    DeliveryStatus.FAILED,
+                    message.message_id,
+                    reply=f"{self.provider.title} cannot carry this message: {exc}",
+                )
+        calls = deque(self._plan(items))
+        while calls:
+            call = calls.popleft()
+            if self._client is None:
+                reason = "the connection is closed"
+            elif cancel is not None and cancel():
+                reason = "stopped"
+            else:
+                if pace is not None:
+                    for _ in call.items:
+                        pace()
+                outcome = self._call(call, cancel)
+                if isinstance(outcome, _Split):
+                    calls.extendleft(reversed(outcome.parts))
+                    continue
+                for index, result in zip(call.indexes, outcome, strict=True):
+                    results[index] = result
+                if idle is not None:
+                    idle()
+                continue
+            for index in call.indexes:
+                results[index] = NotSent(reason)
+            for rest in calls:
+                for index in rest.indexes:
+                    results[index] = NotSent(reason)
+            break
+        return [r if r is not None else NotSent("not sent") for r in results]
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _plan(self, items: Sequence[tuple[int, Item]]) -> list[_Call]:
+        """Group messages into calls by the provider's count and byte limits."""
+        limit = min(self.provider.batch_max, self.config.batch_size or self.provider.batch_max)
+        calls: list[_Call] = []
+        current = _Call([], [])
+        size = 0
+        for index, item in items:
+            alone = not item.batchable
+            full = (
+                len(current.items) >= limit
+                or size + len(item.body) + 1 > self.provider.call_bytes_max
+            )
+            if current.items and (alone or full or not current.items[-1].batchable):
+                calls.append(current)
+                current, size = _Call([], []), 0
+            current.indexes.append(index)
+            current.items.append(item)
+            size += len(item.body) + 1
+        if current.items:
+            calls.append(current)
+        return calls
+
+    def _call(self, call: _Call, cancel: Callable[[], bool] | None) -> list[Result] | _Split:
+        """One call, repeated where the provider asks for it; a result for each message."""
+        if self.provider.idempotent and call.key is None:
+            call.key = str(uuid.uuid4())
+        request = self.provider.request(call.items, call.key)
+        title = self.provider.title
+        tries = 0
+        handed = False  # an earlier try was written and got no answer
+        while True:
+            tries += 1
+            self._wait(self._not_before - self.clock(), cancel)
+            try:
+                answer = self._request(request.method, request.path, request)
+            except (
+                httpx.ConnectError,
+                httpx.ConnectTimeout,
+                httpx.WriteError,
+                httpx.WriteTimeout,
+                httpx.PoolTimeout,
+                httpx.UnsupportedProtocol,
+                httpx.ProxyError,
+            ) as exc:
+                # This try was not (wholly) written: the provider cannot have acted on it. An
+                # earlier try may have been taken, though: then the messages stay `unknown`.
+                self._broken(f"{type(exc).__name__}: {exc}")
+                if handed:
+                    reason = f"no answer from {title}, and {self.endpoint}: {_reason(exc)}"
+                    return [answerless(i.built, reason) for i in call.items]
+                return [NotSent(f"{self.endpoint}: {_reason(exc)}") for _ in call.items]
+            except httpx.TransportError as exc:
+                # Written, and no answer: the provider may have the messages.
+                reason = f"no answer from {title} after the request was sent: {_reason(exc)}"
+                handed = True
+                if self.provider.idempotent and tries < TRIES:
+                    log.warning("%s; sending it again with the same Idempotency-Key", reason)
+                    self._broken(reason)
+                    if not self._reopen(cancel):
+                        return [answerless(i.built, reason) for i in call.items]
+                    self._backoff(tries, cancel)
+                    continue
+                self._broken(reason)
+                return [answerless(i.built, reason) for i in call.items]
+            status = answer.status
+            if 200 <= status < 300:
+                self._note_limits(answer)
+                try:
+                    return list(self.provider.accepted(answer, call.items))
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    reason = f"{title} answered {status} in a form mailcli cannot read: {exc}"
+                    return [answerless(i.built, reason) for i in call.items]
+            gateway = status in GATEWAY_STATUSES
+            again = (
+                status in RETRY_STATUSES
+                or self.provider.wait_again(answer)
+                or (gateway and self.provider.idempotent)
+            )
+            if handed and not (again and tries < TRIES):
+                # An earlier try may have been taken; this answer does not say it was not.
+                code, text = self.provider.refusal(answer)
+                reason = f"no verdict from {title} on a request that went unanswered: {text}"
+                return [answerless(i.built, reason) for i in call.items]
+            if self.provider.token_refused(answer):
+                code, text = self.provider.refusal(answer)
+                self._refused = AuthError(
+                    f"{title} refused the API token ({answer.status}): {text}",
+                    hint=f"check {self.config.info.token_env} (or the keyring entry "
+                    f"api:{self.name}, or api.token_command)",
+                )
+                self._broken("token refused")
+                return [NotSent("the API token was refused") for _ in call.items]
+            if again:
+                code, text = self.provider.refusal(answer)
+                handed = handed or gateway
+                if tries < TRIES:
+                    wait = self._retry_after(answer, tries)
+                    log.warning(
+                        "%s answered %d; trying the call again in %.1f s", title, status, wait
+                    )
+                    if self._wait(wait, cancel):
+                        continue
+                    if not handed:
+                        return [NotSent("stopped") for _ in call.items]
+                if handed:
+                    reason = f"no verdict from {title}: HTTP {status} {text}"
+                    return [answerless(i.built, reason) for i in call.items]
+                return [refused(i.built, code, text, temporary=True) for i in call.items]
+            if gateway or status >= 500:
+                # The request reached a gateway or the provider, which said nothing of the
+                # messages: they may have been taken.
+                code, text = self.provider.refusal(answer)
+                reason = f"no verdict from {title}: HTTP {status} {text}"
+                return [answerless(i.built, reason) for i in call.items]
+            if len(call.items) > 1 and 400 <= status < 500:
+                # Refused whole before anything was taken: find the message at fault.
+                halves = status == 413
+                log.info(
+                    "%s refused a call of %d messages (%d); splitting it",
+                    title,
+                    len(call.items),
+                    status,
+                )
+                return _Split(_parts(call, halves))
+            code, text = self.provider.refusal(answer)
+            return [refused(i.built, code, text) for i in call.items]
+
+    def _request(self, method: str, path: str, request: Request) -> Answer:
+        client = self._client
+        if client is None:
+            raise httpx.ConnectError("the connection is closed")
+        size = (
+            len(request.content)
+            if request.content is not None
+            else (sum(len(f[1]) for f in (request.files or {}).values()))
+        )
+        _http_log.debug("%s %s%s (%d bytes)", method, self.endpoint, path, size)
+        started = self.clock()
+        self.requests += 1
+        response = client.request(
+            method,
+            path,
+            content=request.content,
+            data=request.data,
+            files=request.files,
+            headers=dict(request.headers),
+            extensions={"trace": self._trace},
+        )
+        elapsed = (self.clock() - started) * 1000
+        _http_log.debug(
+            "%s %s%s: %d in %.0f ms", method, self.endpoint, path, response.status_code, elapsed
+        )
+        return Answer(response.status_code, dict(response.headers), response.content)
+
+    def _trace(self, event: str, info: Mapping[str, Any]) -> None:
+        # httpcore reports each new TCP connection: the count `--json` shows as `connections`.
+        if event == "connection.connect_tcp.complete":
+            self.connections += 1
+
+    def _broken(self, reason: str) -> None:
+        log.info("%s: closing the connection: %s", self.endpoint, reason)
+        self.close()
+
+    def _reopen(self, cancel: Callable[[], bool] | None) -> bool:
+        try:
+            self.open()
+        except MailcliError:
+            return False
+        return not (cancel is not None and cancel())
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    def _retry_after(self, answer: Answer, tries: int) -> float:
+        """Retry-After, else the rate-limit reset, else a backoff; at most MAX_WAIT_S."""
+        hint = retry_after(answer.headers, now=time.time())
+        if hint is None:
+            hint = BACKOFF_S[min(tries, len(BACKOFF_S)) - 1]
+        return min(max(hint, 0.0), MAX_WAIT_S)
+
+    def _backoff(self, tries: int, cancel: Callable[[], bool] | None) -> None:
+        self._wait(BACKOFF_S[min(tries, len(BACKOFF_S)) - 1], cancel)
+
+    def _note_limits(self, answer: Answer) -> None:
+        """The provider said no request is left before a reset: wait for it before the next."""
+        headers = answer.headers
+        remaining = headers.get("ratelimit-remaining", headers.get("x-ratelimit-remaining"))
+        if remaining is not None and remaining.strip() == "0":
+            wait = retry_after(headers, now=time.time())
+            if wait is not None:
+                self._not_before = self.clock() + min(wait, MAX_WAIT_S)
+
+    def _wait(self, seconds: float, cancel: Callable[[], bool] | None) -> bool:
+        """Sleep in short steps, asking `cancel`; False when it said stop."""
+        end = self.clock() + seconds
+        while (left := end - self.clock()) > 0:
+            if cancel is not None and cancel():
+                return False
+            self.sleep(min(left, 0.25))
+        return True
+
+
+def _parts(call: _Call, halves: bool) -> list[_Call]:
+    if halves:
+        middle = len(call.items) // 2
+        return [
+            _Call(call.indexes[:middle], call.items[:middle]),
+            _Call(call.indexes[middle:], call.items[middle:]),
+        ]
+    return [_Call([i], [item]) for i, item in zip(call.indexes, call.items, strict=True)]
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+def retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
+    """Seconds to wait, from Retry-After (seconds or an HTTP date) or a rate-limit reset
+    (`ratelimit-reset`: seconds; `x-ratelimit-reset`: epoch seconds, or seconds when small)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    value = lower.get("retry-after")
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            with contextlib.suppress(TypeError, ValueError, IndexError):
+                when = email.utils.parsedate_to_datetime(value)
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=UTC)
+                return max(0.0, when.timestamp() - now)
+    for name in ("ratelimit-reset", "x-ratelimit-reset"):
+        value = lower.get(name)
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            continue
+        # An epoch time is far larger than any wait in seconds.
+        return max(0.0, number - now) if number > 1e9 else max(0.0, number)
+    return None
+
+
+# -- test-connection ------------------------------------------------------------------------
+
+
+@dataclass
+class ApiDiagnosis:
+    """What `test-connection` found out about an API token; `to_json()` is its `--json`."""
+
+    config: ApiConfig
+    account: dict[str, Any] = field(default_factory=dict)
+    status: int | None = None
+    tls: dict[str, Any] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    exit_code: int = ExitCode.OK
+
+    @property
+    def ok(self) -> bool:
+        """The token works."""
+        return self.exit_code == ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        """The machine-readable report (the SMTP report's keys, with the API's meaning)."""
+        url = httpx.URL(self.config.url)
+        return {
+            "ok": self.ok,
+            "transport": self.config.provider,
+            "host": url.host,
+            "port": url.port or (443 if url.scheme == "https" else 80),
+            "security": "tls" if url.scheme == "https" else "none",
+            "base_url": self.config.url,
+            "banner": None,
+            "capabilities": [],
+            "tls": self.tls,
+            "auth": {
+                "ok": self.ok if self.status is not None else None,
+                "status": self.status,
+                "account": self.account.get("name"),
+            },
+            "account": self.account,
+            "limits": self.account.get("limits"),
+            "timings_ms": self.timings_ms,
+            "error": self.error,
+            "exit_code": int(self.exit_code),
+        }
+
+
+def diagnose_api(
+    config: ApiConfig, token: TokenSource, *, timeout: float = 30.0, verify: bool = True
+) -> ApiDiagnosis:
+    """Check a token with the provider's read-only calls; sends no message."""
+    report = ApiDiagnosis(config)
+    transport = ApiTransport(config, token, timeout=timeout, verify=verify)
+    provider = transport.provider
+    try:
+        transport.open()
+    except MailcliError as exc:
+        report.error, report.exit_code = exc.message, int(exc.exit_code)
+        return report
+    assert transport._client is not None
+    answers: list[Answer] = []
+    try:
+        for index, path in enumerate(provider.account_requests()):
+            started = time.perf_counter()
+            response = transport._client.get(path)
+            report.timings_ms[path] = round((time.perf_counter() - started) * 1000, 1)
+            answer = Answer(response.status_code, dict(response.headers), response.content)
+            if index == 0:
+                report.status = answer.status
+                report.tls = _tls(response)
+                if provider.token_refused(answer) and not _send_only(provider, answer):
+                    _, text = provider.refusal(answer)
+                    report.error = (
+                        f"{provider.title} refused the API token ({answer.status}): {text}"
+                    )
+                    report.exit_code = ExitCode.NOPERM
+                    return report
+                if answer.status >= 400 and not _send_only(provider, answer):
+                    _code, text = provider.refusal(answer)
+                    report.error = f"{provider.title} answered {answer.status}: {text}"
+                    report.exit_code = ExitCode.UNAVAILABLE
+                    return report
+            answers.append(answer)
+        report.account = provider.account(answers)
+    except httpx.TransportError as exc:
+        report.error = f"{config.url}: {_reason(exc)}"
+        report.exit_code = ExitCode.UNAVAILABLE
+    except ConfigError as exc:
+        report.error, report.exit_code = exc.message, int(exc.exit_code)
+    finally:
+        transport.close()
+    return report
+
+
+def _send_only(provider: Provider, answer: Answer) -> bool:
+    """Resend's sending-only keys cannot read the account: the token works all the same."""
+    data = answer.json()
+    return (
+        provider.name == "resend"
+        and answer.status == 401
+        and isinstance(data, dict)
+        and data.get("name") == "restricted_api_key"
+    )
+
+
+def _tls(response: httpx.Response) -> dict[str, Any] | None:
+    stream = response.extensions.get("network_stream")
+    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    if ssl_object is None:
+        return None
+    cipher = ssl_object.cipher()
+    return {
+        "version": ssl_object.version(),
+        "cipher": cipher[0] if cipher else None,
+        "bits": cipher[2] if cipher else None,
+        "http_version": response.http_version,
+    }
