@@ -19,9 +19,14 @@ import threading
 class DelayProxy:
     """Forwards loopback connections to `upstream`, adding rtt/2 each way; runs in a thread."""
 
-    def __init__(self, upstream: tuple[str, int], rtt_ms: float, port: int = 0) -> None:
+    def __init__(
+        self, upstream: tuple[str, int], rtt_ms: float, port: int = 0, *, handshake: bool = False
+    ) -> None:
         self.upstream = upstream
         self.delay = rtt_ms / 2000
+        # handshake=True: a new connection costs a round trip before its first byte moves, as
+        # TCP's SYN and SYN-ACK do on a real network (the local accept is instant).
+        self.handshake = handshake
         self.port = port
         self.connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -54,6 +59,8 @@ class DelayProxy:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.handshake:
+            await asyncio.sleep(2 * self.delay)
         up_r, up_w = await asyncio.open_connection(*self.upstream)
         await asyncio.gather(self._pump(client_r, up_w), self._pump(up_r, client_w))
 

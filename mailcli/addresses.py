@@ -30,7 +30,21 @@ class Mailbox(NamedTuple):
         return address_key(self.addr)
 
     def __str__(self) -> str:
-        return email.utils.formataddr((self.name, self.addr)) if self.name else self.addr
+        return format_mailbox(self.name, self.addr)
+
+
+def format_mailbox(name: str, addr: str) -> str:
+    """`Name <addr>` as text (not encoded: the builder encodes headers), the name quoted where
+    it holds a special character; the bare address when there is no name.
+
+    Not `email.utils.formataddr`: it writes a non-ASCII name as an RFC 2047 encoded word, which
+    the builder would then encode a second time.
+    """
+    if not name:
+        return addr
+    if any(c in name for c in '()<>[]:;@\\,."'):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{addr}>"
 
 
 def address_key(addr: str) -> str:

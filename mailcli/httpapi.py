@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import logging
 import math
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -132,6 +134,7 @@ class ApiTransport:
         self._client: httpx.Client | None = None
         self._refused: AuthError | None = None
         self._not_before = 0.0  # a rate-limit reset the provider announced
+        self._worker: ThreadPoolExecutor | None = None
 
     # -- the Transport protocol -------------------------------------------------------------
 
@@ -172,11 +175,18 @@ class ApiTransport:
             verify=tls_context(self.verify) if url.startswith("https:") else False,
             http2=url.startswith("https:") and _h2(),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            # One connection, kept while mailcli builds the next call (httpx closes an idle one
+            # after 5 s by default; a provider keeps it about a minute).
+            limits=httpx.Limits(
+                max_connections=1, max_keepalive_connections=1, keepalive_expiry=55.0
+            ),
         )
 
     def close(self) -> None:
         """Close the connection; never raises."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.shutdown(wait=False)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -217,14 +227,12 @@ class ApiTransport:
                 if pace is not None:
                     for _ in call.items:
                         pace()
-                outcome = self._call(call, cancel)
+                outcome = self._call(call, cancel, idle)
                 if isinstance(outcome, _Split):
                     calls.extendleft(reversed(outcome.parts))
                     continue
                 for index, result in zip(call.indexes, outcome, strict=True):
                     results[index] = result
-                if idle is not None:
-                    idle()
                 continue
             for index in call.indexes:
                 results[index] = NotSent(reason)
@@ -258,7 +266,12 @@ class ApiTransport:
             calls.append(current)
         return calls
 
-    def _call(self, call: _Call, cancel: Callable[[], bool] | None) -> list[Result] | _Split:
+    def _call(
+        self,
+        call: _Call,
+        cancel: Callable[[], bool] | None,
+        idle: Callable[[], object] | None = None,
+    ) -> list[Result] | _Split:
         """One call, repeated where the provider asks for it; a result for each message."""
         if self.provider.idempotent and call.key is None:
             call.key = str(uuid.uuid4())
@@ -270,7 +283,7 @@ class ApiTransport:
             tries += 1
             self._wait(self._not_before - self.clock(), cancel)
             try:
-                answer = self._request(request.method, request.path, request)
+                answer = self._request(request, idle)
             except (
                 httpx.ConnectError,
                 httpx.ConnectTimeout,
@@ -363,10 +376,14 @@ class ApiTransport:
             code, text = self.provider.refusal(answer)
             return [refused(i.built, code, text) for i in call.items]
 
-    def _request(self, method: str, path: str, request: Request) -> Answer:
+    def _request(self, request: Request, idle: Callable[[], object] | None = None) -> Answer:
+        """One HTTP exchange. With `idle`, the request runs in a worker thread while this one
+        calls `idle` (the engine builds the next group meanwhile), as SMTP does while the server
+        works; the outcome is the same either way."""
         client = self._client
         if client is None:
             raise httpx.ConnectError("the connection is closed")
+        method, path = request.method, request.path
         size = (
             len(request.content)
             if request.content is not None
@@ -375,7 +392,8 @@ class ApiTransport:
         _http_log.debug("%s %s%s (%d bytes)", method, self.endpoint, path, size)
         started = self.clock()
         self.requests += 1
-        response = client.request(
+        exchange = functools.partial(
+            client.request,
             method,
             path,
             content=request.content,
@@ -384,6 +402,18 @@ class ApiTransport:
             headers=dict(request.headers),
             extensions={"trace": self._trace},
         )
+        if idle is None:
+            response = exchange()
+        else:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="mailcli-http")
+            pending = self._worker.submit(exchange)
+            # prepare() builds one message a call; a group's worth fills what comes next.
+            for _ in range(self.window):
+                if pending.done():
+                    break
+                idle()
+            response = pending.result()
         elapsed = (self.clock() - started) * 1000
         _http_log.debug(
             "%s %s%s: %d in %.0f ms", method, self.endpoint, path, response.status_code, elapsed

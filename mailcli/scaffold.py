@@ -53,6 +53,9 @@ list_id: "Example News <news.example.com>"
 
 # smtp: {{host: smtp.example.com, port: 587, security: starttls, username: team@example.com}}
 # smtp: {{profile: default}}        # or settings from config.yaml (the password never goes here)
+# api: {{provider: postmark}}       # or an HTTP API provider instead of SMTP: postmark, resend,
+#                                  # sendgrid, mailgun (+ domain:); the token from its variable
+#                                  # (POSTMARK_SERVER_TOKEN, ...) or the keyring, never from here
 rate: "10/s"                     # never faster than this; also "600/min", "5000/h"
 retry: {{attempts: 3, delay: 30s}} # a 4xx reply is tried again after 30 s, then 60 s
 # state: .mailcli/{name}.sqlite    # where progress is kept (this is the default)

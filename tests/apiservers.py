@@ -79,7 +79,9 @@ class Reply:
 
     @classmethod
     def json(cls, status: int, data: Any, **headers: str) -> Reply:
-        return cls(status, json.dumps(data).encode(), {"Content-Type": "application/json", **headers})
+        return cls(
+            status, json.dumps(data).encode(), {"Content-Type": "application/json", **headers}
+        )
 
 
 @dataclass
@@ -212,7 +214,9 @@ class ProviderServer:
                 self.faults.popleft()
             return fault
 
-    def take(self, recipients: list[str], message: Any, form: dict[str, list[str]] | None = None) -> str:
+    def take(
+        self, recipients: list[str], message: Any, form: dict[str, list[str]] | None = None
+    ) -> str:
         taken = Taken(str(uuid.uuid4()), recipients, message, form or {})
         with self.lock:
             self.taken.append(taken)
@@ -290,7 +294,10 @@ class PostmarkServer(ProviderServer):
         if not message.get("From") or not to:
             return {"ErrorCode": 300, "Message": "Invalid email request: From and To are required"}
         if not message.get("TextBody") and not message.get("HtmlBody"):
-            return {"ErrorCode": 300, "Message": "Provide either email TextBody or HtmlBody or both."}
+            return {
+                "ErrorCode": 300,
+                "Message": "Provide either email TextBody or HtmlBody or both.",
+            }
         if len(everyone) > 50:
             return {"ErrorCode": 300, "Message": "Maximum of 50 recipients."}
         refusal = self.refusal_for(everyone)
@@ -318,7 +325,9 @@ class ResendServer(ProviderServer):
         return headers.get("authorization") == f"Bearer {self.token}"
 
     def bad_token(self) -> Reply:
-        return Reply.json(401, {"statusCode": 401, "message": "API key is invalid", "name": "validation_error"})
+        return Reply.json(
+            401, {"statusCode": 401, "message": "API key is invalid", "name": "validation_error"}
+        )
 
     def limits(self) -> dict[str, str]:
         return {"ratelimit-limit": "10", "ratelimit-remaining": "9", "ratelimit-reset": "1"}
@@ -339,7 +348,14 @@ class ResendServer(ProviderServer):
                 {
                     "object": "list",
                     "has_more": False,
-                    "data": [{"id": "d1", "name": "acme.example", "status": "verified", "region": "us-east-1"}],
+                    "data": [
+                        {
+                            "id": "d1",
+                            "name": "acme.example",
+                            "status": "verified",
+                            "region": "us-east-1",
+                        }
+                    ],
                 },
             )
         return Reply.json(404, {"statusCode": 404, "message": "Not found", "name": "not_found"})
@@ -386,7 +402,9 @@ class ResendServer(ProviderServer):
             if not isinstance(data, list) or len(data) > 100:
                 return error(422, "validation_error", "The batch must hold 1 to 100 emails.")
             if any("attachments" in m for m in data):
-                return error(422, "validation_error", "The `attachments` field is not supported yet.")
+                return error(
+                    422, "validation_error", "The `attachments` field is not supported yet."
+                )
             permissive = record.headers.get("x-batch-validation") == "permissive"
             problems = [(i, self._problem(m)) for i, m in enumerate(data)]
             errors = [{"index": i, "message": p} for i, p in problems if p]
@@ -400,14 +418,22 @@ class ResendServer(ProviderServer):
         return error(404, "not_found", "Not found")
 
     def _problem(self, message: dict[str, Any]) -> str | None:
-        everyone = [*_addresses(message.get("to")), *_addresses(message.get("cc")), *_addresses(message.get("bcc"))]
+        everyone = [
+            *_addresses(message.get("to")),
+            *_addresses(message.get("cc")),
+            *_addresses(message.get("bcc")),
+        ]
         if not message.get("from") or not message.get("to") or not message.get("subject"):
             return "Missing `from`, `to` or `subject` field."
         refusal = self.refusal_for(everyone)
         return refusal[1] if refusal else None
 
     def _take(self, message: dict[str, Any]) -> str:
-        everyone = [*_addresses(message.get("to")), *_addresses(message.get("cc")), *_addresses(message.get("bcc"))]
+        everyone = [
+            *_addresses(message.get("to")),
+            *_addresses(message.get("cc")),
+            *_addresses(message.get("bcc")),
+        ]
         return self.take(everyone, message)
 
 
@@ -421,7 +447,11 @@ class SendGridServer(ProviderServer):
         return Reply.json(401, {"errors": [{"field": None, "message": "authorization required"}]})
 
     def limits(self) -> dict[str, str]:
-        return {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "599", "X-RateLimit-Reset": str(int(time.time()) + 60)}
+        return {
+            "X-RateLimit-Limit": "600",
+            "X-RateLimit-Remaining": "599",
+            "X-RateLimit-Reset": str(int(time.time()) + 60),
+        }
 
     def get(self, path: str) -> Reply:
         if path == "/v3/user/account":
@@ -429,8 +459,15 @@ class SendGridServer(ProviderServer):
         if path == "/v3/user/credits":
             return Reply.json(
                 200,
-                {"remain": 98000, "total": 100000, "overage": 0, "used": 2000,
-                 "last_reset": "2026-12-01", "next_reset": "2027-01-01", "reset_frequency": "monthly"},
+                {
+                    "remain": 98000,
+                    "total": 100000,
+                    "overage": 0,
+                    "used": 2000,
+                    "last_reset": "2026-12-01",
+                    "next_reset": "2027-01-01",
+                    "reset_frequency": "monthly",
+                },
             )
         return Reply.json(404, {"errors": [{"field": None, "message": "not found"}]})
 
@@ -439,8 +476,25 @@ class SendGridServer(ProviderServer):
             return Reply.json(404, {"errors": [{"field": None, "message": "not found"}]})
         data = record.json()
         content = [c.get("type") for c in data.get("content", [])]
-        if "text/html" in content and "text/plain" in content and content.index("text/plain") > content.index("text/html"):
-            return Reply.json(400, {"errors": [{"message": "Following RFC 1341, section 7.2, if either text/html or text/plain are to be sent in your email: text/plain needs to be first, followed by text/html, followed by any other content.", "field": "content", "help": None}]})
+        if (
+            "text/html" in content
+            and "text/plain" in content
+            and content.index("text/plain") > content.index("text/html")
+        ):
+            return Reply.json(
+                400,
+                {
+                    "errors": [
+                        {
+                            "message": "Following RFC 1341, section 7.2, if either text/html "
+                            "or text/plain are to be sent in your email: text/plain needs to be "
+                            "first, followed by text/html, followed by any other content.",
+                            "field": "content",
+                            "help": None,
+                        }
+                    ]
+                },
+            )
         everyone = [
             box["email"]
             for person in data.get("personalizations", [])
@@ -449,7 +503,19 @@ class SendGridServer(ProviderServer):
         ]
         refusal = self.refusal_for(everyone)
         if refusal is not None:
-            return Reply.json(refusal[0], {"errors": [{"message": refusal[1], "field": "personalizations.0.to.0.email", "help": None}]}, **self.limits())
+            return Reply.json(
+                refusal[0],
+                {
+                    "errors": [
+                        {
+                            "message": refusal[1],
+                            "field": "personalizations.0.to.0.email",
+                            "help": None,
+                        }
+                    ]
+                },
+                **self.limits(),
+            )
         message_id = self.take(everyone, data)
         return Reply(202, b"", {"X-Message-Id": message_id, **self.limits()})
 
@@ -470,7 +536,14 @@ class MailgunServer(ProviderServer):
 
     def get(self, path: str) -> Reply:
         if path == f"/v4/domains/{self.domain}":
-            return Reply.json(200, {"domain": {"name": self.domain, "state": "active", "type": "custom"}, "receiving_dns_records": [], "sending_dns_records": []})
+            return Reply.json(
+                200,
+                {
+                    "domain": {"name": self.domain, "state": "active", "type": "custom"},
+                    "receiving_dns_records": [],
+                    "sending_dns_records": [],
+                },
+            )
         if path == "/v5/accounts/limit/custom/monthly":
             return Reply.json(200, {"limit": 50000, "current": 1200, "period": "1m"})
         return Reply.json(404, {"message": "not found"})
@@ -486,7 +559,9 @@ class MailgunServer(ProviderServer):
         if refusal is not None:
             return Reply.json(refusal[0], {"message": refusal[1]})
         message_id = self.take(recipients, files["message"], form)
-        return Reply.json(200, {"id": f"<{message_id}@{self.domain}>", "message": "Queued. Thank you."})
+        return Reply.json(
+            200, {"id": f"<{message_id}@{self.domain}>", "message": "Queued. Thank you."}
+        )
 
 
 def parse_form(content_type: str, body: bytes) -> tuple[dict[str, list[str]], dict[str, bytes]]:

@@ -144,6 +144,25 @@ def test_the_library_examples_run(
     assert "Bcc" not in " ".join(m.data.decode() for m in recorder.messages)
 
 
+def test_the_http_api_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """README's HTTP API example, against the local Postmark server of tests/apiservers.py put
+    where the README says http://127.0.0.1:8025, with its token."""
+    from apiservers import PostmarkServer
+
+    section = README.split("\n## HTTP API providers\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    server = PostmarkServer().start()
+    try:
+        source = code.replace("http://127.0.0.1:8025", server.url)
+        source = source.replace('"server-token"', repr(server.token))
+        exec(compile(source, "README.md HTTP API example", "exec"), {})
+    finally:
+        server.stop()
+    assert capsys.readouterr().out.split("\n")[:2] == ["sent", "120 True"]
+    assert [len(r.json()) for r in server.sends()] == [1, 120]
+    assert server.sends()[0].headers["x-postmark-server-token"] == server.token
+
+
 def run_section_example(section_name: str, tmp_path: Path) -> Any:
     """Run the one ```python block of a README section in its own interpreter (it sets up a
     framework), against a real SMTP server put where the README says port 8025."""

@@ -26,7 +26,9 @@ def core_modules() -> list[str]:
 
 
 def test_core_modules_do_not_import_typer_or_rich() -> None:
-    """Every core module imports in a fresh interpreter without loading typer, click or rich."""
+    """Every core module imports in a fresh interpreter without loading typer, click or rich
+    (but for httpx's own command line, which httpx loads when click and rich are installed),
+    and imports as well where typer, click and rich cannot be imported at all."""
     modules = core_modules()
     assert {
         "mailcli.campaign",
@@ -40,11 +42,23 @@ def test_core_modules_do_not_import_typer_or_rich() -> None:
     code = (
         "import importlib, json, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('typer', 'rich', 'click'))))\n"
+        "cli = 'httpx._main' in sys.modules\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'typer' or "
+        "(m.split('.')[0] in ('rich', 'click') and not cli))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+    blocked = (
+        "import importlib, importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('typer', 'rich', 'click'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "assert not any(m.split('.')[0] in ('typer', 'rich', 'click') for m in sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=True)
 
 
 def test_cli_module_does_load_typer() -> None:
