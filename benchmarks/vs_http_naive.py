@@ -18,6 +18,7 @@ here, so the figures favour the naive pattern. In the same run:
 Both are whole processes, timed from start to exit; both deliver every recipient once (checked).
 
     python benchmarks/vs_http_naive.py [--messages 2000] [--rtt-ms 20] [--naive-messages N]
+                                       [--no-handshake]
 
 `--naive-messages` times the naive script on fewer rows and reports its rate (it is linear in
 the row count: one request after another). Needs `requests` (`pip install '.[bench]'`).
@@ -77,12 +78,17 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--naive-messages", type=int, default=None)
     parser.add_argument("--rtt-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--no-handshake",
+        action="store_true",
+        help="new connections cost no round trip (an unrealistically cheap naive pattern)",
+    )
     args = parser.parse_args()
     naive_count = args.naive_messages or args.messages
 
     server = PostmarkServer().start()
     port = int(server.url.rsplit(":", 1)[1])
-    proxy = DelayProxy(("127.0.0.1", port), args.rtt_ms, handshake=True).start()
+    proxy = DelayProxy(("127.0.0.1", port), args.rtt_ms, handshake=not args.no_handshake).start()
     url = f"http://127.0.0.1:{proxy.port}"
     env = {"POSTMARK_SERVER_TOKEN": server.token}
     try:
@@ -115,7 +121,12 @@ def main() -> None:
         proxy.stop()
         server.stop()
 
-    print(f"HTTP API sending, {args.rtt_ms:.0f} ms round trip to a local Postmark server")
+    handshake = (
+        "no round trip for a new connection"
+        if args.no_handshake
+        else "a round trip per new connection"
+    )
+    print(f"HTTP API sending, {args.rtt_ms:.0f} ms round trip ({handshake}), local Postmark server")
     print(
         f"  mailcli batch (api: postmark)   {args.messages:>6} messages  {run.seconds:7.2f} s  "
         f"{ours:8.1f} msg/s  ({calls} calls, {summary['connections']} connection, "

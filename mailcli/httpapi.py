@@ -29,6 +29,7 @@ import email.utils
 import functools
 import logging
 import math
+import socket
 import time
 import uuid
 from collections import deque
@@ -168,18 +169,27 @@ class ApiTransport:
         token = self.token()  # ConfigError when there is none, before any request
         url = self.config.url
         headers = {"User-Agent": user_agent(), **self.provider.auth(token)}
+        https = url.startswith("https:")
+        tls = tls_context(self.verify) if https else False
+        # One connection, kept while mailcli builds the next call (httpx closes an idle one
+        # after 5 s by default; a provider keeps it about a minute). TCP_NODELAY: a request's
+        # headers and body go in separate writes, and Nagle's algorithm would hold the body
+        # back until the server's delayed ACK (up to 40 ms a request).
+        transport = httpx.HTTPTransport(
+            verify=tls,
+            http2=https and _h2(),
+            limits=httpx.Limits(
+                max_connections=1, max_keepalive_connections=1, keepalive_expiry=55.0
+            ),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
         self._client = httpx.Client(
             base_url=url,
             headers=headers,
             timeout=httpx.Timeout(self.timeout),
-            verify=tls_context(self.verify) if url.startswith("https:") else False,
-            http2=url.startswith("https:") and _h2(),
+            verify=tls,
+            transport=transport,
             follow_redirects=False,
-            # One connection, kept while mailcli builds the next call (httpx closes an idle one
-            # after 5 s by default; a provider keeps it about a minute).
-            limits=httpx.Limits(
-                max_connections=1, max_keepalive_connections=1, keepalive_expiry=55.0
-            ),
         )
 
     def close(self) -> None:

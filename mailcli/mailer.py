@@ -149,6 +149,8 @@ class Mailer:
         chosen = resolve_api(options, campaign, campaign_api, api)
         if chosen is not None:
             config, profile = chosen
+            if options.timeout is not None:  # --timeout over the `api.timeout` of a file
+                config = dataclasses.replace(config, timeout=options.timeout)
             mailer = cls(
                 api=config,
                 timeout=options.timeout or (profile.smtp.timeout if profile else None) or 30.0,

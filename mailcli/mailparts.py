@@ -46,6 +46,7 @@ _ONE_MAILBOX = re.compile(
     r'\s*(?:(?:([^"<>,;:@()\\\[\]]*?)|"((?:[^"\\]|\\.)*)")\s*<([^<>\s",;()]+@[^<>\s",;()]+)>'
     r'|([^<>\s",;:()]+@[^<>\s",;:()]+))\s*$'
 )
+_WORD = re.compile(r"=\?([^?*]+)(?:\*[^?]*)?\?([bBqQ])\?([^?]*)\?=")
 _PARAM = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
 
 
@@ -283,7 +284,38 @@ def _decoded(value: object) -> str:
         return text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
     if "=?" not in text:
         return text
-    return str(make_header(decode_header(text)))
+    try:
+        return _words(text)
+    except (ValueError, LookupError, binascii.Error):
+        return str(make_header(decode_header(text)))
+
+
+def _words(text: str) -> str:
+    """Decode encoded words (a tenth of the cost of `email.header`): adjacent words are joined
+    (the white space between them is not part of the text) and decoded together, so a
+    character split across two words comes back whole."""
+    out: list[str] = []
+    run: list[bytes] = []
+    charset = ""
+    position = 0
+    for match in _WORD.finditer(text):
+        between = text[position : match.start()]
+        word_charset, kind, data = match.group(1).lower(), match.group(2), match.group(3)
+        if run and (between.strip() or word_charset != charset):
+            out.append(b"".join(run).decode(charset))
+            run = []
+        if not run:
+            out.append(between)
+        if kind in "bB":
+            run.append(binascii.a2b_base64(data + "=" * (-len(data) % 4)))
+        else:
+            run.append(binascii.a2b_qp(data.encode("ascii"), header=True))
+        charset = word_charset
+        position = match.end()
+    if run:
+        out.append(b"".join(run).decode(charset))
+    out.append(text[position:])
+    return "".join(out)
 
 
 def _text(part: Message | None) -> str | None:

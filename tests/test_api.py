@@ -936,3 +936,18 @@ def test_retry_after_reads_every_form_providers_use() -> None:
     assert retry_after({"X-RateLimit-Reset": str(int(now) + 5)}, now=now) == 5.0  # epoch
     assert retry_after({}, now=now) is None
     assert retry_after({"Retry-After": "soon"}, now=now) is None
+
+
+def test_the_timeout_flag_bounds_each_api_call(
+    tmp_path: Path, postmark: PostmarkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--timeout wins over the file's api.timeout: a call left unanswered ends as a timeout
+    (its messages `unknown`), not when the provider finally hangs up."""
+    with_token(postmark, monkeypatch)
+    postmark.fault(Fault(hang_s=4.0))
+    files = make_campaign(tmp_path / "c", many_rows(3), extra=api_yaml(postmark, timeout=60))
+    result = run("batch", files.yaml, "--timeout", "0.5", "--json")
+    assert result.exit_code == 75
+    summary = json.loads(result.stdout)
+    assert summary["unknown"] == 3
+    assert "timed out" in summary["failures"][0]["reply"]

@@ -103,3 +103,17 @@ def test_bytes_of_another_shape_are_read_by_the_standard_library() -> None:
         "Hallo\n",
         ("Ann", "ann@example.com"),
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=line)
+def test_encoded_words_decode_as_the_standard_library_decodes_them(value: str) -> None:
+    """The builder's encoded words (a long value folds into several) decode to the same text
+    with mailparts' decoder as with email.header."""
+    from email.header import decode_header, make_header
+
+    from mailcli import mime
+    from mailcli.mailparts import _decoded
+
+    raw = mime.unstructured("Subject", value).decode("ascii").partition(": ")[2]
+    assert _decoded(raw) == str(make_header(decode_header(raw.replace("\r\n", "")))) == value

@@ -121,7 +121,7 @@ app = typer.Typer(
     cls=MailcliGroup,
     name="mailcli",
     help="Mass mailing from the command line: YAML campaigns, CSV lists, Jinja templates, "
-    "one persistent SMTP connection.\n\n"
+    "one persistent SMTP connection or an HTTP API provider.\n\n"
     "Example: mailcli init news && mailcli batch news/campaign.yaml --sandbox",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
