@@ -32,12 +32,11 @@ from typing import TYPE_CHECKING
 
 from mailcli.delivery import Delivery, DeliveryStatus, NotSent, Result, without_smtputf8
 from mailcli.envelope import Built, check_envelope
-from mailcli.errors import AuthError, MailcliError, UnavailableError
+from mailcli.errors import AuthError, CertificateError, MailcliError, UnavailableError
 from mailcli.outbox import OutboxTransport
 from mailcli.sender import RECONNECT_DELAYS, Rounds, Stopped
 from mailcli.smtpproto import ProtocolError, Reply, ReplyReader, Transactions, Write
 from mailcli.transport import (
-    CertificateError,
     SmtpSettings,
     choose_auth,
     mail_options,

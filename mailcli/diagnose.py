@@ -16,9 +16,8 @@ from typing import Any
 
 from cryptography import x509
 
-from mailcli.errors import AuthError, ExitCode, MailcliError
+from mailcli.errors import AuthError, CertificateError, ExitCode, MailcliError
 from mailcli.transport import (
-    CertificateError,
     SessionInfo,
     SmtpSettings,
     Transcript,

@@ -111,6 +111,18 @@ class UnavailableError(MailcliError):
     exit_code = ExitCode.UNAVAILABLE
 
 
+class CertificateError(UnavailableError):
+    """The server's TLS certificate did not verify (exit 69); `reason` says why."""
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(
+            f"TLS certificate of {endpoint} not trusted: {reason}",
+            hint="check the host name, or give the CA with SSL_CERT_FILE; "
+            "`mailcli test-connection` shows the certificate",
+        )
+        self.reason = reason
+
+
 class TempFailError(MailcliError):
     """Interrupted, locked, or otherwise worth running again later."""
 

@@ -30,6 +30,7 @@ import functools
 import logging
 import math
 import socket
+import ssl
 import time
 import uuid
 from collections import deque
@@ -51,7 +52,7 @@ from mailcli.delivery import (
     Result,
 )
 from mailcli.envelope import Built, check_envelope
-from mailcli.errors import AuthError, ConfigError, ExitCode, MailcliError
+from mailcli.errors import AuthError, CertificateError, ConfigError, ExitCode, MailcliError
 from mailcli.providers import (
     Answer,
     Item,
@@ -133,7 +134,9 @@ class ApiTransport:
         self.connections = 0
         self.requests = 0
         self._client: httpx.Client | None = None
-        self._refused: AuthError | None = None
+        # An error that ends the run at the next open(): a refused token, an untrusted
+        # certificate.
+        self._refused: MailcliError | None = None
         self._not_before = 0.0  # a rate-limit reset the provider announced
         self._worker: ThreadPoolExecutor | None = None
 
@@ -306,6 +309,10 @@ class ApiTransport:
                 # This try was not (wholly) written: the provider cannot have acted on it. An
                 # earlier try may have been taken, though: then the messages stay `unknown`.
                 self._broken(f"{type(exc).__name__}: {exc}")
+                untrusted = _certificate_problem(exc)
+                if untrusted is not None:
+                    # Not worth a reconnect: the run stops with exit 69, as over SMTP.
+                    self._refused = CertificateError(self.endpoint, untrusted)
                 if handed:
                     reason = f"no answer from {title}, and {self.endpoint}: {_reason(exc)}"
                     return [answerless(i.built, reason) for i in call.items]
@@ -485,6 +492,16 @@ def _parts(call: _Call, halves: bool) -> list[_Call]:
             _Call(call.indexes[middle:], call.items[middle:]),
         ]
     return [_Call([i], [item]) for i, item in zip(call.indexes, call.items, strict=True)]
+
+
+def _certificate_problem(exc: BaseException) -> str | None:
+    """Why the server's certificate was not trusted, when that is what failed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _reason(exc: Exception) -> str:

@@ -26,7 +26,7 @@ from mailcli.campaign import SECURITY_MODES, Campaign, DkimConfig, SmtpConfig
 from mailcli.compose import Address, Message
 from mailcli.delivery import Delivery, DeliveryStatus, Transport, without_smtputf8
 from mailcli.envelope import Built
-from mailcli.errors import AuthError, ConfigError
+from mailcli.errors import AuthError, CertificateError, ConfigError
 from mailcli.outbox import Outbox, OutboxTransport, recording, suppressed_by_env
 from mailcli.sender import GroupSender, Stopped
 from mailcli.transport import DEFAULT_PORTS, SmtpSettings, SmtpTransport, Transcript
@@ -408,9 +408,12 @@ class Connection:
         try:
             sent = sender.send([built[i] for i in todo])
         except Stopped as stopped:
-            if isinstance(stopped.error, AuthError) and all(r is None for r in stopped.results):
-                # Refused credentials before any message was taken (an API token is first
-                # checked by the first request): raised, as a refused SMTP login is.
+            if isinstance(stopped.error, AuthError | CertificateError) and all(
+                r is None for r in stopped.results
+            ):
+                # Refused credentials or an untrusted certificate before any message was taken
+                # (an API token is first checked by the first request): raised, as over SMTP
+                # when the connection is opened.
                 raise stopped.error from None
             sent = [
                 result

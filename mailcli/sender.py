@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from mailcli.delivery import Delivery, NotSent, Pace, Result, Transport
 from mailcli.envelope import Built
-from mailcli.errors import MailcliError, UnavailableError
+from mailcli.errors import CertificateError, MailcliError, UnavailableError
 
 log = logging.getLogger(__name__)
 RECONNECT_DELAYS = (1.0, 2.0, 4.0)
@@ -96,6 +96,8 @@ class GroupSender:
                 self.transport.close()
                 self.transport.open()
                 return True
+            except CertificateError:
+                raise  # a certificate does not get trusted by waiting: the caller stops (69)
             except UnavailableError as exc:
                 log.warning("reconnecting failed: %s", exc)
         return False

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 from mailcli.delivery import WINDOW, NotSent, Pace, Refusal, Result, lost, replied
 from mailcli.envelope import Built, check_envelope
-from mailcli.errors import AuthError, ConfigError, UnavailableError
+from mailcli.errors import AuthError, CertificateError, ConfigError, UnavailableError
 from mailcli.smtpproto import ConnectionLost, Outcome, Reply, Transactions, Write
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,6 @@ class SessionInfo:
     def phase(self, name: str, started: float) -> None:
         """Record how long a phase took, in milliseconds."""
         self.timings_ms[name] = round((time.perf_counter() - started) * 1000, 1)
-
-
-class CertificateError(UnavailableError):
-    """The server's TLS certificate did not verify (exit 69); `reason` says why."""
-
-    def __init__(self, endpoint: str, reason: str) -> None:
-        super().__init__(
-            f"TLS certificate of {endpoint} not trusted: {reason}",
-            hint="check the host name, or give the CA with SSL_CERT_FILE; "
-            "`mailcli test-connection` shows the certificate",
-        )
-        self.reason = reason
 
 
 def tls_context(verify: bool = True) -> ssl.SSLContext:

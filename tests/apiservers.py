@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import email.policy
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -113,11 +114,14 @@ class ProviderServer:
         self.thread: threading.Thread | None = None
         self.on_request: Callable[[Recorded], None] | None = None
         self.errors: list[str] = []
+        self.tls: ssl.SSLContext | None = None
 
     # -- running -----------------------------------------------------------------------------
 
-    def start(self) -> ProviderServer:
+    def start(self, tls: ssl.SSLContext | None = None) -> ProviderServer:
+        """Serve on a free loopback port; over HTTPS with `tls` (a server context)."""
         owner = self
+        self.tls = tls
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -163,8 +167,18 @@ class ProviderServer:
 
             do_GET = do_POST = _serve
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A client that refused the certificate, or hung up: not the server's fault.
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            # The handshake runs in the handler's thread, at its first read.
+            self.server.socket = tls.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -179,7 +193,8 @@ class ProviderServer:
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "https://localhost" if self.tls is not None else "http://127.0.0.1"
+        return f"{scheme}:{self.server.server_address[1]}"
 
     # -- what tests look at ------------------------------------------------------------------
 

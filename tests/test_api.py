@@ -951,3 +951,36 @@ def test_the_timeout_flag_bounds_each_api_call(
     summary = json.loads(result.stdout)
     assert summary["unknown"] == 3
     assert "timed out" in summary["failures"][0]["reply"]
+
+
+def test_https_is_verified_and_an_untrusted_certificate_stops_the_run_with_69(
+    tmp_path: Path, ca: Any, trust_ca: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTPS the provider's certificate is checked against the trust store: a trusted one
+    delivers; another CA's stops the run at once with exit 69, nobody marked, nothing sent."""
+    import trustme
+    from conftest import server_tls_context
+
+    trusted = PostmarkServer().start(server_tls_context(ca))
+    untrusted = PostmarkServer().start(server_tls_context(trustme.CA()))
+    try:
+        for server in (trusted, untrusted):
+            with_token(server, monkeypatch)
+        good = make_campaign(tmp_path / "good", many_rows(3), extra=api_yaml(trusted))
+        assert run("batch", good.yaml).exit_code == 0
+        assert len(trusted.recipients()) == 3
+        bad = make_campaign(tmp_path / "bad", many_rows(3), extra=api_yaml(untrusted))
+        result = run("batch", bad.yaml, "--json")
+        assert result.exit_code == 69, result.stderr
+        assert "TLS certificate of https://localhost" in result.stderr
+        status = mailcli.campaign_status(mailcli.load_campaign(bad.yaml))
+        assert (status.pending, status.unknown, status.sent) == (3, 0, 0)
+        assert untrusted.requests == []
+        library = mailcli.Mailer(api=ApiConfig("postmark", base_url=untrusted.url), token="x")
+        with pytest.raises(mailcli.UnavailableError, match="not trusted"):
+            library.send(mailcli.Message("Hi", ["a@example.com"], body="x", sender=SENDER))
+        report = run("test-connection", bad.yaml, "--json")
+        assert report.exit_code == 69
+    finally:
+        trusted.stop()
+        untrusted.stop()
