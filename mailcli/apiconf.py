@@ -63,6 +63,9 @@ API_KEYS = (*COMMON_KEYS, "stream", "tag", "metadata", "domain", "region")
 # Keys that would put a secret into a file: refused, with the places a token may come from.
 SECRET_KEYS = ("token", "api_key", "key", "password", "secret", "server_token")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z0-9-]{2,63}$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,8 @@ def check_api(config: ApiConfig, where: str = "api") -> None:
             raise ConfigError(f"{where}.{key}: {title} has no {key} (provider {name})")
     if name == "mailgun" and not config.domain:
         raise ConfigError(f"{where}.domain: Mailgun needs the sending domain, e.g. mg.example.com")
+    if config.domain is not None and not _DOMAIN_RE.match(config.domain):
+        raise ConfigError(f"{where}.domain: {config.domain!r} is not a domain name")
     if config.region is not None and config.region not in MAILGUN_REGIONS:
         raise ConfigError(f"{where}.region: must be one of {', '.join(MAILGUN_REGIONS)}")
     if config.base_url is not None:

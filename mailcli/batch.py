@@ -344,15 +344,27 @@ class _Run:
             count += len(group)
             upcoming: list[Queued] = []
 
-            def prepare(upcoming: list[Queued] = upcoming) -> None:
+            trouble: list[Exception] = []
+
+            def prepare(
+                upcoming: list[Queued] = upcoming, trouble: list[Exception] = trouble
+            ) -> None:
                 # Called while the server works on what was just written: the next group is
-                # rendered and built in the time the connection would otherwise sit idle.
-                if len(upcoming) < self.group_size:
-                    queued = next(source, None)
+                # rendered and built in the time the connection would otherwise sit idle. An
+                # error here (the list changed under the run) must not reach the transport,
+                # which has messages in flight: it is raised once their outcomes are recorded.
+                if len(upcoming) < self.group_size and not trouble:
+                    try:
+                        queued = next(source, None)
+                    except Exception as exc:
+                        trouble.append(exc)
+                        return
                     if queued is not None:
                         upcoming.append(queued)
 
             self._send_group(group, prepare)
+            if trouble:
+                raise trouble[0]
             upcoming.extend(itertools.islice(source, self.group_size - len(upcoming)))
             group = upcoming
         self.state.flush()  # the retry rounds read what this pass recorded

@@ -31,11 +31,11 @@ import logging
 import math
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -74,6 +74,17 @@ TRIES = 4
 BACKOFF_S = (1.0, 2.0, 4.0)
 MAX_WAIT_S = 60.0  # the longest a Retry-After is honoured within a run
 RETRY_STATUSES = frozenset((429, 500, 503))
+# Errors raised before the request was wholly written: the provider cannot have acted on it.
+NOT_WRITTEN = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+    httpx.LocalProtocolError,  # a request h11 refuses to write
+)
 # A gateway's "the provider did not answer": the provider may have taken the request.
 GATEWAY_STATUSES = frozenset((502, 504))
 
@@ -100,6 +111,7 @@ class _Call:
     indexes: list[int]
     items: list[Item]
     key: str | None = None  # the Idempotency-Key, the same on every try
+    paced: bool = False  # the rate limiter was asked for these messages already
 
 
 @dataclass
@@ -138,7 +150,7 @@ class ApiTransport:
         # certificate.
         self._refused: MailcliError | None = None
         self._not_before = 0.0  # a rate-limit reset the provider announced
-        self._worker: ThreadPoolExecutor | None = None
+        self._secret = ""  # the token, to keep it out of any text mailcli shows
 
     # -- the Transport protocol -------------------------------------------------------------
 
@@ -170,6 +182,16 @@ class ApiTransport:
         if self._client is not None:
             return
         token = self.token()  # ConfigError when there is none, before any request
+        if not token or not all("!" <= c <= "~" for c in token):
+            # It goes into a header, where a space, a line break or a non-ASCII character
+            # would be refused (or split the header); never echoed.
+            raise ConfigError(
+                f"the {self.provider.title} API token holds a character an HTTP header cannot "
+                "carry (a space, a line break or a non-ASCII character)",
+                hint=f"check {self.config.info.token_env}, the keyring entry api:{self.name} "
+                "or api.token_command",
+            )
+        self._secret = token
         url = self.config.url
         headers = {"User-Agent": user_agent(), **self.provider.auth(token)}
         https = url.startswith("https:")
@@ -197,9 +219,6 @@ class ApiTransport:
 
     def close(self) -> None:
         """Close the connection; never raises."""
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.shutdown(wait=False)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -237,9 +256,10 @@ class ApiTransport:
             elif cancel is not None and cancel():
                 reason = "stopped"
             else:
-                if pace is not None:
+                if pace is not None and not call.paced:
                     for _ in call.items:
                         pace()
+                    call.paced = True
                 outcome = self._call(call, cancel, idle)
                 if isinstance(outcome, _Split):
                     calls.extendleft(reversed(outcome.parts))
@@ -292,106 +312,117 @@ class ApiTransport:
         title = self.provider.title
         tries = 0
         handed = False  # an earlier try was written and got no answer
+
+        def unanswered(reason: str) -> list[Result]:
+            return [answerless(i.built, reason) for i in call.items]
+
+        def stopped(reason: str) -> list[Result]:
+            # Not written this time; `unknown` all the same if an earlier try may have been.
+            if handed:
+                return unanswered(f"no answer from {title}, then {reason}")
+            return [NotSent(reason) for _ in call.items]
+
         while True:
             tries += 1
-            self._wait(self._not_before - self.clock(), cancel)
+            if not self._wait(self._not_before - self.clock(), cancel):
+                return stopped("stopped")
             try:
                 answer = self._request(request, idle)
-            except (
-                httpx.ConnectError,
-                httpx.ConnectTimeout,
-                httpx.WriteError,
-                httpx.WriteTimeout,
-                httpx.PoolTimeout,
-                httpx.UnsupportedProtocol,
-                httpx.ProxyError,
-            ) as exc:
-                # This try was not (wholly) written: the provider cannot have acted on it. An
-                # earlier try may have been taken, though: then the messages stay `unknown`.
-                self._broken(f"{type(exc).__name__}: {exc}")
+            except NOT_WRITTEN as exc:
+                # This try was not (wholly) written: the provider cannot have acted on it.
+                self._broken(f"{type(exc).__name__}: {self._redact(str(exc))}")
                 untrusted = _certificate_problem(exc)
                 if untrusted is not None:
                     # Not worth a reconnect: the run stops with exit 69, as over SMTP.
                     self._refused = CertificateError(self.endpoint, untrusted)
-                if handed:
-                    reason = f"no answer from {title}, and {self.endpoint}: {_reason(exc)}"
-                    return [answerless(i.built, reason) for i in call.items]
-                return [NotSent(f"{self.endpoint}: {_reason(exc)}") for _ in call.items]
+                return stopped(f"{self.endpoint}: {self._reason(exc)}")
             except httpx.TransportError as exc:
                 # Written, and no answer: the provider may have the messages.
-                reason = f"no answer from {title} after the request was sent: {_reason(exc)}"
+                reason = f"no answer from {title} after the request was sent: {self._reason(exc)}"
                 handed = True
+                self._broken(reason)
                 if self.provider.idempotent and tries < TRIES:
                     log.warning("%s; sending it again with the same Idempotency-Key", reason)
-                    self._broken(reason)
-                    if not self._reopen(cancel):
-                        return [answerless(i.built, reason) for i in call.items]
-                    self._backoff(tries, cancel)
-                    continue
-                self._broken(reason)
-                return [answerless(i.built, reason) for i in call.items]
-            status = answer.status
-            if 200 <= status < 300:
-                self._note_limits(answer)
-                try:
-                    return list(self.provider.accepted(answer, call.items))
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    reason = f"{title} answered {status} in a form mailcli cannot read: {exc}"
-                    return [answerless(i.built, reason) for i in call.items]
-            gateway = status in GATEWAY_STATUSES
-            again = (
-                status in RETRY_STATUSES
-                or self.provider.wait_again(answer)
-                or (gateway and self.provider.idempotent)
-            )
-            if handed and not (again and tries < TRIES):
-                # An earlier try may have been taken; this answer does not say it was not.
-                code, text = self.provider.refusal(answer)
-                reason = f"no verdict from {title} on a request that went unanswered: {text}"
-                return [answerless(i.built, reason) for i in call.items]
-            if self.provider.token_refused(answer):
-                code, text = self.provider.refusal(answer)
-                self._refused = AuthError(
-                    f"{title} refused the API token ({answer.status}): {text}",
-                    hint=f"check {self.config.info.token_env} (or the keyring entry "
-                    f"api:{self.name}, or api.token_command)",
-                )
-                self._broken("token refused")
-                return [NotSent("the API token was refused") for _ in call.items]
-            if again:
-                code, text = self.provider.refusal(answer)
-                handed = handed or gateway
-                if tries < TRIES:
-                    wait = self._retry_after(answer, tries)
-                    log.warning(
-                        "%s answered %d; trying the call again in %.1f s", title, status, wait
-                    )
-                    if self._wait(wait, cancel):
+                    if self._reopen(cancel) and self._backoff(tries, cancel):
                         continue
-                    if not handed:
-                        return [NotSent("stopped") for _ in call.items]
-                if handed:
-                    reason = f"no verdict from {title}: HTTP {status} {text}"
-                    return [answerless(i.built, reason) for i in call.items]
-                return [refused(i.built, code, text, temporary=True) for i in call.items]
-            if gateway or status >= 500:
-                # The request reached a gateway or the provider, which said nothing of the
-                # messages: they may have been taken.
-                code, text = self.provider.refusal(answer)
-                reason = f"no verdict from {title}: HTTP {status} {text}"
+                return unanswered(reason)
+            except httpx.HTTPError as exc:
+                # Answered, in a form that cannot be read (a body that does not decode).
+                return unanswered(f"{title} answered unreadably: {self._reason(exc)}")
+            outcome = self._verdict(call, answer, tries, handed)
+            if outcome is not None:
+                return outcome
+            # The provider asked for the same request again later.
+            wait = self._retry_after(answer, tries)
+            handed = handed or answer.status in GATEWAY_STATUSES
+            log.warning(
+                "%s answered %d; trying the call again in %.1f s", title, answer.status, wait
+            )
+            if not self._wait(wait, cancel):
+                return stopped("stopped")
+
+    def _verdict(
+        self, call: _Call, answer: Answer, tries: int, handed: bool
+    ) -> list[Result] | _Split | None:
+        """What an answer means for the messages of a call; None: send the same call again."""
+        provider, title, status = self.provider, self.provider.title, answer.status
+        if 200 <= status < 300:
+            self._note_limits(answer)
+            try:
+                return list(provider.accepted(answer, call.items))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                reason = f"{title} answered {status} in a form mailcli cannot read: {exc}"
                 return [answerless(i.built, reason) for i in call.items]
-            if len(call.items) > 1 and 400 <= status < 500:
-                # Refused whole before anything was taken: find the message at fault.
-                halves = status == 413
-                log.info(
-                    "%s refused a call of %d messages (%d); splitting it",
-                    title,
-                    len(call.items),
-                    status,
-                )
-                return _Split(_parts(call, halves))
-            code, text = self.provider.refusal(answer)
-            return [refused(i.built, code, text) for i in call.items]
+        code, text = provider.refusal(answer)
+        gateway = status in GATEWAY_STATUSES
+        again = (
+            status in RETRY_STATUSES
+            or provider.wait_again(answer)
+            or (gateway and provider.idempotent)
+        )
+        if again and tries < TRIES:
+            return None
+        if handed or gateway or (status >= 500 and not again):
+            # An earlier try may have been taken, or a gateway lost the provider's answer, or
+            # the provider said nothing of the messages: they may have been taken.
+            reason = f"no verdict from {title}: HTTP {status} {text}"
+            return [answerless(i.built, reason) for i in call.items]
+        if again or provider.temporary(answer):
+            # Nothing was taken, and the provider may take it later.
+            return [refused(i.built, code, text, temporary=True) for i in call.items]
+        fatal: MailcliError | None = None
+        if provider.token_refused(answer):
+            fatal = AuthError(
+                f"{title} refused the API token ({status}): {text}",
+                hint=f"check {self.config.info.token_env} (or the keyring entry "
+                f"api:{self.name}, or api.token_command)",
+            )
+        elif 300 <= status < 400:
+            fatal = ConfigError(
+                f"{title} answered {status}, a redirect to {answer.headers.get('location')!r}",
+                hint="check api.base_url (mailcli does not follow redirects with the token)",
+            )
+        elif provider.misconfigured(answer):
+            fatal = ConfigError(
+                f"{title} refused the call ({status}): {text}",
+                hint="it is about the account, the sender or the endpoint, not one message: "
+                "check the sender's domain with the provider, api.base_url and api.domain",
+            )
+        if fatal is not None:
+            # Nothing was taken, nobody is marked; the run stops (77 or 78).
+            self._refused = fatal
+            self._broken(fatal.message)
+            return [NotSent(fatal.message) for _ in call.items]
+        if len(call.items) > 1 and 400 <= status < 500:
+            # Refused whole before anything was taken: find the message at fault.
+            log.info(
+                "%s refused a call of %d messages (%d); splitting it",
+                title,
+                len(call.items),
+                status,
+            )
+            return _Split(_parts(call, halves=status == 413))
+        return [refused(i.built, code, text) for i in call.items]
 
     def _request(self, request: Request, idle: Callable[[], object] | None = None) -> Answer:
         """One HTTP exchange. With `idle`, the request runs in a worker thread while this one
@@ -419,28 +450,49 @@ class ApiTransport:
             headers=dict(request.headers),
             extensions={"trace": self._trace},
         )
-        if idle is None:
-            response = exchange()
-        else:
-            if self._worker is None:
-                self._worker = ThreadPoolExecutor(1, thread_name_prefix="mailcli-http")
-            pending = self._worker.submit(exchange)
-            # prepare() builds one message a call; a group's worth fills what comes next.
-            for _ in range(self.window):
-                if pending.done():
-                    break
-                idle()
-            response = pending.result()
+        response = exchange() if idle is None else self._while_idle(exchange, idle)
         elapsed = (self.clock() - started) * 1000
         _http_log.debug(
             "%s %s%s: %d in %.0f ms", method, self.endpoint, path, response.status_code, elapsed
         )
         return Answer(response.status_code, dict(response.headers), response.content)
 
+    def _while_idle(
+        self, exchange: Callable[[], httpx.Response], idle: Callable[[], object]
+    ) -> httpx.Response:
+        """Run the exchange in a daemon thread (a stop never waits for it at exit) while this
+        thread calls `idle`: prepare() builds one message a call, a group's worth at most."""
+        done = threading.Event()
+        outcome: list[httpx.Response | BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.append(exchange())
+            except BaseException as exc:  # handed back to the caller's thread
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="mailcli-http", daemon=True).start()
+        for _ in range(self.window):
+            if done.is_set():
+                break
+            idle()
+        done.wait()
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
     def _trace(self, event: str, info: Mapping[str, Any]) -> None:
         # httpcore reports each new TCP connection: the count `--json` shows as `connections`.
         if event == "connection.connect_tcp.complete":
             self.connections += 1
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "<redacted>") if self._secret else text
+
+    def _reason(self, exc: Exception) -> str:
+        return self._redact(_reason(exc))
 
     def _broken(self, reason: str) -> None:
         log.info("%s: closing the connection: %s", self.endpoint, reason)
@@ -462,8 +514,8 @@ class ApiTransport:
             hint = BACKOFF_S[min(tries, len(BACKOFF_S)) - 1]
         return min(max(hint, 0.0), MAX_WAIT_S)
 
-    def _backoff(self, tries: int, cancel: Callable[[], bool] | None) -> None:
-        self._wait(BACKOFF_S[min(tries, len(BACKOFF_S)) - 1], cancel)
+    def _backoff(self, tries: int, cancel: Callable[[], bool] | None) -> bool:
+        return self._wait(BACKOFF_S[min(tries, len(BACKOFF_S)) - 1], cancel)
 
     def _note_limits(self, answer: Answer) -> None:
         """The provider said no request is left before a reset: wait for it before the next."""
@@ -485,13 +537,16 @@ class ApiTransport:
 
 
 def _parts(call: _Call, halves: bool) -> list[_Call]:
+    """A refused call's messages in smaller calls (paced already: they never left)."""
     if halves:
         middle = len(call.items) // 2
         return [
-            _Call(call.indexes[:middle], call.items[:middle]),
-            _Call(call.indexes[middle:], call.items[middle:]),
+            _Call(call.indexes[:middle], call.items[:middle], paced=True),
+            _Call(call.indexes[middle:], call.items[middle:], paced=True),
         ]
-    return [_Call([i], [item]) for i, item in zip(call.indexes, call.items, strict=True)]
+    return [
+        _Call([i], [item], paced=True) for i, item in zip(call.indexes, call.items, strict=True)
+    ]
 
 
 def _certificate_problem(exc: BaseException) -> str | None:
@@ -607,28 +662,45 @@ def diagnose_api(
             if index == 0:
                 report.status = answer.status
                 report.tls = _tls(response)
-                if provider.token_refused(answer) and not _send_only(provider, answer):
-                    _, text = provider.refusal(answer)
-                    report.error = (
-                        f"{provider.title} refused the API token ({answer.status}): {text}"
-                    )
-                    report.exit_code = ExitCode.NOPERM
-                    return report
-                if answer.status >= 400 and not _send_only(provider, answer):
-                    _code, text = provider.refusal(answer)
-                    report.error = f"{provider.title} answered {answer.status}: {text}"
-                    report.exit_code = ExitCode.UNAVAILABLE
+                problem = _diagnosis_problem(provider, answer)
+                if problem is not None:
+                    report.error, report.exit_code = problem
                     return report
             answers.append(answer)
         report.account = provider.account(answers)
-    except httpx.TransportError as exc:
-        report.error = f"{config.url}: {_reason(exc)}"
+        if report.account.get("can_send") is False:
+            report.error = f"{provider.title} accepted the API token, but it may not send mail"
+            report.exit_code = ExitCode.NOPERM
+    except httpx.HTTPError as exc:
+        untrusted = _certificate_problem(exc)
+        report.error = (
+            CertificateError(config.url, untrusted).message
+            if untrusted is not None
+            else f"{config.url}: {transport._reason(exc)}"
+        )
         report.exit_code = ExitCode.UNAVAILABLE
-    except ConfigError as exc:
-        report.error, report.exit_code = exc.message, int(exc.exit_code)
+    except (ValueError, TypeError, AttributeError) as exc:
+        report.error = f"{provider.title} answered in a form mailcli cannot read: {exc}"
+        report.exit_code = ExitCode.UNAVAILABLE
     finally:
         transport.close()
     return report
+
+
+def _diagnosis_problem(provider: Provider, answer: Answer) -> tuple[str, int] | None:
+    """The error and exit code that the first account answer means (None: the token works)."""
+    status, title = answer.status, provider.title
+    if status < 300 or _send_only(provider, answer):
+        return None
+    _, text = provider.refusal(answer)
+    if 300 <= status < 400:
+        where = answer.headers.get("location")
+        return f"{title} answered {status}, a redirect to {where!r}: check api.base_url", 78
+    if provider.token_refused(answer):
+        return f"{title} refused the API token ({status}): {text}", ExitCode.NOPERM
+    if status in (404, 405):
+        return f"{title} answered {status}: {text}: check api.base_url and api.domain", 78
+    return f"{title} answered {status}: {text}", ExitCode.UNAVAILABLE
 
 
 def _send_only(provider: Provider, answer: Answer) -> bool:

@@ -154,7 +154,7 @@ class Mailer:
             mailer = cls(
                 api=config,
                 timeout=options.timeout or (profile.smtp.timeout if profile else None) or 30.0,
-                verify=not insecure_skip_verify,
+                verify=not (insecure_skip_verify or (profile and profile.insecure_skip_verify)),
                 default_sender=default_sender(profile),
             )
             mailer._profile = profile
@@ -408,12 +408,12 @@ class Connection:
         try:
             sent = sender.send([built[i] for i in todo])
         except Stopped as stopped:
-            if isinstance(stopped.error, AuthError | CertificateError) and all(
+            if isinstance(stopped.error, AuthError | CertificateError | ConfigError) and all(
                 r is None for r in stopped.results
             ):
-                # Refused credentials or an untrusted certificate before any message was taken
-                # (an API token is first checked by the first request): raised, as over SMTP
-                # when the connection is opened.
+                # Refused credentials, an untrusted certificate or a provider refusing the
+                # account before any message was taken (an API token is first checked by the
+                # first request): raised, as over SMTP when the connection is opened.
                 raise stopped.error from None
             sent = [
                 result

@@ -287,7 +287,11 @@ def _decoded(value: object) -> str:
     try:
         return _words(text)
     except (ValueError, LookupError, binascii.Error):
+        pass
+    try:
         return str(make_header(decode_header(text)))
+    except (ValueError, LookupError):
+        return text  # not decodable: as written
 
 
 def _words(text: str) -> str:

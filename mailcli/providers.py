@@ -111,6 +111,7 @@ class Provider:
     message_bytes_max = 10 * MB
     recipients_max = 50  # To + Cc + Bcc of one message
     idempotent = False  # a retried request cannot deliver twice (an Idempotency-Key)
+    headers_as_mapping = True  # custom headers go as a JSON object: one value a name
     # Campaign keys it cannot carry, and why.
     cannot: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
@@ -132,6 +133,12 @@ class Provider:
             )
         if parts.signed:
             raise Uncarried(f"it carries a DKIM signature, which {self.title} would drop")
+        if not parts.to:
+            raise Uncarried(f"it has no To address (only Bcc), and {self.title} needs one")
+        names = [name.lower() for name, _ in parts.headers]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None and self.headers_as_mapping:
+            raise Uncarried(f"the header {twice!r} appears twice; {self.title} takes one value")
         body = json.dumps(self.payload(parts), ensure_ascii=False, separators=(",", ":"))
         data = body.encode("utf-8")
         if len(data) > self.message_bytes_max:
@@ -172,6 +179,15 @@ class Provider:
         """Beyond 429 and 500/503: an answer that asks to try the same request again later."""
         return False
 
+    def temporary(self, answer: Answer) -> bool:
+        """A refusal of the whole call that may clear by itself (nothing was taken)."""
+        return False
+
+    def misconfigured(self, answer: Answer) -> bool:
+        """A refusal about the account, the sender or the endpoint, not about one message:
+        no point sending the rest (after `token_refused`, which is checked first)."""
+        return answer.status in (403, 404, 405)
+
     def account_requests(self) -> list[str]:
         """Read-only paths that check the token (test-connection), the main one first."""
         raise NotImplementedError
@@ -197,6 +213,7 @@ class Postmark(Provider):
     """Postmark: /email/batch, up to 500 messages a call, an ErrorCode per message."""
 
     name, title = "postmark", "Postmark"
+    headers_as_mapping = False  # a list of {Name, Value}
     batch_max = 500
     call_bytes_max = 50 * MB
     message_bytes_max = 10 * MB
@@ -289,6 +306,18 @@ class Postmark(Provider):
         if isinstance(data, dict) and isinstance(data.get("ErrorCode"), int):
             return data["ErrorCode"], f"Postmark: {data.get('Message', '')}"
         return super().refusal(answer)
+
+    def temporary(self, answer: Answer) -> bool:
+        """Maintenance, out of credits, or the rate limit, for the whole call."""
+        data = answer.json()
+        return isinstance(data, dict) and data.get("ErrorCode") in self.TEMPORARY
+
+    def misconfigured(self, answer: Answer) -> bool:
+        """Sender signature missing or unconfirmed, account pending or not allowed to send."""
+        data = answer.json()
+        return super().misconfigured(answer) or (
+            isinstance(data, dict) and data.get("ErrorCode") in (400, 401, 412, 413)
+        )
 
     def token_refused(self, answer: Answer) -> bool:
         """401, or ErrorCode 10 (a bad or missing token)."""
@@ -539,19 +568,34 @@ class SendGrid(Provider):
             return answer.status, "SendGrid: " + "; ".join(texts)
         return super().refusal(answer)
 
+    def token_refused(self, answer: Answer) -> bool:
+        """401; a 403 only when it says the key lacks the permission ("access forbidden"), not
+        when it refuses the sender (an unverified Sender Identity)."""
+        if answer.status == 401:
+            return True
+        return answer.status == 403 and "access forbidden" in answer.text.lower()
+
     def account_requests(self) -> list[str]:
-        """GET /v3/user/account (type and reputation), then /v3/user/credits (limits)."""
-        return ["/v3/user/account", "/v3/user/credits"]
+        """GET /v3/scopes (any key may: is mail.send there?), then /v3/user/account (type and
+        reputation) and /v3/user/credits (limits), which a sending-only key may not read."""
+        return ["/v3/scopes", "/v3/user/account", "/v3/user/credits"]
 
     def account(self, answers: Sequence[Answer]) -> dict[str, Any]:
-        """The account type and reputation; the credits where the key may read them."""
-        data = answers[0].json() or {}
-        limits = None
+        """The key's scopes; the account type, reputation and credits where it may read them."""
+        scopes = (answers[0].json() or {}).get("scopes") or []
+        sends = "mail.send" in scopes
+        name = "a key with mail.send" if sends else "a key WITHOUT the mail.send scope"
         if len(answers) > 1 and answers[1].status == 200:
-            credits = answers[1].json() or {}
+            data = answers[1].json() or {}
+            name = (
+                f"{data.get('type', '?')} account, reputation {data.get('reputation', '?')}; "
+                + name
+            )
+        limits = None
+        if len(answers) > 2 and answers[2].status == 200:
+            credits = answers[2].json() or {}
             limits = {k: credits.get(k) for k in ("total", "remain", "used", "next_reset")}
-        name = f"{data.get('type', '?')} account, reputation {data.get('reputation', '?')}"
-        return {"name": name, "limits": limits}
+        return {"name": name, "limits": limits, "can_send": sends}
 
 
 class Mailgun(Provider):

@@ -192,14 +192,16 @@ def resolve_api(
 ) -> tuple[ApiConfig, Profile | None] | None:
     """The HTTP API provider to send with, or None for SMTP.
 
-    Precedence: `--api PROVIDER` (with the profile's `api:` options when it names the same
-    provider), the campaign's `api:`; then an SMTP host given anywhere (flag, MAILCLI_HOST, the
-    campaign's `smtp.host`) means SMTP; last, the profile's `api:`.
+    Precedence: `--api PROVIDER` (with the campaign's, else the profile's, `api:` options when
+    they name the same provider); `--host` (SMTP); the campaign's `api:`; then an SMTP host
+    from MAILCLI_HOST or the campaign's `smtp.host` means SMTP; last, the profile's `api:`.
     """
     env = os.environ if env is None else env
     campaign = campaign or SmtpConfig()
     name = options.profile or env.get("MAILCLI_PROFILE") or campaign.profile
     if api is not None:
+        if campaign_api is not None and campaign_api.provider == api:
+            return campaign_api, load_profile(name, env)
         profile = load_profile(name, env)
         if profile is not None and profile.api is not None and profile.api.provider == api:
             return profile.api, profile
@@ -207,9 +209,11 @@ def resolve_api(
             return ApiConfig(provider=api), profile
         except ConfigError as exc:
             raise UsageError(f"--api {api}: {exc.message.partition(': ')[2]}") from None
+    if options.host:
+        return None  # --host on the command line: SMTP, whatever the campaign says
     if campaign_api is not None:
         return campaign_api, load_profile(name, env)
-    if options.host or env.get("MAILCLI_HOST") or campaign.host:
+    if env.get("MAILCLI_HOST") or campaign.host:
         return None
     profile = load_profile(name, env)
     if profile is not None and profile.api is not None:

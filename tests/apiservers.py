@@ -458,6 +458,12 @@ class ResendServer(ProviderServer):
 class SendGridServer(ProviderServer):
     title = "SendGrid"
 
+    def __init__(self, token: str = "SG.test-0123456789") -> None:
+        super().__init__(token)
+        # The key's scopes: a "Mail Send" restricted key has only mail.send and may not read
+        # the account (403 "access forbidden").
+        self.scopes = ["mail.send", "user.account.read", "user.credits.read"]
+
     def authorized(self, headers: dict[str, str]) -> bool:
         return headers.get("authorization") == f"Bearer {self.token}"
 
@@ -472,8 +478,15 @@ class SendGridServer(ProviderServer):
         }
 
     def get(self, path: str) -> Reply:
+        forbidden = Reply.json(403, {"errors": [{"field": None, "message": "access forbidden"}]})
+        if path == "/v3/scopes":
+            return Reply.json(200, {"scopes": self.scopes})
         if path == "/v3/user/account":
+            if "user.account.read" not in self.scopes:
+                return forbidden
             return Reply.json(200, {"type": "paid", "reputation": 99.7})
+        if path == "/v3/user/credits" and "user.credits.read" not in self.scopes:
+            return forbidden
         if path == "/v3/user/credits":
             return Reply.json(
                 200,

@@ -931,7 +931,9 @@ def test_send_command_over_a_profile_with_an_api(
 def test_retry_after_reads_every_form_providers_use() -> None:
     now = 1_800_000_000.0
     assert retry_after({"Retry-After": "3"}, now=now) == 3.0
-    assert retry_after({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}, now=now) == 0.0
+    assert retry_after({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}, now=now) == 0.0  # past
+    future = "Fri, 15 Jan 2027 08:00:10 GMT"  # 1_800_000_000 is 2027-01-15T08:00:00Z
+    assert retry_after({"Retry-After": future}, now=now) == 10.0
     assert retry_after({"ratelimit-reset": "2"}, now=now) == 2.0  # Resend: seconds
     assert retry_after({"X-RateLimit-Reset": str(int(now) + 5)}, now=now) == 5.0  # epoch
     assert retry_after({}, now=now) is None
@@ -984,3 +986,227 @@ def test_https_is_verified_and_an_untrusted_certificate_stops_the_run_with_69(
     finally:
         trusted.stop()
         untrusted.stop()
+
+
+# -- answers about the account, the endpoint or the token, not a message -----------------------
+
+
+def test_a_token_with_a_line_break_is_a_configuration_error_never_echoed(
+    tmp_path: Path, postmark: PostmarkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token a header cannot carry: exit 78 before any request, the token nowhere, nobody
+    marked (not `unknown`)."""
+    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", "SECRET-TOKEN\nsecond-line")
+    files = make_campaign(tmp_path / "c", many_rows(2), extra=api_yaml(postmark))
+    result = run("batch", files.yaml, "--json")
+    assert result.exit_code == 78, result.stderr
+    assert "SECRET" not in result.stdout + result.stderr
+    assert "cannot carry" in result.stderr
+    status = mailcli.campaign_status(mailcli.load_campaign(files.yaml))
+    assert (status.pending, status.unknown) == (2, 0)
+    assert postmark.requests == []
+    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", "jeton-sécret")
+    assert run("batch", files.yaml).exit_code == 78
+
+
+def test_a_redirect_is_a_configuration_error_and_marks_nobody(
+    tmp_path: Path, postmark: PostmarkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 308 (a proxy, a moved endpoint): the token is not sent after it; exit 78, all pending."""
+    with_token(postmark, monkeypatch)
+    postmark.fault(Fault(Reply(308, b"", {"Location": "https://elsewhere.example/email/batch"})))
+    files = make_campaign(tmp_path / "c", many_rows(3), extra=api_yaml(postmark))
+    result = run("batch", files.yaml, "--json")
+    assert result.exit_code == 78, result.stderr
+    assert "a redirect to 'https://elsewhere.example/email/batch'" in result.stderr
+    status = mailcli.campaign_status(mailcli.load_campaign(files.yaml))
+    assert (status.pending, status.failed, status.unknown) == (3, 0, 0)
+
+
+def test_an_answer_that_does_not_decode_leaves_the_call_unknown(
+    tmp_path: Path, postmark: PostmarkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 200 whose gzip body is not gzip: the provider answered, nobody can say what; the
+    messages are `unknown` (exit 75), never a traceback."""
+    with_token(postmark, monkeypatch)
+    postmark.fault(Fault(Reply(200, b"not gzip at all", {"Content-Encoding": "gzip"})))
+    files = make_campaign(tmp_path / "c", many_rows(3), extra=api_yaml(postmark))
+    result = run("batch", files.yaml, "--json")
+    assert result.exit_code == 75, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["unknown"] == 3
+    assert "answered unreadably" in summary["failures"][0]["reply"]
+
+
+def test_a_refusal_of_the_sender_stops_the_run_after_one_call(
+    tmp_path: Path, resend: ResendServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resend 403 "domain not verified" is about the sender, not one message: one request,
+    exit 78, nobody marked failed (the run can go once the domain is verified)."""
+    with_token(resend, monkeypatch)
+    resend.fault(
+        Fault(
+            Reply.json(
+                403,
+                {
+                    "statusCode": 403,
+                    "message": "The example.com domain is not verified. "
+                    "Please, add and verify your domain.",
+                    "name": "validation_error",
+                },
+            )
+        )
+    )
+    files = make_campaign(tmp_path / "c", many_rows(40), extra=api_yaml(resend))
+    result = run("batch", files.yaml, "--json")
+    assert result.exit_code == 78, result.stderr
+    assert "domain is not verified" in result.stderr
+    assert len(resend.sends()) == 1
+    status = mailcli.campaign_status(mailcli.load_campaign(files.yaml))
+    assert (status.pending, status.failed) == (40, 0)
+    assert run("batch", files.yaml).exit_code == 0  # verified now: everyone goes
+    assert len(resend.recipients()) == 40
+
+
+def test_postmark_out_of_credits_for_a_whole_call_defers_it(
+    tmp_path: Path, postmark: PostmarkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """422 with ErrorCode 405 (not allowed to send: out of credits) for the batch: deferred,
+    one request, exit 75; never split into one request per message."""
+    with_token(postmark, monkeypatch)
+    postmark.fault(
+        Fault(Reply.json(422, {"ErrorCode": 405, "Message": "You have run out of credits."}))
+    )
+    files = make_campaign(
+        tmp_path / "c", many_rows(20), extra=api_yaml(postmark) + "retry: {attempts: 1}\n"
+    )
+    result = run("batch", files.yaml, "--json")
+    assert result.exit_code == 75
+    summary = json.loads(result.stdout)
+    assert (summary["deferred"], summary["requests"]) == (20, 1)
+    assert summary["failures"][0]["code"] == 405
+
+
+def test_mailgun_wrong_domain_is_a_configuration_error(
+    tmp_path: Path, mailgun: MailgunServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A domain the account does not have: 404 for the call, exit 78 with the hint."""
+    with_token(mailgun, monkeypatch)
+    files = make_campaign(
+        tmp_path / "c", many_rows(3), extra=api_yaml(mailgun, domain="mg.other.example")
+    )
+    result = run("batch", files.yaml)
+    assert result.exit_code == 78
+    assert "api.domain" in result.stderr
+    assert len(mailgun.sends()) == 1
+    report = run("test-connection", files.yaml, "--json")
+    assert report.exit_code == 78
+
+
+def test_resend_403_invalid_api_key_is_a_refused_token(
+    tmp_path: Path, resend: ResendServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resend.bad_key_status = 403
+    monkeypatch.setenv("RESEND_API_KEY", "re_wrong")
+    files = make_campaign(tmp_path / "c", many_rows(2), extra=api_yaml(resend))
+    assert run("batch", files.yaml).exit_code == 77
+    assert run("test-connection", files.yaml).exit_code == 77
+
+
+def test_sendgrid_test_connection_reads_the_keys_scopes(
+    tmp_path: Path, sendgrid: SendGridServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "Mail Send" restricted key cannot read the account but can send: exit 0; a key without
+    mail.send: exit 77."""
+    with_token(sendgrid, monkeypatch)
+    files = make_campaign(tmp_path / "c", many_rows(1), extra=api_yaml(sendgrid))
+    sendgrid.scopes = ["mail.send"]
+    report = json.loads(run("test-connection", files.yaml, "--json").stdout)
+    assert report["ok"] is True and report["account"]["name"] == "a key with mail.send"
+    sendgrid.scopes = ["user.account.read"]
+    refused = run("test-connection", files.yaml, "--json")
+    assert refused.exit_code == 77
+    assert "may not send" in json.loads(refused.stdout)["error"]
+
+
+# -- choosing the transport ------------------------------------------------------------------
+
+
+def test_the_api_flag_keeps_the_campaigns_own_api_options(
+    tmp_path: Path, postmark: PostmarkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--api postmark` on a Postmark campaign keeps its base_url, stream and tag."""
+    with_token(postmark, monkeypatch)
+    files = make_campaign(
+        tmp_path / "c", many_rows(2), extra=api_yaml(postmark, stream="broadcast", tag="spring")
+    )
+    assert run("batch", files.yaml, "--api", "postmark").exit_code == 0
+    (call,) = postmark.sends()
+    assert {(m["MessageStream"], m["Tag"]) for m in call.json()} == {("broadcast", "spring")}
+
+
+def test_the_host_flag_sends_an_api_campaign_over_smtp(
+    tmp_path: Path, postmark: PostmarkServer, smtp_server: Any, recorder: Any
+) -> None:
+    """`--host` on the command line wins over the campaign's `api:`: SMTP, as asked."""
+    files = make_campaign(tmp_path / "c", many_rows(2), extra=api_yaml(postmark))
+    result = run(
+        "batch",
+        files.yaml,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(smtp_server.port),
+        "--security",
+        "none",
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["transport"] == "smtp"
+    assert len(recorder.messages) == 2 and postmark.requests == []
+
+
+def test_a_bcc_only_message_is_refused_by_json_apis_and_sent_by_mailgun(
+    postmark: PostmarkServer, mailgun: MailgunServer
+) -> None:
+    message = mailcli.Message("Hi", bcc=["hidden@example.com"], body="x", sender=SENDER)
+    pm = mailcli.Mailer(api=ApiConfig("postmark", base_url=postmark.url), token=postmark.token)
+    delivery = pm.send(message)
+    assert delivery.status is DeliveryStatus.FAILED and "no To address" in delivery.reply
+    mg = mailcli.Mailer(
+        api=ApiConfig("mailgun", base_url=mailgun.url, domain="mg.acme.example"),
+        token=mailgun.token,
+    )
+    assert mg.send(message).ok
+    assert mailgun.taken[0].form["to"] == ["hidden@example.com"]
+    assert postmark.requests == []
+
+
+def test_an_error_reading_the_list_during_a_call_keeps_what_was_sent(
+    tmp_path: Path, postmark: PostmarkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list is rewritten with bytes that are not UTF-8 while a call is in flight: the run
+    stops on that error once the call's outcomes are recorded; nobody is sent twice after."""
+    with_token(postmark, monkeypatch)
+    rows = many_rows(600)
+    files = make_campaign(tmp_path / "c", rows, extra=api_yaml(postmark, batch_size=100))
+    original = files.csv.read_bytes()
+
+    def spoil(record: Any) -> None:
+        if len(postmark.sends()) == 1:
+            files.csv.write_bytes(original[:20] + b"\xff\xfe broken \xff" * 4000)
+
+    postmark.on_request = spoil
+    first = run("batch", files.yaml, "--json")
+    assert first.exit_code == 65, first.stderr
+    assert "cannot decode the file as utf-8" in first.stderr
+    sent_first = len(postmark.recipients())
+    assert sent_first >= 100
+    postmark.on_request = None
+    files.csv.write_bytes(original)
+    second = run("batch", files.yaml, "--json")
+    assert second.exit_code in (0, 75), second.stderr
+    recipients = postmark.recipients()
+    assert len(recipients) == len(set(recipients))
+    status = mailcli.campaign_status(mailcli.load_campaign(files.yaml))
+    assert status.sent == len(recipients)
