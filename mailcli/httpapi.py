@@ -439,7 +439,6 @@ class ApiTransport:
         )
         _http_log.debug("%s %s%s (%d bytes)", method, self.endpoint, path, size)
         started = self.clock()
-        self.requests += 1
         exchange = functools.partial(
             client.request,
             method,
@@ -484,9 +483,12 @@ class ApiTransport:
         return outcome[0]
 
     def _trace(self, event: str, info: Mapping[str, Any]) -> None:
-        # httpcore reports each new TCP connection: the count `--json` shows as `connections`.
+        # httpcore reports each new TCP connection (`connections` in --json) and each request
+        # whose headers went out (`requests`: an attempt that could not connect is not one).
         if event == "connection.connect_tcp.complete":
             self.connections += 1
+        elif event.endswith(".send_request_headers.complete"):
+            self.requests += 1
 
     def _redact(self, text: str) -> str:
         return text.replace(self._secret, "<redacted>") if self._secret else text
