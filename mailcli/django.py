@@ -27,6 +27,7 @@ from django.core.mail import BadHeaderError as DjangoBadHeaderError
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 
+from mailcli.apiconf import ApiConfig
 from mailcli.compose import Attachment, Message
 from mailcli.errors import BadHeaderError as MailcliBadHeaderError
 from mailcli.errors import ConfigError, MailcliError
@@ -67,7 +68,40 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]
         username = settings.EMAIL_HOST_USER if username is None else username
         password = settings.EMAIL_HOST_PASSWORD if password is None else password
         timeout = settings.EMAIL_TIMEOUT if timeout is None else timeout
-        self.mailer = Mailer(
+        api = getattr(settings, "MAILCLI_API", None)
+        if api:
+            # mailcli's own setting: an HTTP API provider instead of EMAIL_HOST, a provider's
+            # name or a dict of `api:` keys; the token from MAILCLI_API_TOKEN, else the
+            # provider's variable, the keyring or token_command.
+            try:
+                config = ApiConfig(api) if isinstance(api, str) else ApiConfig(**api)
+            except TypeError as exc:
+                raise ConfigError(f"MAILCLI_API: {exc}") from None
+            self.mailer = Mailer(
+                api=config,
+                token=getattr(settings, "MAILCLI_API_TOKEN", None) or None,
+                timeout=float(timeout) if timeout is not None else 30.0,
+                default_sender=settings.DEFAULT_FROM_EMAIL,
+                outbox=False,
+            )
+        else:
+            self.mailer = self._smtp_mailer(
+                host, port, use_tls, use_ssl, username, password, timeout
+            )
+        self.connection: Connection | None = None
+        self._lock = threading.RLock()
+
+    @staticmethod
+    def _smtp_mailer(
+        host: str | None,
+        port: int | None,
+        use_tls: bool,
+        use_ssl: bool,
+        username: str | None,
+        password: str | None,
+        timeout: float | None,
+    ) -> Mailer:
+        return Mailer(
             host or settings.EMAIL_HOST,
             int(port or settings.EMAIL_PORT),
             "tls" if use_ssl else "starttls" if use_tls else "none",
@@ -78,8 +112,6 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]
             # Django decides about recording (the locmem backend); this backend always sends.
             outbox=False,
         )
-        self.connection: Connection | None = None
-        self._lock = threading.RLock()
 
     def open(self) -> bool | None:
         """Open the connection if it is not open; True if this call opened it."""

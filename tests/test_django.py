@@ -225,3 +225,25 @@ def test_an_html_body_with_a_text_alternative(smtp_server: SmtpServer, recorder:
     parsed = recorder.messages[0].message
     assert parsed.get_body(("plain",)).get_content().strip() == "Hello, in text"
     assert parsed.get_body(("html",)).get_content().strip() == "<p>Hello</p>"
+
+
+def test_mailcli_api_sends_django_mail_through_an_http_api_provider() -> None:
+    """MAILCLI_API (mailcli's own setting): send_mass_mail of 30 goes to Postmark in one batch
+    call, the token from MAILCLI_API_TOKEN."""
+    from apiservers import PostmarkServer
+
+    server = PostmarkServer().start()
+    try:
+        api = {"provider": "postmark", "base_url": server.url, "stream": "outbound"}
+        with override_settings(MAILCLI_API=api, MAILCLI_API_TOKEN=server.token):
+            datatuple = [
+                (f"Digest {i}", f"Body {i}", "news@acme.example", [f"reader{i}@example.com"])
+                for i in range(30)
+            ]
+            assert mail.send_mass_mail(datatuple) == 30
+    finally:
+        server.stop()
+    (call,) = server.sends()
+    assert len(call.json()) == 30
+    assert call.headers["x-postmark-server-token"] == server.token
+    assert sorted(server.recipients()) == sorted(f"reader{i}@example.com" for i in range(30))
