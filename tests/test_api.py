@@ -1210,3 +1210,39 @@ def test_an_error_reading_the_list_during_a_call_keeps_what_was_sent(
     assert len(recipients) == len(set(recipients))
     status = mailcli.campaign_status(mailcli.load_campaign(files.yaml))
     assert status.sent == len(recipients)
+
+
+def test_calls_are_sized_by_bytes_as_well_as_by_count(
+    tmp_path: Path, postmark: PostmarkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Postmark's byte limit for a call set low (3,000 bytes), a group of 20 messages of
+    about 600 bytes goes in several calls, each under the limit, each message once."""
+    from mailcli.providers import Postmark
+
+    monkeypatch.setattr(Postmark, "call_bytes_max", 3000)
+    with_token(postmark, monkeypatch)
+    files = make_campaign(tmp_path / "c", many_rows(20), extra=api_yaml(postmark))
+    assert run("batch", files.yaml).exit_code == 0
+    calls = postmark.sends()
+    assert len(calls) > 2
+    assert all(len(c.body) <= 3000 for c in calls)
+    assert sum(len(c.json()) for c in calls) == 20
+    assert sorted(postmark.recipients()) == sorted(r["email"] for r in many_rows(20))
+
+
+def test_a_rate_limit_announced_as_spent_holds_the_next_call_until_the_reset(
+    tmp_path: Path, resend: ResendServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resend says `ratelimit-remaining: 0`, `ratelimit-reset: 1` on an accepted call: the next
+    call waits for the reset instead of earning a 429."""
+    with_token(resend, monkeypatch)
+    monkeypatch.setattr(
+        resend,
+        "limits",
+        lambda: {"ratelimit-limit": "2", "ratelimit-remaining": "0", "ratelimit-reset": "1"},
+    )
+    files = make_campaign(tmp_path / "c", many_rows(4), extra=api_yaml(resend, batch_size=2))
+    assert run("batch", files.yaml).exit_code == 0
+    first, second = resend.sends()
+    assert second.at - first.at >= 0.9
+    assert len(resend.recipients()) == 4
