@@ -24,7 +24,9 @@ means, for every provider alike:
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import email.utils
 import functools
 import logging
@@ -56,6 +58,7 @@ from mailcli.errors import AuthError, CertificateError, ConfigError, ExitCode, M
 from mailcli.providers import (
     Answer,
     Item,
+    Misconfigured,
     Provider,
     Request,
     Uncarried,
@@ -73,18 +76,9 @@ TokenSource = Callable[[], str]
 TRIES = 4
 BACKOFF_S = (1.0, 2.0, 4.0)
 MAX_WAIT_S = 60.0  # the longest a Retry-After is honoured within a run
-RETRY_STATUSES = frozenset((429, 500, 503))
-# Errors raised before the request was wholly written: the provider cannot have acted on it.
-NOT_WRITTEN = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.WriteError,
-    httpx.WriteTimeout,
-    httpx.PoolTimeout,
-    httpx.UnsupportedProtocol,
-    httpx.ProxyError,
-    httpx.LocalProtocolError,  # a request h11 refuses to write
-)
+# Nothing taken, try the same request later: a timeout reading the request (408), too early
+# (425), the rate limit (429), an error or a pause of the provider's (500, 503).
+RETRY_STATUSES = frozenset((408, 425, 429, 500, 503))
 # A gateway's "the provider did not answer": the provider may have taken the request.
 GATEWAY_STATUSES = frozenset((502, 504))
 
@@ -112,6 +106,16 @@ class _Call:
     items: list[Item]
     key: str | None = None  # the Idempotency-Key, the same on every try
     paced: bool = False  # the rate limiter was asked for these messages already
+
+
+class _Failed(Exception):
+    """An HTTP exchange that ended without an answer: the error, and whether the request had
+    been wholly written (then the provider may have acted on it)."""
+
+    def __init__(self, error: Exception, *, written: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.written = written
 
 
 @dataclass
@@ -248,6 +252,13 @@ class ApiTransport:
                     message.message_id,
                     reply=f"{self.provider.title} cannot carry this message: {exc}",
                 )
+            except Exception as exc:  # a message that cannot be read back: never offered
+                log.warning("message %s cannot be mapped: %r", message.message_id, exc)
+                results[index] = Delivery(
+                    DeliveryStatus.FAILED,
+                    message.message_id,
+                    reply=f"mailcli could not map this message for {self.provider.title}: {exc!r}",
+                )
         calls = deque(self._plan(items))
         while calls:
             call = calls.popleft()
@@ -282,7 +293,7 @@ class ApiTransport:
         limit = min(self.provider.batch_max, self.config.batch_size or self.provider.batch_max)
         calls: list[_Call] = []
         current = _Call([], [])
-        size = 0
+        size = 1  # a batch body is [item,item,...]: each item adds its length and one byte
         for index, item in items:
             alone = not item.batchable
             full = (
@@ -291,7 +302,7 @@ class ApiTransport:
             )
             if current.items and (alone or full or not current.items[-1].batchable):
                 calls.append(current)
-                current, size = _Call([], []), 0
+                current, size = _Call([], []), 1
             current.indexes.append(index)
             current.items.append(item)
             size += len(item.body) + 1
@@ -328,30 +339,40 @@ class ApiTransport:
                 return stopped("stopped")
             try:
                 answer = self._request(request, idle)
-            except NOT_WRITTEN as exc:
-                # This try was not (wholly) written: the provider cannot have acted on it.
-                self._broken(f"{type(exc).__name__}: {self._redact(str(exc))}")
-                untrusted = _certificate_problem(exc)
-                if untrusted is not None:
-                    # Not worth a reconnect: the run stops with exit 69, as over SMTP.
-                    self._refused = CertificateError(self.endpoint, untrusted)
-                return stopped(f"{self.endpoint}: {self._reason(exc)}")
-            except httpx.TransportError as exc:
-                # Written, and no answer: the provider may have the messages.
-                reason = f"no answer from {title} after the request was sent: {self._reason(exc)}"
+            except _Failed as failure:
+                exc = failure.error
+                if not failure.written:
+                    # Not wholly written: the provider cannot have acted on it.
+                    self._broken(f"{type(exc).__name__}: {self._reason(exc)}")
+                    untrusted = _certificate_problem(exc)
+                    if untrusted is not None:
+                        # Not worth a reconnect: the run stops with exit 69, as over SMTP.
+                        self._refused = CertificateError(self.endpoint, untrusted)
+                    return stopped(f"{self.endpoint}: {self._reason(exc)}")
+                # Written, and no answer (or none that can be read): the provider may have the
+                # messages.
+                retriable = isinstance(exc, httpx.TransportError)
+                reason = (
+                    f"no answer from {title} after the request was sent: {self._reason(exc)}"
+                    if retriable
+                    else f"{title} answered unreadably: {self._reason(exc)}"
+                )
                 handed = True
                 self._broken(reason)
-                if self.provider.idempotent and tries < TRIES:
+                if retriable and self.provider.idempotent and tries < TRIES:
                     log.warning("%s; sending it again with the same Idempotency-Key", reason)
                     if self._reopen(cancel) and self._backoff(tries, cancel):
                         continue
                 return unanswered(reason)
-            except httpx.HTTPError as exc:
-                # Answered, in a form that cannot be read (a body that does not decode).
-                return unanswered(f"{title} answered unreadably: {self._reason(exc)}")
-            outcome = self._verdict(call, answer, tries, handed)
+            try:
+                outcome = self._verdict(call, answer, tries, handed)
+            except Exception as exc:  # an answer no rule foresaw: it was answered, so unknown
+                log.warning("%s answered %d unreadably: %r", title, answer.status, exc)
+                return unanswered(f"{title} answered {answer.status} unreadably: {exc!r}")
             if outcome is not None:
-                return outcome
+                return (
+                    [self._redacted(r) for r in outcome] if isinstance(outcome, list) else outcome
+                )
             # The provider asked for the same request again later.
             wait = self._retry_after(answer, tries)
             handed = handed or answer.status in GATEWAY_STATUSES
@@ -370,10 +391,18 @@ class ApiTransport:
             self._note_limits(answer)
             try:
                 return list(provider.accepted(answer, call.items))
+            except Misconfigured as refusal:
+                self._refused = ConfigError(
+                    f"{title} refused the call ({refusal.code}): {self._redact(refusal.text)}",
+                    hint="it is about the account or the sender, not one message: check the "
+                    "sender's signature or domain with the provider",
+                )
+                self._broken(self._refused.message)
+                return [NotSent(self._refused.message) for _ in call.items]
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 reason = f"{title} answered {status} in a form mailcli cannot read: {exc}"
                 return [answerless(i.built, reason) for i in call.items]
-        code, text = provider.refusal(answer)
+        code, text = self._refusal(answer)
         gateway = status in GATEWAY_STATUSES
         again = (
             status in RETRY_STATUSES
@@ -390,6 +419,10 @@ class ApiTransport:
         if again or provider.temporary(answer):
             # Nothing was taken, and the provider may take it later.
             return [refused(i.built, code, text, temporary=True) for i in call.items]
+        if status == 421:
+            # Misdirected: this connection cannot serve it; nothing was taken. A new one.
+            self._broken(f"{status} {text}")
+            return [NotSent(f"{title} answered 421: {text}") for _ in call.items]
         fatal: MailcliError | None = None
         if provider.token_refused(answer):
             fatal = AuthError(
@@ -425,12 +458,12 @@ class ApiTransport:
         return [refused(i.built, code, text) for i in call.items]
 
     def _request(self, request: Request, idle: Callable[[], object] | None = None) -> Answer:
-        """One HTTP exchange. With `idle`, the request runs in a worker thread while this one
-        calls `idle` (the engine builds the next group meanwhile), as SMTP does while the server
-        works; the outcome is the same either way."""
+        """One HTTP exchange; raises `_Failed`, which says whether the request was wholly
+        written. With `idle`, the exchange runs in a worker thread while this one calls `idle`
+        (the engine builds the next group meanwhile), as SMTP does while the server works."""
         client = self._client
         if client is None:
-            raise httpx.ConnectError("the connection is closed")
+            raise _Failed(httpx.ConnectError("the connection is closed"), written=False)
         method, path = request.method, request.path
         size = (
             len(request.content)
@@ -439,6 +472,16 @@ class ApiTransport:
         )
         _http_log.debug("%s %s%s (%d bytes)", method, self.endpoint, path, size)
         started = self.clock()
+        written = threading.Event()
+
+        def trace(event: str, info: Mapping[str, Any]) -> None:
+            # The whole request is out once its body is: from then on the provider may act on
+            # it, whatever fails next (HTTP/2 writes frames while it waits for the answer, and
+            # an error there is a write error all the same).
+            if event.endswith(".send_request_body.complete"):
+                written.set()
+            self._trace(event, info)
+
         exchange = functools.partial(
             client.request,
             method,
@@ -447,14 +490,18 @@ class ApiTransport:
             data=request.data,
             files=request.files,
             headers=dict(request.headers),
-            extensions={"trace": self._trace},
+            extensions={"trace": trace},
         )
-        response = exchange() if idle is None else self._while_idle(exchange, idle)
+        try:
+            response = exchange() if idle is None else self._while_idle(exchange, idle)
+            answer = Answer(response.status_code, dict(response.headers), response.content)
+        except Exception as exc:
+            raise _Failed(exc, written=written.is_set()) from exc
         elapsed = (self.clock() - started) * 1000
         _http_log.debug(
-            "%s %s%s: %d in %.0f ms", method, self.endpoint, path, response.status_code, elapsed
+            "%s %s%s: %d in %.0f ms", method, self.endpoint, path, answer.status, elapsed
         )
-        return Answer(response.status_code, dict(response.headers), response.content)
+        return answer
 
     def _while_idle(
         self, exchange: Callable[[], httpx.Response], idle: Callable[[], object]
@@ -491,7 +538,31 @@ class ApiTransport:
             self.requests += 1
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "<redacted>") if self._secret else text
+        """The text with the token (and its base64 forms, as in Basic auth) taken out."""
+        if not self._secret:
+            return text
+        for secret in (
+            self._secret,
+            base64.b64encode(self._secret.encode()).decode(),
+            base64.b64encode(f"api:{self._secret}".encode()).decode(),
+        ):
+            text = text.replace(secret, "<redacted>")
+        return text
+
+    def _redacted(self, result: Result) -> Result:
+        if (
+            isinstance(result, Delivery)
+            and self._secret
+            and self._redact(result.reply) != result.reply
+        ):
+            return dataclasses.replace(result, reply=self._redact(result.reply))
+        return result
+
+    def _refusal(self, answer: Answer) -> tuple[int, str]:
+        """The provider's code and text for a refusal, the token taken out (a provider may
+        quote what it was given)."""
+        code, text = self.provider.refusal(answer)
+        return code, self._redact(text)
 
     def _reason(self, exc: Exception) -> str:
         return self._redact(_reason(exc))
@@ -666,7 +737,7 @@ def diagnose_api(
                 report.tls = _tls(response)
                 problem = _diagnosis_problem(provider, answer)
                 if problem is not None:
-                    report.error, report.exit_code = problem
+                    report.error, report.exit_code = transport._redact(problem[0]), problem[1]
                     return report
             answers.append(answer)
         report.account = provider.account(answers)
@@ -681,8 +752,10 @@ def diagnose_api(
             else f"{config.url}: {transport._reason(exc)}"
         )
         report.exit_code = ExitCode.UNAVAILABLE
-    except (ValueError, TypeError, AttributeError) as exc:
-        report.error = f"{provider.title} answered in a form mailcli cannot read: {exc}"
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        report.error = transport._redact(
+            f"{provider.title} answered in a form mailcli cannot read: {exc!r}"
+        )
         report.exit_code = ExitCode.UNAVAILABLE
     finally:
         transport.close()

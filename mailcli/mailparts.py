@@ -12,6 +12,7 @@ from __future__ import annotations
 import binascii
 import re
 from dataclasses import dataclass
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
@@ -250,7 +251,7 @@ def _fast_file(leaf: _Leaf) -> FileItem:
     content_id = cid.strip().strip("<>") if cid is not None else None
     inline = content_id is not None and not disposition.lower().startswith("attachment")
     return FileItem(
-        filename=_decoded(filename) if filename else content_id or "attachment",
+        filename=filename or content_id or "attachment",  # RFC 2231, never an encoded word
         content_type=leaf.kind,
         data=leaf.data,
         content_id=content_id if inline else None,
@@ -290,7 +291,7 @@ def _decoded(value: object) -> str:
         pass
     try:
         return str(make_header(decode_header(text)))
-    except (ValueError, LookupError):
+    except (ValueError, LookupError, HeaderParseError):
         return text  # not decodable: as written
 
 
@@ -340,7 +341,7 @@ def _file(part: Message) -> FileItem:
     inline = content_id is not None and part.get_content_disposition() != "attachment"
     filename = part.get_filename()
     return FileItem(
-        filename=_decoded(filename) if filename else content_id or "attachment",
+        filename=filename or content_id or "attachment",
         content_type=part.get_content_type(),
         data=payload if isinstance(payload, bytes) else b"",
         content_id=content_id if inline else None,

@@ -35,6 +35,15 @@ class Uncarried(Exception):
     """A message this provider cannot take as it is (the reason is the text)."""
 
 
+class Misconfigured(Exception):
+    """A 2xx answer that refuses every message for the account's or the sender's sake."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     """One message ready for a call: its JSON (or MIME) body and what it adds to a call."""
@@ -69,7 +78,7 @@ class Answer:
         """The body as JSON (None when it is not JSON)."""
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past any sense
             return None
 
     @property
@@ -220,6 +229,8 @@ class Postmark(Provider):
     recipients_max = 50
     # Per-message codes that may clear by themselves: maintenance, out of credits, rate limit.
     TEMPORARY = frozenset((100, 405, 429))
+    # The sender signature missing or unconfirmed, the account pending or barred from sending.
+    SENDER_CODES = frozenset((400, 401, 412, 413))
     # https://postmarkapp.com/support/article/1109-what-file-types-are-forbidden-as-attachments
     FORBIDDEN = frozenset(
         "vbs exe bin bat chm com cpl crt hlp hta inf ins isp jse lnk mdb pcd pif reg scr "  # noqa: SIM905
@@ -286,12 +297,22 @@ class Postmark(Provider):
         data = answer.json()
         if not isinstance(data, list) or len(data) != len(items):
             raise ValueError("a batch answer that does not hold one result per message")
+        codes = [r.get("ErrorCode") if isinstance(r, dict) else None for r in data]
+        if all(code in self.SENDER_CODES for code in codes):
+            # The sender or the account, for every message: nothing was taken, and the next
+            # call would hear the same.
+            first = data[0]
+            raise Misconfigured(first["ErrorCode"], f"Postmark: {first.get('Message', '')}")
         out = []
         for item, result in zip(items, data, strict=True):
             code = result.get("ErrorCode") if isinstance(result, dict) else None
             if not isinstance(code, int):
                 raise ValueError("a batch result without an ErrorCode")
-            if code == 0:
+            if code in self.SENDER_CODES:
+                # Some messages of the call went: these wait for the sender to be fixed.
+                text = f"Postmark: {result.get('Message', '')}"
+                out.append(refused(item.built, code, text, temporary=True))
+            elif code == 0:
                 out.append(
                     sent(item.built, answer.status, str(result.get("MessageID", "")), "Postmark")
                 )
@@ -316,7 +337,7 @@ class Postmark(Provider):
         """Sender signature missing or unconfirmed, account pending or not allowed to send."""
         data = answer.json()
         return super().misconfigured(answer) or (
-            isinstance(data, dict) and data.get("ErrorCode") in (400, 401, 412, 413)
+            isinstance(data, dict) and data.get("ErrorCode") in self.SENDER_CODES
         )
 
     def token_refused(self, answer: Answer) -> bool:

@@ -1246,3 +1246,84 @@ def test_a_rate_limit_announced_as_spent_holds_the_next_call_until_the_reset(
     first, second = resend.sends()
     assert second.at - first.at >= 0.9
     assert len(resend.recipients()) == 4
+
+
+def test_a_provider_that_quotes_the_token_back_does_not_put_it_in_mailclis_output(
+    tmp_path: Path, mailgun: MailgunServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal whose text repeats the key (plain, or as the Basic credentials): redacted
+    wherever mailcli shows it, in the error, --json and the state."""
+    with_token(mailgun, monkeypatch)
+    basic = base64.b64encode(f"api:{mailgun.token}".encode()).decode()
+    mailgun.refuse = {
+        "user00001@example.com": (400, f"bad request from key {mailgun.token} ({basic})")
+    }
+    files = make_campaign(tmp_path / "c", many_rows(2), extra=api_yaml(mailgun))
+    result = run("batch", files.yaml, "--json")
+    assert result.exit_code == 1
+    status = run("status", files.yaml, "--failed", "--json")
+    for text in (result.stdout, result.stderr, status.stdout):
+        assert mailgun.token not in text and basic not in text
+    assert "<redacted>" in json.loads(status.stdout)["recipients"][0]["reply"]
+
+
+def test_an_answer_nested_past_any_sense_is_unknown_not_a_traceback(
+    tmp_path: Path, postmark: PostmarkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_token(postmark, monkeypatch)
+    postmark.fault(Fault(Reply(200, b"[" * 200_000, {"Content-Type": "application/json"})))
+    files = make_campaign(tmp_path / "c", many_rows(2), extra=api_yaml(postmark))
+    result = run("batch", files.yaml, "--json")
+    assert result.exit_code == 75
+    assert json.loads(result.stdout)["unknown"] == 2
+
+
+def test_postmark_refusing_the_sender_for_every_message_of_a_batch_stops_the_run(
+    tmp_path: Path, postmark: PostmarkServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP 200 with ErrorCode 400 (no sender signature) for every message: nothing was taken;
+    exit 78, nobody marked failed."""
+    with_token(postmark, monkeypatch)
+    rows = many_rows(3)
+    postmark.refuse = {
+        r["email"]: (400, "The 'From' address is not a Sender Signature.") for r in rows
+    }
+    files = make_campaign(tmp_path / "c", rows, extra=api_yaml(postmark))
+    result = run("batch", files.yaml)
+    assert result.exit_code == 78
+    assert "not a Sender Signature" in result.stderr
+    status = mailcli.campaign_status(mailcli.load_campaign(files.yaml))
+    assert (status.pending, status.failed) == (3, 0)
+
+
+def test_an_attachment_named_like_an_encoded_word_is_carried_as_named(
+    postmark: PostmarkServer,
+) -> None:
+    message = mailcli.Message("Hi", ["ann@example.com"], body="x", sender=SENDER)
+    message.attach("=?utf-8?b?a?=.txt", "text/plain", b"data")
+    mailer = mailcli.Mailer(api=ApiConfig("postmark", base_url=postmark.url), token=postmark.token)
+    assert mailer.send(message).ok
+    (attachment,) = postmark.taken[0].message["Attachments"]
+    assert attachment["Name"] == "=?utf-8?b?a?=.txt"
+
+
+@pytest.mark.parametrize("status", [408, 421])
+def test_requests_the_provider_did_not_process_are_sent_again(
+    tmp_path: Path, sendgrid: SendGridServer, monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    """408 (the request timed out before it was read) and 421 (misdirected): nothing was taken;
+    the same message goes again, and each recipient gets it once."""
+    with_token(sendgrid, monkeypatch)
+    sendgrid.fault(
+        Fault(
+            Reply.json(
+                status,
+                {"errors": [{"field": None, "message": "try again"}]},
+                **{"Retry-After": "0"},
+            )
+        )
+    )
+    files = make_campaign(tmp_path / "c", many_rows(2), extra=api_yaml(sendgrid))
+    result = run("batch", files.yaml, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(sendgrid.recipients()) == ["user00001@example.com", "user00002@example.com"]
