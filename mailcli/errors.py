@@ -106,9 +106,11 @@ class CantCreateError(MailcliError):
 
 
 class UnavailableError(MailcliError):
-    """The SMTP server could not be reached, or TLS failed."""
+    """The SMTP server (or the API endpoint) could not be reached, or TLS failed."""
 
     exit_code = ExitCode.UNAVAILABLE
+    #: Whether reconnecting may help (False: the run stops at once, as at its start).
+    retry = True
 
 
 class CertificateError(UnavailableError):
@@ -121,6 +123,8 @@ class CertificateError(UnavailableError):
             "`mailcli test-connection` shows the certificate",
         )
         self.reason = reason
+
+    retry = False  # a certificate does not get trusted by waiting
 
 
 class TempFailError(MailcliError):

@@ -54,7 +54,14 @@ from mailcli.delivery import (
     Result,
 )
 from mailcli.envelope import Built, check_envelope
-from mailcli.errors import AuthError, CertificateError, ConfigError, ExitCode, MailcliError
+from mailcli.errors import (
+    AuthError,
+    CertificateError,
+    ConfigError,
+    ExitCode,
+    MailcliError,
+    UnavailableError,
+)
 from mailcli.providers import (
     Answer,
     Item,
@@ -155,6 +162,7 @@ class ApiTransport:
         self._refused: MailcliError | None = None
         self._not_before = 0.0  # a rate-limit reset the provider announced
         self._secret = ""  # the token, to keep it out of any text mailcli shows
+        self._answered = False  # the endpoint has answered at least once
 
     # -- the Transport protocol -------------------------------------------------------------
 
@@ -348,6 +356,16 @@ class ApiTransport:
                     if untrusted is not None:
                         # Not worth a reconnect: the run stops with exit 69, as over SMTP.
                         self._refused = CertificateError(self.endpoint, untrusted)
+                    elif not self._answered:
+                        # Never reached at all: the run stops with 69 at once, as an SMTP
+                        # server that cannot be reached when the run starts.
+                        unreachable = UnavailableError(
+                            f"cannot reach {title} at {self.endpoint}: {self._reason(exc)}",
+                            hint="check the network, a proxy (HTTPS_PROXY) and api.base_url; "
+                            "`mailcli test-connection` shows what answers",
+                        )
+                        unreachable.retry = False
+                        self._refused = unreachable
                     return stopped(f"{self.endpoint}: {self._reason(exc)}")
                 # Written, and no answer (or none that can be read): the provider may have the
                 # messages.
@@ -497,6 +515,7 @@ class ApiTransport:
             answer = Answer(response.status_code, dict(response.headers), response.content)
         except Exception as exc:
             raise _Failed(exc, written=written.is_set()) from exc
+        self._answered = True
         elapsed = (self.clock() - started) * 1000
         _http_log.debug(
             "%s %s%s: %d in %.0f ms", method, self.endpoint, path, answer.status, elapsed

@@ -26,7 +26,7 @@ from mailcli.campaign import SECURITY_MODES, Campaign, DkimConfig, SmtpConfig
 from mailcli.compose import Address, Message
 from mailcli.delivery import Delivery, DeliveryStatus, Transport, without_smtputf8
 from mailcli.envelope import Built
-from mailcli.errors import AuthError, CertificateError, ConfigError
+from mailcli.errors import AuthError, ConfigError, UnavailableError
 from mailcli.outbox import Outbox, OutboxTransport, recording, suppressed_by_env
 from mailcli.sender import GroupSender, Stopped
 from mailcli.transport import DEFAULT_PORTS, SmtpSettings, SmtpTransport, Transcript
@@ -408,7 +408,7 @@ class Connection:
         try:
             sent = sender.send([built[i] for i in todo])
         except Stopped as stopped:
-            if isinstance(stopped.error, AuthError | CertificateError | ConfigError) and all(
+            if isinstance(stopped.error, AuthError | UnavailableError | ConfigError) and all(
                 r is None for r in stopped.results
             ):
                 # Refused credentials, an untrusted certificate or a provider refusing the

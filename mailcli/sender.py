@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from mailcli.delivery import Delivery, NotSent, Pace, Result, Transport
 from mailcli.envelope import Built
-from mailcli.errors import CertificateError, MailcliError, UnavailableError
+from mailcli.errors import MailcliError, UnavailableError
 
 log = logging.getLogger(__name__)
 RECONNECT_DELAYS = (1.0, 2.0, 4.0)
@@ -96,9 +96,9 @@ class GroupSender:
                 self.transport.close()
                 self.transport.open()
                 return True
-            except CertificateError:
-                raise  # a certificate does not get trusted by waiting: the caller stops (69)
             except UnavailableError as exc:
+                if not exc.retry:
+                    raise  # e.g. an untrusted certificate: waiting will not help; stop (69)
                 log.warning("reconnecting failed: %s", exc)
         return False
 

@@ -410,11 +410,11 @@ def test_a_refused_token_stops_the_run_with_77_and_sends_nothing(
     assert provider.taken == []
 
 
-def test_nothing_listening_leaves_everyone_pending_not_unknown(
+def test_nothing_listening_stops_the_run_with_69_and_marks_nobody(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No server at the endpoint: the connection fails before any request is written, so the
-    engine's reconnect policy gives up and nobody is `unknown` (exit 75, resumable)."""
+    """No server at the endpoint from the start: as for an SMTP server that cannot be reached,
+    the run stops at once with 69 (no reconnect rounds), nobody `unknown`, no request made."""
     monkeypatch.setenv("POSTMARK_SERVER_TOKEN", "t")
     files = make_campaign(
         tmp_path / "c",
@@ -422,11 +422,13 @@ def test_nothing_listening_leaves_everyone_pending_not_unknown(
         extra="api: {provider: postmark, base_url: 'http://127.0.0.1:9'}\n",
     )
     campaign = mailcli.load_campaign(files.yaml)
-    summary = mailcli.send_campaign(campaign, sleep=lambda s: None)
-    assert summary.exit_code == 75
-    assert (summary.sent, summary.unknown, summary.requests) == (0, 0, 0)
+    with pytest.raises(mailcli.UnavailableError, match="cannot reach Postmark"):
+        mailcli.send_campaign(campaign, sleep=lambda s: None)
     status = mailcli.campaign_status(campaign)
     assert (status.pending, status.unknown) == (3, 0)
+    result = run("batch", files.yaml, "--json")
+    assert result.exit_code == 69
+    assert "cannot reach Postmark at http://127.0.0.1:9" in result.stderr
 
 
 # -- must show 3: test-connection, and no token in YAML -----------------------------------------
