@@ -84,6 +84,8 @@ class ApiConfig:
     batch_size: int | None = None  # fewer messages a call than the provider allows
 
     def __post_init__(self) -> None:
+        # Frozen all the way down: a dict given by an application (Flask, Django) is copied.
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
         check_api(self)
 
     @property

@@ -32,7 +32,7 @@ from apiservers import (
     ResendServer,
     SendGridServer,
 )
-from conftest import make_campaign, many_rows
+from conftest import make_campaign, many_rows, server_args
 from typer.testing import CliRunner
 
 import mailcli
@@ -1152,17 +1152,7 @@ def test_the_host_flag_sends_an_api_campaign_over_smtp(
 ) -> None:
     """`--host` on the command line wins over the campaign's `api:`: SMTP, as asked."""
     files = make_campaign(tmp_path / "c", many_rows(2), extra=api_yaml(postmark))
-    result = run(
-        "batch",
-        files.yaml,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(smtp_server.port),
-        "--security",
-        "none",
-        "--json",
-    )
+    result = run("batch", files.yaml, *server_args(smtp_server), "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["transport"] == "smtp"
     assert len(recorder.messages) == 2 and postmark.requests == []
