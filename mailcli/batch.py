@@ -13,12 +13,12 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from mailcli import retry as policy
 from mailcli import workers
-from mailcli.campaign import Campaign, Rate, as_campaign, parse_rate
+from mailcli.campaign import MAX_CONNECTIONS, Campaign, Rate, as_campaign, parse_rate
 from mailcli.compose import address_text
 from mailcli.delivery import WINDOW, Delivery, DeliveryStatus, Transport
 from mailcli.envelope import Built
@@ -26,6 +26,7 @@ from mailcli.errors import ConfigError, ExitCode, MailcliError
 from mailcli.mailer import Mailer, sandbox_mailer
 from mailcli.outbox import recording, suppressed_by_env
 from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
+from mailcli.pool import Answer, ConnectionPool
 from mailcli.preview import Preview
 from mailcli.ratelimit import RateLimiter
 from mailcli.recipients import RowProblem
@@ -106,7 +107,7 @@ def _checked_here(pipeline: Pipeline) -> Iterator[tuple[Item, Built | RowProblem
 
 def send_batch(
     campaign: Campaign,
-    transport: Transport,
+    transport: Transport | Sequence[Transport],
     *,
     sender: str | None = None,
     limit: int | None = None,
@@ -117,14 +118,19 @@ def send_batch(
     sleep: Callable[[float], None] = time.sleep,
     stop: Callable[[], bool] | None = None,
 ) -> Summary:
-    """Deliver a campaign over one transport, resuming from its state.
+    """Deliver a campaign over one transport (or several at once), resuming from its state.
 
     Holds the campaign's lock for the whole run; validates every row that is due before
     connecting; retries 4xx replies with backoff; leaves state that the next run resumes from.
-    The transport is opened only when something is due, and closed at the end.
+    The transports are opened only when something is due, and closed at the end. Several
+    transports (`connections: N`) send in parallel from the same ordered list, under one rate.
     """
     started = time.monotonic()
-    summary = Summary(campaign=campaign.name, transport=transport.name)
+    transports = [transport] if not isinstance(transport, Sequence) else list(transport)
+    if not transports:
+        raise ConfigError("send_batch needs at least one transport")
+    first = transports[0]
+    summary = Summary(campaign=campaign.name, transport=first.name)
     pipeline = Pipeline(campaign, sender=sender)
     with open_state(campaign.state_path, campaign.name, for_run=True) as state:
         # On a first run no row has a record: the per-row lookups of the first pass are skipped.
@@ -164,26 +170,39 @@ def send_batch(
             limit=limit,
             fresh=fresh,
             cache=cache,
-            smtputf8=lambda: transport.smtputf8,
+            smtputf8=lambda: first.smtputf8,
         )
+        stopping = stop or (lambda: False)
+        limiter = RateLimiter(rate or campaign.rate, sleep=sleep)
+        pool = None
+        if len(transports) > 1:
+            pool = ConnectionPool(transports, pace=limiter.wait, sleep=sleep, stop=stopping)
         run = _Run(
             rows,
             state,
-            GroupSender(transport, sleep=sleep, stop=stop or (lambda: False)),
+            GroupSender(first, sleep=sleep, stop=stopping),
             summary,
-            limiter=RateLimiter(rate or campaign.rate, sleep=sleep),
+            limiter=limiter,
             progress=progress,
+            pool=pool,
         )
         failure: MailcliError | None = None
+        interrupted = False
         try:
             run.execute()
         except MailcliError as exc:
             summary.error, failure = str(exc), exc
             raise
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
-            transport.close()
-            summary.connections = transport.connections
-            summary.requests = transport.requests
+            if pool is not None:
+                pool.close(wait=not interrupted)
+            else:
+                first.close()
+            summary.connections = sum(t.connections for t in transports)
+            summary.requests = sum(t.requests for t in transports)
             summary.elapsed_s = time.monotonic() - started
             # The run record tells how the run ended, an error's own exit code included.
             summary.exit_code = int(failure.exit_code) if failure else exit_code(summary)
@@ -203,6 +222,7 @@ def send_campaign(
     stop: Callable[[], bool] | None = None,
     sandbox: str | Path | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    connections: int | None = None,
 ) -> Summary:
     """Send a campaign as `mailcli batch` does: the same state, resume and guarantees.
 
@@ -210,18 +230,23 @@ def send_campaign(
     variables); inside `record_messages()` the campaign goes into the outbox. `sandbox=DIR`
     delivers to an embedded capture server that saves .eml files in DIR, with the progress kept
     in DIR too, so a trial never marks the real recipients as sent. `stop()` is asked between
-    groups; when it says True the run ends cleanly (exit code 75, resumable).
+    groups; when it says True the run ends cleanly (exit code 75, resumable). `connections`
+    (else the campaign's `connections:`, else the profile's, else 1) sessions send at once.
     """
     campaign = as_campaign(campaign)
     try:
         pace = parse_rate(rate) if isinstance(rate, str) else rate
     except ValueError as exc:
         raise ConfigError(f"rate: {exc}") from None
+    if connections is not None and not 1 <= connections <= MAX_CONNECTIONS:
+        raise ConfigError(f"connections must be from 1 to {MAX_CONNECTIONS}, not {connections}")
 
-    def run(c: Campaign, transport: Transport, sender: str | None = None) -> Summary:
+    def run(c: Campaign, make: Callable[[], Transport], sender: str | None = None) -> Summary:
+        profile = mailer.batch_connections if mailer is not None else None
+        count = connections or c.connections or profile or 1
         return send_batch(
             c,
-            transport,
+            [make() for _ in range(count)],
             sender=sender,
             limit=limit,
             rate=pace,
@@ -237,7 +262,7 @@ def send_campaign(
 
         with sandbox_mailer(sandbox, like=mailer) as trial:
             trial_campaign = sandboxed(campaign, Path(sandbox))
-            return run(trial_campaign, trial.transport(), _sender(campaign, trial))
+            return run(trial_campaign, trial.transport, _sender(campaign, trial))
     if mailer is None:
         quiet = recording() is not None or suppressed_by_env()
         mailer = (
@@ -248,14 +273,14 @@ def send_campaign(
     mailer.check_campaign(campaign)
     # The password is looked up before any row is read: a missing one fails at once.
     mailer.check_password()
-    transport = mailer.transport()
+    mailer.transport()  # a Mailer that cannot make one says so before any row is read
     if mailer.recorder() is not None:
         # Recorded, not sent: the run starts from the campaign's progress, on a copy of it
         # that is thrown away, so that nobody is marked as sent who was not.
         with scratch_copy(campaign.state_path) as scratch:
-            scratched = dataclasses.replace(campaign, state_path=scratch)
-            return run(scratched, transport, _sender(campaign, mailer))
-    return run(campaign, transport, _sender(campaign, mailer))
+            scratched = dataclasses.replace(campaign, state_path=scratch, state_url=None)
+            return run(scratched, mailer.transport, _sender(campaign, mailer))
+    return run(campaign, mailer.transport, _sender(campaign, mailer))
 
 
 def _sender(campaign: Campaign, mailer: Mailer) -> str | None:
@@ -286,16 +311,18 @@ class _Run:
         *,
         limiter: RateLimiter,
         progress: Progress | None,
+        pool: ConnectionPool | None = None,
     ) -> None:
         self.rows, self.state, self.sender, self.summary = rows, state, sender, summary
-        self.limiter, self.progress = limiter, progress
+        self.limiter, self.progress, self.pool = limiter, progress, pool
         self.retry = rows.retry
         rate = limiter.rate
-        # The group is the unknown window: what the transport carries best at once (WINDOW
-        # over SMTP, a batch call over an HTTP API), and about a second's worth at a slow rate,
-        # so a crash strands few recipients in 'unknown'.
+        # The group is the unknown window of a connection: what the transport carries best at
+        # once (WINDOW over SMTP, a batch call over an HTTP API), and about a second's worth of
+        # the rate over all connections, so a crash strands few recipients in 'unknown'.
         window = sender.transport.window
-        per_second = rate.count / rate.per_s if rate else float(window)
+        connections = len(pool.transports) if pool is not None else 1
+        per_second = rate.count / rate.per_s / connections if rate else float(window)
         self.group_size = max(1, min(window, int(per_second)))
 
     def execute(self) -> None:
@@ -306,7 +333,10 @@ class _Run:
                 # holds and leave the server alone.
                 self._pass(self.rows.first_pass())
                 return
-            self.sender.transport.open()
+            if self.pool is not None:
+                self.pool.open()
+            else:
+                self.sender.transport.open()
             self._pass(self.rows.first_pass())
             if self.rows.limit is not None:
                 self.summary.pending = self.rows.count_left()
@@ -338,6 +368,8 @@ class _Run:
 
     def _pass(self, source: Iterator[Queued]) -> int:
         """Send what `source` yields, a group at a time; returns how many messages."""
+        if self.pool is not None:
+            return self._pass_pooled(source, self.pool)
         group = list(itertools.islice(source, self.group_size))
         count = 0
         while group:
@@ -370,11 +402,84 @@ class _Run:
         self.state.flush()  # the retry rounds read what this pass recorded
         return count
 
-    def _send_group(self, group: list[Queued], prepare: Callable[[], None]) -> None:
+    def _pass_pooled(self, source: Iterator[Queued], pool: ConnectionPool) -> int:
+        """`_pass` over several connections: a group to each idle one, answers as they come.
+
+        Each group is marked in flight before it is handed to its connection, so at most one
+        group per connection is `unknown`. What a stopped group never handed over is reverted;
+        the other connections finish their groups before the run stops.
+        """
+        flights: dict[int, tuple[list[Queued], set[int]]] = {}
+        numbers = itertools.count()
+        count = 0
+        stopped: Stopped | None = None
+        trouble: Exception | None = None
+        crash: BaseException | None = None
+
+        def take() -> list[Queued]:
+            nonlocal trouble
+            try:
+                return list(itertools.islice(source, self.group_size))
+            except Exception as exc:  # the list changed under the run: raised once drained
+                trouble = exc
+                return []
+
+        upcoming = take()
+        try:
+            while True:
+                while upcoming and pool.free and not (stopped or trouble or crash):
+                    if self.sender.stop():
+                        stopped = Stopped("stopped by a signal", [])
+                        break
+                    number = next(numbers)
+                    self._begin_flight(upcoming)
+                    flights[number] = (upcoming, set())
+                    pool.submit(number, [q.built for q in upcoming])
+                    count += len(upcoming)
+                    upcoming = take()
+                if not flights:
+                    break
+                event = pool.next_event()
+                group, answered = flights[event.group]
+                if isinstance(event, Answer):
+                    answered.add(event.index)
+                    self._record(group[event.index], event.delivery)
+                    continue
+                del flights[event.group]
+                if event.crash is not None:
+                    # A fault of the transport itself: what has no answer may have left.
+                    self._unanswered_unknown(group, answered)
+                    crash = crash or event.crash
+                elif event.stopped is not None:
+                    self._revert([q for i, q in enumerate(group) if i not in answered])
+                    stopped = stopped or event.stopped
+        except KeyboardInterrupt:
+            for group, answered in flights.values():
+                self._unanswered_unknown(group, answered)
+            raise
+        if crash is not None:
+            raise crash
+        if stopped is not None:
+            raise stopped
+        if trouble is not None:
+            raise trouble
+        self.state.flush()
+        return count
+
+    def _unanswered_unknown(self, group: list[Queued], answered: set[int]) -> None:
+        """Messages that may have been handed over stay `unknown` in the state; count them so."""
+        for index, q in enumerate(group):
+            if index not in answered:
+                self.summary.moved(q.counted, DeliveryStatus.UNKNOWN)
+
+    def _begin_flight(self, group: list[Queued]) -> None:
         # Durable as 'unknown' before a byte of them leaves: a crash cannot cause a resend.
         self.state.begin_flight(
             (q.ready.recipient.email, q.ready.recipient.row, q.entry) for q in group
         )
+
+    def _send_group(self, group: list[Queued], prepare: Callable[[], None]) -> None:
+        self._begin_flight(group)
         answered: set[int] = set()
 
         def record(index: int, delivery: Delivery) -> None:
@@ -391,9 +496,7 @@ class _Run:
         except KeyboardInterrupt:
             # Stopped at once (a second signal): what has no answer may have been handed
             # over; it stays 'unknown' in the state, and is counted so.
-            for index, q in enumerate(group):
-                if index not in answered:
-                    self.summary.moved(q.counted, DeliveryStatus.UNKNOWN)
+            self._unanswered_unknown(group, answered)
             raise
         except MailcliError:
             # Reconnecting failed for good (a refused login, a bad profile): nothing without

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -144,6 +145,10 @@ class Campaign:
     recipients: RecipientsSource
     state_path: Path
     reply_to: str | None = None
+    # `state: postgresql://...`: the progress lives in PostgreSQL, shared by every host that
+    # runs the campaign (None: the SQLite file at state_path).
+    state_url: str | None = None
+    connections: int | None = None  # `connections: N` (None: the profile's, else 1)
     text: Path | None = None
     html: Path | None = None
     markdown: Path | None = None
@@ -227,7 +232,11 @@ TOP_KEYS = (
     "rate",
     "retry",
     "state",
+    "connections",
 )
+
+MAX_CONNECTIONS = 50
+STATE_SCHEMES = ("postgresql://", "postgres://")
 
 
 # Whether the files a campaign names must exist: `status` reads only the state and the list, so it
@@ -306,6 +315,8 @@ def _build(top: Section, file: Path) -> Campaign:
         retry=_retry(top),
         inline_css=bool(top.get("inline_css", bool, "true or false", False)),
         state_path=_state(top, folder, name),
+        state_url=_state_url(top),
+        connections=read_connections(top),
     )
 
 
@@ -580,9 +591,45 @@ def _retry(top: Section) -> Retry:
 
 def _state(top: Section, folder: Path, name: str) -> Path:
     value = top.text("state")
-    if value is None:
+    if value is None or value.startswith(STATE_SCHEMES):
         return folder / ".mailcli" / f"{name}.sqlite"
     return _resolve(top, "state", folder, value)
+
+
+def _state_url(top: Section) -> str | None:
+    value = top.text("state")
+    if value is None or not value.startswith(STATE_SCHEMES):
+        return None
+    try:
+        return check_state_url(value)
+    except ValueError as exc:
+        raise top.error("state", str(exc)) from None
+
+
+def check_state_url(url: str) -> str:
+    """A libpq URL for the state, refused if it carries a password (ValueError)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"not a usable PostgreSQL URL: {exc}") from None
+    query = urllib.parse.parse_qs(parts.query)
+    if parts.password is not None or "password" in query:
+        raise ValueError(
+            "a password does not belong in the campaign file: put it in PGPASSWORD or "
+            "~/.pgpass (libpq reads both), and leave it out of the URL"
+        )
+    if any(c in url for c in "\r\n\0"):
+        raise ValueError("the URL cannot contain a line break or a NUL byte")
+    return url
+
+
+def read_connections(section: Section) -> int | None:
+    """`connections: N` of a campaign or a profile: 1 to MAX_CONNECTIONS."""
+    value = section.get("connections", int, "a whole number")
+    if value is not None and not 1 <= value <= MAX_CONNECTIONS:
+        raise section.error("connections", f"must be from 1 to {MAX_CONNECTIONS}, not {value}")
+    return value
 
 
 def _resolve(section: Section, key: str, folder: Path, value: str, line: int | None = None) -> Path:

@@ -321,6 +321,11 @@ class Mailer:
                 f"{where}: {self.api.info.title} cannot carry mailcli's own DKIM signature: {why}"
             )
 
+    @property
+    def batch_connections(self) -> int | None:
+        """The `connections:` of this Mailer's profile, for a campaign that names none."""
+        return self._profile.connections if self._profile is not None else None
+
     def signer_pending(self) -> bool:
         """A DKIM key is configured and not read yet (reading it touches the disk)."""
         return self._dkim is not None and self._signer is None

@@ -4,10 +4,16 @@ Messages are spaced evenly, at least `period / N` apart measured from the previo
 window of any length holds more than its share, even after a pause or a reconnect (the limiter lives
 outside the connection). The spacing is 1% wider than the exact share: what counts is the window
 at the receiving server, where network jitter can bring two messages closer than they were sent.
+
+One limiter is shared by every connection of a run (`connections: N`): `wait()` is thread-safe,
+and the connections take turns under its lock, so the spacing holds across all of them. The time
+kept is when a message was let go, after the sleep, not when it was due: a thread that woke late
+does not let the next one go early.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -31,19 +37,21 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._last: float | None = None
+        self._lock = threading.Lock()
 
     def wait(self) -> float:
         """Sleep until the next send is allowed; return the seconds slept."""
         if self.rate is None:
             return 0.0
-        now = self._clock()
-        slept = 0.0
         spacing = self.rate.interval_s * (1 + SAFETY)
-        if self._last is not None:
-            due = self._last + spacing
-            if due > now:
-                slept = due - now
-                self._sleep(slept)
-                now = self._clock()
-        self._last = max(now, self._last + spacing if self._last is not None else now)
+        with self._lock:  # one waiter at a time: the others queue behind it
+            now = self._clock()
+            slept = 0.0
+            if self._last is not None:
+                due = self._last + spacing
+                if due > now:
+                    slept = due - now
+                    self._sleep(slept)
+                    now = self._clock()
+            self._last = max(now, self._last + spacing if self._last is not None else now)
         return slept

@@ -158,4 +158,4 @@ def sandboxed(campaign: Campaign, folder: Path) -> Campaign:
     A trial run must never mark the real recipients of a campaign as sent.
     """
     state = folder.resolve() / ".mailcli" / f"{campaign.name}.sqlite"
-    return dataclasses.replace(campaign, state_path=state)
+    return dataclasses.replace(campaign, state_path=state, state_url=None)

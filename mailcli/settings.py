@@ -15,7 +15,15 @@ from pathlib import Path
 
 from mailcli.addresses import AddressError, parse_mailbox
 from mailcli.apiconf import ApiConfig, read_api
-from mailcli.campaign import SECURITY_MODES, SMTP_KEYS, DkimConfig, SmtpConfig, read_dkim, read_smtp
+from mailcli.campaign import (
+    SECURITY_MODES,
+    SMTP_KEYS,
+    DkimConfig,
+    SmtpConfig,
+    read_connections,
+    read_dkim,
+    read_smtp,
+)
 from mailcli.errors import ConfigError, UsageError
 from mailcli.transport import AUTH_MECHANISMS, DEFAULT_PORTS, SmtpSettings
 from mailcli.yamlconf import Section, load_mapping
@@ -29,6 +37,7 @@ PROFILE_KEYS = (
     "insecure_skip_verify",
     "dkim",
     "api",
+    "connections",
 )
 
 
@@ -45,6 +54,7 @@ class Profile:
     insecure_skip_verify: bool = False
     dkim: DkimConfig | None = None  # signs what `mailcli send` sends through this profile
     api: ApiConfig | None = None  # an HTTP API provider instead of an SMTP server
+    connections: int | None = None  # for `mailcli batch` (a campaign's own key wins)
 
 
 def config_file(env: Mapping[str, str] | None = None) -> Path:
@@ -111,6 +121,7 @@ def _profile(name: str, sec: Section, folder: Path) -> Profile:
         allow_plaintext_auth=bool(sec.get("allow_plaintext_auth", bool, "true or false")),
         insecure_skip_verify=bool(sec.get("insecure_skip_verify", bool, "true or false")),
         dkim=read_dkim(sec, folder),
+        connections=read_connections(sec),
     )
 
 

@@ -25,7 +25,7 @@ import mailcli
 from mailcli import sending
 from mailcli.apiconf import PROVIDERS, ApiConfig
 from mailcli.batch import Summary, dry_run
-from mailcli.campaign import SmtpConfig, load_campaign, parse_rate
+from mailcli.campaign import MAX_CONNECTIONS, SmtpConfig, load_campaign, parse_rate
 from mailcli.checks import campaign_warnings
 from mailcli.cli.console import (
     BatchProgress,
@@ -377,9 +377,21 @@ def batch(
             "(default: one per core for lists over 512 KB, else 1).",
         ),
     ] = None,
+    connections: Annotated[
+        int | None,
+        typer.Option(
+            "--connections",
+            metavar="N",
+            min=1,
+            max=MAX_CONNECTIONS,
+            help="Send over N connections at once, under one rate (overrides the campaign's "
+            "and the profile's `connections`; default 1).",
+            rich_help_panel="SMTP",
+        ),
+    ] = None,
 ) -> None:
     """Send a campaign to every recipient of its list, over one SMTP connection (or an HTTP
-    API provider's batch calls).
+    API provider's batch calls), or several with --connections.
 
     Example: mailcli batch campaigns/welcome/campaign.yaml --dry-run
     """
@@ -421,6 +433,7 @@ def batch(
             progress=display,
             stop=stop,
             sandbox=sandbox_dir,
+            connections=connections,
         )
     _report(summary, json_=json_, quiet=quiet)
     raise typer.Exit(summary.exit_code)
