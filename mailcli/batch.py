@@ -9,6 +9,7 @@ pieces, each in its own module: which rows are due (`selection`), when a 4xx is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -25,14 +26,15 @@ from mailcli.envelope import Built
 from mailcli.errors import ConfigError, ExitCode, MailcliError
 from mailcli.mailer import Mailer, sandbox_mailer
 from mailcli.outbox import recording, suppressed_by_env
+from mailcli.pgstate import PgState
 from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
 from mailcli.pool import Answer, ConnectionPool
 from mailcli.preview import Preview
 from mailcli.ratelimit import RateLimiter
 from mailcli.recipients import RowProblem
-from mailcli.selection import DueRows, Queued, RenderCache, check_due_rows
+from mailcli.selection import ClaimedRows, DueRows, Queued, RenderCache, check_due_rows
 from mailcli.sender import GroupSender, Stopped
-from mailcli.state import Outcome, StateStore, open_state, scratch_copy
+from mailcli.state import Outcome, SqliteState, StateStore, open_state, scratch_copy
 from mailcli.summary import MAX_PROBLEMS, Failure, Progress, Summary
 
 __all__ = [
@@ -132,19 +134,27 @@ def send_batch(
     first = transports[0]
     summary = Summary(campaign=campaign.name, transport=first.name)
     pipeline = Pipeline(campaign, sender=sender)
-    with open_state(campaign.state_path, campaign.name, for_run=True) as state:
-        # On a first run no row has a record: the per-row lookups of the first pass are skipped.
-        fresh = state.empty
-        cache = RenderCache()
-        valid = check_due_rows(
-            pipeline,
-            state,
-            summary,
-            retry_unknown=retry_unknown,
-            fresh=fresh,
-            cache=cache,
-            progress=progress,
-        )
+    stopping = stop or (lambda: False)
+    limiter = RateLimiter(rate or campaign.rate, sleep=sleep)
+    size = group_size(first.window, limiter.rate, len(transports))
+    with _open_store(campaign) as state:
+        rows: DueRows | ClaimedRows
+        if isinstance(state, SqliteState):
+            # On a first run no row has a record: the per-row lookups of the first pass are
+            # skipped.
+            fresh = state.empty
+            cache = RenderCache()
+            valid = check_due_rows(
+                pipeline,
+                state,
+                summary,
+                retry_unknown=retry_unknown,
+                fresh=fresh,
+                cache=cache,
+                progress=progress,
+            )
+        else:
+            valid = _check_and_import(pipeline, state, summary, progress, retry_unknown)
         if not valid and not skip_invalid:
             summary.elapsed_s = time.monotonic() - started
             summary.exit_code = ExitCode.DATAERR
@@ -161,19 +171,31 @@ def send_batch(
         if progress is not None:
             progress(summary)
         state.start_run()
-        rows = DueRows(
-            pipeline,
-            state,
-            summary,
-            retry=campaign.retry,
-            retry_unknown=retry_unknown,
-            limit=limit,
-            fresh=fresh,
-            cache=cache,
-            smtputf8=lambda: first.smtputf8,
-        )
-        stopping = stop or (lambda: False)
-        limiter = RateLimiter(rate or campaign.rate, sleep=sleep)
+        if isinstance(state, SqliteState):
+            rows = DueRows(
+                pipeline,
+                state,
+                summary,
+                retry=campaign.retry,
+                retry_unknown=retry_unknown,
+                limit=limit,
+                fresh=fresh,
+                cache=cache,
+                smtputf8=lambda: first.smtputf8,
+            )
+        else:
+            rows = ClaimedRows(
+                pipeline,
+                state,
+                summary,
+                retry=campaign.retry,
+                retry_unknown=retry_unknown,
+                limit=limit,
+                group_size=size,
+                smtputf8=lambda: first.smtputf8,
+                stop=stopping,
+                sleep=sleep,
+            )
         pool = None
         if len(transports) > 1:
             pool = ConnectionPool(transports, pace=limiter.wait, sleep=sleep, stop=stopping)
@@ -184,6 +206,7 @@ def send_batch(
             summary,
             limiter=limiter,
             progress=progress,
+            group_size=size,
             pool=pool,
         )
         failure: MailcliError | None = None
@@ -203,11 +226,74 @@ def send_batch(
                 first.close()
             summary.connections = sum(t.connections for t in transports)
             summary.requests = sum(t.requests for t in transports)
+            if isinstance(state, PgState):
+                _count_shared(state, summary)
             summary.elapsed_s = time.monotonic() - started
             # The run record tells how the run ended, an error's own exit code included.
             summary.exit_code = int(failure.exit_code) if failure else exit_code(summary)
             state.finish_run(summary.to_json())
     return summary
+
+
+def group_size(window: int, rate: Rate | None, connections: int) -> int:
+    """The group, the unknown window of a connection: what the transport carries best at once
+    (WINDOW over SMTP, a batch call over an HTTP API), and about a second's worth of the rate
+    over all connections at a slow rate, so a crash strands few recipients in 'unknown'."""
+    per_second = rate.count / rate.per_s / connections if rate else float(window)
+    return max(1, min(window, int(per_second)))
+
+
+def _open_store(campaign: Campaign) -> contextlib.AbstractContextManager[SqliteState | PgState]:
+    """The campaign's store: SQLite under its lock (a second run: exit 75), or PostgreSQL,
+    shared by every host that runs the campaign."""
+    if campaign.state_url is None:
+        return open_state(campaign.state_path, campaign.name, for_run=True)
+    return PgState.open(campaign.state_url, campaign.name)
+
+
+def _check_and_import(
+    pipeline: Pipeline,
+    state: PgState,
+    summary: Summary,
+    progress: Progress | None,
+    retry_unknown: bool,
+) -> bool:
+    """Pass 1 for a shared store: check every row of the list (if this host has it), then
+    import the list into the store. False, with nothing imported, when a row is invalid."""
+    path = pipeline.campaign.recipients.path
+    if path.is_file():
+        # The store, not this host, knows which rows are due: every row is checked.
+        if not check_due_rows(
+            pipeline,
+            state,
+            summary,
+            retry_unknown=retry_unknown,
+            fresh=True,
+            cache=RenderCache(),
+            progress=progress,
+        ):
+            return False
+        added = state.import_rows(
+            item.recipient for item in pipeline.items(render=False) if isinstance(item, Ready)
+        )
+        log.info("campaign %r: %d new rows imported into the shared state", summary.campaign, added)
+    else:
+        log.info("no recipient list on this host (%s): sending what the shared state holds", path)
+    summary.total = state.total()
+    summary.would_send = state.due(retry_unknown=retry_unknown)
+    return True
+
+
+def _count_shared(state: PgState, summary: Summary) -> None:
+    """The end of a run on a shared store: what the other runs did counts as skipped, and
+    `unknown` or refused recipients of any run are reported as SQLite's are."""
+    handled = summary.sent + summary.failed + summary.deferred + summary.unknown
+    left = state.left()
+    summary.skipped = max(0, summary.total - handled - left)
+    summary.failed_before = state.failed_before()
+    summary.unknown += state.stranded_unknown()
+    if summary.error is None and not summary.pending:
+        summary.pending = left
 
 
 def send_campaign(
@@ -304,26 +390,20 @@ class _Run:
 
     def __init__(
         self,
-        rows: DueRows,
+        rows: DueRows | ClaimedRows,
         state: StateStore,
         sender: GroupSender,
         summary: Summary,
         *,
         limiter: RateLimiter,
         progress: Progress | None,
+        group_size: int,
         pool: ConnectionPool | None = None,
     ) -> None:
         self.rows, self.state, self.sender, self.summary = rows, state, sender, summary
         self.limiter, self.progress, self.pool = limiter, progress, pool
         self.retry = rows.retry
-        rate = limiter.rate
-        # The group is the unknown window of a connection: what the transport carries best at
-        # once (WINDOW over SMTP, a batch call over an HTTP API), and about a second's worth of
-        # the rate over all connections, so a crash strands few recipients in 'unknown'.
-        window = sender.transport.window
-        connections = len(pool.transports) if pool is not None else 1
-        per_second = rate.count / rate.per_s / connections if rate else float(window)
-        self.group_size = max(1, min(window, int(per_second)))
+        self.group_size = group_size
 
     def execute(self) -> None:
         """Main pass, then retry rounds for 4xx replies, until done or stopped."""

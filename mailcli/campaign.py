@@ -336,12 +336,14 @@ def _no_newlines(section: Section, key: str, value: str) -> None:
         raise section.error(key, "must be a single line (headers cannot contain line breaks)")
 
 
-def _file(section: Section, key: str, folder: Path, *, what: str = "file") -> Path | None:
+def _file(
+    section: Section, key: str, folder: Path, *, what: str = "file", needed: bool = True
+) -> Path | None:
     value = section.text(key)
     if value is None:
         return None
     path = _resolve(section, key, folder, value)
-    if _CHECK_FILES.get() and not path.is_file():
+    if _CHECK_FILES.get() and not path.is_file() and (needed or path.exists()):
         line = section.items[key][0]
         reason = "is a folder" if path.is_dir() else "not found"
         raise InputFileError(
@@ -353,15 +355,18 @@ def _file(section: Section, key: str, folder: Path, *, what: str = "file") -> Pa
 def _recipients(top: Section, folder: Path) -> RecipientsSource:
     if not top.has("recipients"):
         raise ConfigError("missing required key 'recipients'", path=top.file, line=top.line)
+    # With a shared (PostgreSQL) state, the list is needed only on the host that imports it:
+    # the others send what the store holds.
+    needed = not (top.text("state") or "").startswith(STATE_SCHEMES)
     node = top.node("recipients")
     if isinstance(node, yaml.ScalarNode):
-        path = _file(top, "recipients", folder, what="recipient list")
+        path = _file(top, "recipients", folder, what="recipient list", needed=needed)
         assert path is not None
         return RecipientsSource(path=path)
     sec = top.section("recipients")
     assert sec is not None
     sec.reject_unknown(("path", "email_column", "name_column", "encoding", "delimiter"))
-    path = _file(sec, "path", folder, what="recipient list")
+    path = _file(sec, "path", folder, what="recipient list", needed=needed)
     if path is None:
         raise ConfigError("missing required key 'recipients.path'", path=top.file, line=sec.line)
     encoding = sec.text("encoding") or "utf-8"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mailcli import retry as policy
 from mailcli.campaign import Retry
@@ -19,6 +20,9 @@ from mailcli.pipeline import Duplicate, Pipeline, Ready
 from mailcli.recipients import Recipient, RowProblem
 from mailcli.render import Rendered, RenderError
 from mailcli.state import Entry, StateStore
+
+if TYPE_CHECKING:
+    from mailcli.pgstate import Claimed, PgState
 from mailcli.summary import Progress, Summary
 
 
@@ -191,6 +195,96 @@ class DueRows:
             self._invalid(r, built.problem)
             return None
         return Queued(ready, built, entry, counted)
+
+    def _invalid(self, r: Recipient, problem: str) -> None:
+        self.summary.problem(RowProblem(r.row, r.line, problem, r.email))
+        self.state.record_invalid(r.email, r.row, problem)
+
+
+class ClaimedRows:
+    """The due rows of a store shared by several hosts, claimed a group at a time.
+
+    The same interface as `DueRows`, but the rows come from the store, not the list: each group
+    is leased to this run before it is rendered, so no other host takes it. When nothing is
+    left to claim but another live run holds due rows, this waits for them (they come back if
+    that run dies) rather than ending early.
+    """
+
+    WAIT_S = 1.0
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        state: PgState,
+        summary: Summary,
+        *,
+        retry: Retry,
+        retry_unknown: bool,
+        limit: int | None,
+        group_size: int,
+        smtputf8: Callable[[], bool],
+        stop: Callable[[], bool],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.pipeline, self.state, self.summary = pipeline, state, summary
+        self.retry, self.retry_unknown, self.limit = retry, retry_unknown, limit
+        self.group_size, self.smtputf8 = group_size, smtputf8
+        self.stop, self.sleep = stop, sleep
+        self.produced = 0
+
+    def first_pass(self) -> Iterator[Queued]:
+        """Every due row of the store once, shared with the other hosts."""
+        while self.limit is None or self.produced < self.limit:
+            wanted = self.group_size
+            if self.limit is not None:
+                wanted = min(wanted, self.limit - self.produced)
+            claimed = self.state.claim(
+                wanted,
+                retry_unknown=self.retry_unknown,
+                retry_round=False,
+                attempts=self.retry.attempts,
+            )
+            if not claimed:
+                if self.stop() or not self.state.held_by_others(retry_unknown=self.retry_unknown):
+                    return
+                self.sleep(self.WAIT_S)  # another run holds the rest: wait for it or its lease
+                continue
+            for c in claimed:
+                queued = self._queued(c)
+                if queued is not None:
+                    self.produced += 1
+                    yield queued
+
+    def retry_round(self, now: float) -> Iterator[Queued]:
+        """This run's deferred recipients whose backoff has passed."""
+        while claimed := self.state.claim(
+            self.group_size,
+            retry_unknown=False,
+            retry_round=True,
+            attempts=self.retry.attempts,
+        ):
+            for c in claimed:
+                queued = self._queued(c, counted=DeliveryStatus.DEFERRED)
+                if queued is not None:
+                    yield queued
+
+    def count_left(self) -> int:
+        """Recipients nobody has tried yet and no live run holds."""
+        return self.state.left()
+
+    def _queued(self, claimed: Claimed, counted: DeliveryStatus | None = None) -> Queued | None:
+        r = claimed.recipient
+        try:
+            rendered = self.pipeline.render(r)
+        except RenderError as exc:
+            self._invalid(r, str(exc))
+            return None
+        ready = Ready(r, rendered)
+        built = self.pipeline.check(ready, smtputf8=self.smtputf8())
+        if isinstance(built, RowProblem):
+            self._invalid(r, built.problem)
+            return None
+        return Queued(ready, built, claimed.entry, counted)
 
     def _invalid(self, r: Recipient, problem: str) -> None:
         self.summary.problem(RowProblem(r.row, r.line, problem, r.email))

@@ -7,15 +7,19 @@ list that no run has met yet (appended for a drip campaign) count as pending.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailcli.campaign import Campaign, load_campaign
 from mailcli.delivery import DeliveryStatus
 from mailcli.errors import MailcliError
 from mailcli.recipients import RecipientReader, RowProblem, SeenAddresses
 from mailcli.state import RecipientState, RunRecord, StateStore, open_state
+
+if TYPE_CHECKING:
+    from mailcli.pgstate import HostShare
 
 
 @dataclass
@@ -30,6 +34,9 @@ class Status:
     list_error: str | None = None
     last_run: RunRecord | None = None
     recipients: list[RecipientState] = field(default_factory=list)
+    # A shared (PostgreSQL) store: what each host did, and the runs sending now.
+    hosts: list[HostShare] | None = None
+    live_runs: list[RunRecord] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -87,6 +94,21 @@ class Status:
             },
             "list_error": self.list_error,
         }
+        if self.hosts is not None:
+            obj["hosts"] = [
+                {
+                    "host": h.host,
+                    "sent": h.sent,
+                    "failed": h.failed,
+                    "deferred": h.deferred,
+                    "unknown": h.unknown,
+                }
+                for h in self.hosts
+            ]
+            obj["running"] = [
+                {"id": r.id, "started": r.started, "pid": r.pid, "host": r.host}
+                for r in self.live_runs
+            ]
         if with_recipients:
             obj["recipients"] = [
                 {
@@ -108,6 +130,8 @@ def campaign_status(campaign: Campaign | str | Path) -> Status:
     if not isinstance(campaign, Campaign):
         # status reads only the state and the list: a missing template does not stop it
         campaign = load_campaign(campaign, check_files=False)
+    if campaign.state_url is not None:
+        return _shared_status(campaign, campaign.state_url)
     report = Status(campaign.name, str(campaign.state_path), dict.fromkeys(DeliveryStatus, 0))
     state: StateStore | None = None
     if campaign.state_path.exists():
@@ -117,14 +141,34 @@ def campaign_status(campaign: Campaign | str | Path) -> Status:
             report.counts = state.counts()
             report.recipients = state.problems()
             report.last_run = state.last_run()
-        _count_list(campaign, state, report)
+        _count_list(
+            campaign, (lambda email: state.lookup(email) is not None) if state else None, report
+        )
     finally:
         if state is not None:
             state.close()
     return report
 
 
-def _count_list(campaign: Campaign, state: StateStore | None, report: Status) -> None:
+def _shared_status(campaign: Campaign, url: str) -> Status:
+    """The whole campaign as a PostgreSQL store holds it, from any host: the store is the list,
+    so this host's copy of the CSV is matched only for rows not imported yet."""
+    from mailcli.pgstate import PgState
+
+    report = Status(campaign.name, url, dict.fromkeys(DeliveryStatus, 0))
+    with PgState.open(url, campaign.name, create=False) as state:
+        report.counts = state.counts()
+        report.recipients = state.problems()
+        report.last_run = state.last_run()
+        report.hosts = state.hosts()
+        report.live_runs = state.live_runs()
+        if campaign.recipients.path.is_file():
+            _count_list(campaign, state.contains, report)
+    return report
+
+
+def _count_list(campaign: Campaign, known: Callable[[str], bool] | None, report: Status) -> None:
+    """Rows of the list the state has not met yet count as pending; invalid rows are counted."""
     reader = RecipientReader(campaign.recipients)
     try:
         with SeenAddresses() as seen:
@@ -132,7 +176,7 @@ def _count_list(campaign: Campaign, state: StateStore | None, report: Status) ->
                 if isinstance(entry, RowProblem):
                     report.invalid_rows += 1
                 elif seen.add(entry.email, entry.row) is None and (
-                    state is None or state.lookup(entry.email) is None
+                    known is None or not known(entry.email)
                 ):
                     report.new_rows += 1
     except MailcliError as exc:

@@ -391,6 +391,15 @@ def status_view(report: Status, *, with_recipients: bool, terminal: bool) -> Gro
         )
     else:
         blocks.append(Text("No run yet."))
+    if report.hosts:
+        hosts = Table(title="By host", title_justify="left", box=frame)
+        for column in ("host", "sent", "failed", "deferred", "unknown"):
+            hosts.add_column(column, justify="left" if column == "host" else "right")
+        for h in report.hosts:
+            hosts.add_row(h.host, *(f"{n:,}" for n in (h.sent, h.failed, h.deferred, h.unknown)))
+        blocks.append(hosts)
+    for live in report.live_runs:
+        blocks.append(Text(f"Sending now: pid {live.pid} on {live.host}, since {live.started}"))
     if with_recipients:
         failures = Table(
             title=f"Not delivered: {len(report.recipients)}", title_justify="left", box=frame

@@ -1,0 +1,660 @@
+"""Campaign state in PostgreSQL (`state: postgresql://...`): one campaign, several hosts.
+
+The same `StateStore` rules as SQLite, kept by the database for every host at once:
+
+- The list is imported into the store (`import_rows`, idempotent: rows already there are left
+  alone, or take the list's new data while still pending; appended rows are added). Any host may
+  import; a host without the CSV sends what the store holds.
+- A host takes work by claiming a group of due recipients (`claim`: one statement, `SELECT ...
+  FOR UPDATE SKIP LOCKED`, so two hosts never claim the same row) under a lease of
+  `lease_s` seconds, renewed by a heartbeat thread while the run lives. A claimed row is marked
+  `unknown` and committed before its message leaves (`begin_flight`), then gets its outcome.
+  A host that dies leaves its handed-over group `unknown` and its claimed-but-unsent rows to the
+  others once the lease runs out.
+- No transaction is open while a message is on the wire: every statement commits at once
+  (autocommit), or in a short `transaction()` of its own.
+
+The lease and the clock that judges it are the database's (`now()`), not the hosts'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mailcli.addresses import Mailbox, address_key
+from mailcli.delivery import DeliveryStatus
+from mailcli.errors import ConfigError, TempFailError
+from mailcli.recipients import Recipient
+from mailcli.state import PROBLEM_STATUSES, Entry, Outcome, RecipientState, RunRecord
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+LEASE_S = 60.0  # the longest a dead host's claimed rows wait for another host
+STATUS_CHECK = "status IN ('pending','sent','failed','deferred','unknown')"
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS mailcli_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mailcli_campaigns (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS mailcli_runs (
+    id BIGSERIAL PRIMARY KEY,
+    campaign BIGINT NOT NULL REFERENCES mailcli_campaigns (id) ON DELETE CASCADE,
+    started TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished TIMESTAMPTZ,
+    heartbeat TIMESTAMPTZ NOT NULL DEFAULT now(),
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    summary JSONB
+);
+CREATE TABLE IF NOT EXISTS mailcli_recipients (
+    campaign BIGINT NOT NULL REFERENCES mailcli_campaigns (id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    email TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    row INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    fields JSONB NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK ({STATUS_CHECK}),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    run BIGINT,
+    run_tries INTEGER NOT NULL DEFAULT 0,
+    next_at DOUBLE PRECISION,
+    code INTEGER,
+    reply TEXT,
+    message_id TEXT,
+    host TEXT,
+    lease_run BIGINT,
+    lease_until TIMESTAMPTZ,
+    updated TIMESTAMPTZ NOT NULL DEFAULT now(),
+    sent_at TIMESTAMPTZ,
+    PRIMARY KEY (campaign, key)
+);
+CREATE INDEX IF NOT EXISTS mailcli_recipients_due ON mailcli_recipients (campaign, status, row);
+CREATE INDEX IF NOT EXISTS mailcli_recipients_lease ON mailcli_recipients (lease_run)
+    WHERE lease_run IS NOT NULL;
+"""
+
+# A recipient is due for a run's first pass when it was never tried, is deferred and its backoff
+# has passed (or its run gave up on it), was an invalid row, or is unknown and the user asked;
+# and nobody holds a live lease on it. This run's own deferred rows wait for its retry rounds.
+_DUE = """
+    campaign = %(campaign)s
+    AND (lease_until IS NULL OR lease_until < now())
+    AND (run IS DISTINCT FROM %(run)s)
+    AND (status = 'pending'
+         OR (status = 'failed' AND code IS NULL)
+         OR (status = 'deferred' AND (next_at IS NULL OR next_at <= %(now)s))
+         OR (status = 'unknown' AND %(retry_unknown)s))
+"""
+# A retry round: this run's deferred rows whose backoff has passed.
+_DUE_AGAIN = """
+    campaign = %(campaign)s
+    AND (lease_until IS NULL OR lease_until < now())
+    AND status = 'deferred' AND run = %(run)s AND run_tries < %(attempts)s
+    AND next_at <= %(now)s
+"""
+_ENTRY = "status, attempts, run, run_tries, next_at, code"
+
+
+def lease_seconds() -> float:
+    """The lease: LEASE_S, or MAILCLI_LEASE_SECONDS (5 to 600) for a quicker takeover."""
+    text = os.environ.get("MAILCLI_LEASE_SECONDS")
+    if not text:
+        return LEASE_S
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(
+            f"MAILCLI_LEASE_SECONDS must be a number of seconds, not {text!r}"
+        ) from None
+    if not 5 <= value <= 600:
+        raise ConfigError(f"MAILCLI_LEASE_SECONDS must be from 5 to 600, not {text}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A recipient this run holds the lease of, and what the store said of it."""
+
+    recipient: Recipient
+    entry: Entry | None  # None: never tried
+
+
+@dataclass(frozen=True, slots=True)
+class HostShare:
+    """What one host did for the campaign (`status`)."""
+
+    host: str
+    sent: int
+    failed: int
+    deferred: int
+    unknown: int
+
+
+def _driver() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError(
+            "state: a PostgreSQL URL needs the PostgreSQL driver",
+            hint="pip install 'mailcli[postgres]'",
+        ) from None
+    return psycopg
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
+    driver = _driver()
+    try:
+        conn: psycopg.Connection[Any] = driver.connect(
+            url, autocommit=True, application_name="mailcli", connect_timeout=10
+        )
+    except driver.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no answer"
+        if "password" in reason or "authentication" in reason:
+            raise ConfigError(
+                f"state database refused the login: {reason}",
+                hint="the password comes from PGPASSWORD or ~/.pgpass, never the campaign file",
+            ) from None
+        raise TempFailError(
+            f"cannot reach the state database: {reason}",
+            hint="the run can be started again once PostgreSQL answers",
+        ) from None
+    # The 'unknown' mark must be on disk before a message is handed over, whatever the
+    # server's default.
+    conn.execute("SET synchronous_commit = on")
+    return conn
+
+
+class PgState:
+    """The PostgreSQL store of one campaign, shared by every host that runs it."""
+
+    shared = True  # several runs at once: no campaign lock, claims instead
+
+    def __init__(self, conn: psycopg.Connection[Any], url: str, campaign_id: int) -> None:
+        self.conn = conn
+        self.url = url
+        self.campaign_id = campaign_id
+        self.run_id: int | None = None
+        self.host = socket.gethostname()
+        self.lease_s = lease_seconds()
+        self._pending: list[Outcome] = []
+        self._reverts: list[tuple[str, Entry | None]] = []
+        self._heartbeat: _Heartbeat | None = None
+
+    @classmethod
+    def open(cls, url: str, campaign: str, *, create: bool = True) -> PgState:
+        """Connect, create the tables if needed (once, under an advisory lock), find the
+        campaign's id by its name."""
+        psycopg = _driver()
+        conn = _connect(url)
+        try:
+            with conn.transaction():
+                if create:
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailcli schema'))")
+                    conn.execute(SCHEMA)
+                    conn.execute(
+                        "INSERT INTO mailcli_meta VALUES ('schema', %s) ON CONFLICT DO NOTHING",
+                        (str(SCHEMA_VERSION),),
+                    )
+                    conn.execute(
+                        "INSERT INTO mailcli_campaigns (name) VALUES (%s) "
+                        "ON CONFLICT (name) DO NOTHING",
+                        (campaign,),
+                    )
+                row = conn.execute(
+                    "SELECT id FROM mailcli_campaigns WHERE name = %s", (campaign,)
+                ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            conn.close()
+            raise ConfigError(
+                "no state yet: the campaign has not been sent", path=_safe(url)
+            ) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            conn.close()
+            raise ConfigError(
+                f"the state database refused: {exc.diag.message_primary}",
+                path=_safe(url),
+                hint="the role needs to own the database (or CREATE on its schema) for the "
+                "first run; see README 'Running on several hosts'",
+            ) from None
+        except psycopg.Error as exc:
+            conn.close()
+            raise TempFailError(f"state database: {exc}".strip(), path=_safe(url)) from None
+        if row is None:
+            conn.close()
+            raise ConfigError(
+                f"no state yet for campaign '{campaign}': it has not been sent", path=_safe(url)
+            )
+        return cls(conn, url, int(row[0]))
+
+    def close(self) -> None:
+        """Commit what is buffered, stop the heartbeat, give back unsent claims, close."""
+        try:
+            self.flush()
+            if self.run_id is not None:
+                self._release_claims()
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+            self.conn.close()
+
+    def __enter__(self) -> PgState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def start_run(self) -> int:
+        """Record the run and start renewing its leases."""
+        row = self.conn.execute(
+            "INSERT INTO mailcli_runs (campaign, pid, host) VALUES (%s, %s, %s) RETURNING id",
+            (self.campaign_id, os.getpid(), self.host),
+        ).fetchone()
+        assert row is not None
+        self.run_id = int(row[0])
+        self._heartbeat = _Heartbeat(self.url, self.run_id, self.lease_s)
+        self._heartbeat.start()
+        return self.run_id
+
+    def finish_run(self, summary: Mapping[str, object]) -> None:
+        """Record the end of the run and its summary."""
+        self.flush()
+        self.conn.execute(
+            "UPDATE mailcli_runs SET finished = now(), summary = %s WHERE id = %s",
+            (json.dumps(summary), self.run_id),
+        )
+
+    # -- the list -------------------------------------------------------------------------
+
+    def import_rows(self, recipients: Iterable[Recipient]) -> int:
+        """Add the list's rows to the store; returns how many were new.
+
+        Idempotent, and safe while other hosts import or send: a row already in the store is
+        kept, its data refreshed only while it is still pending.
+        """
+        with self.conn.transaction():
+            self.conn.execute(
+                "CREATE TEMP TABLE mailcli_import (key TEXT, email TEXT, name TEXT, row INTEGER,"
+                " line INTEGER, fields JSONB) ON COMMIT DROP"
+            )
+            with self.conn.cursor().copy(
+                "COPY mailcli_import (key, email, name, row, line, fields) FROM STDIN"
+            ) as copy:
+                for r in recipients:
+                    copy.write_row(
+                        (r.key, r.email, r.mailbox.name, r.row, r.line, json.dumps(r.fields))
+                    )
+            cur = self.conn.execute(
+                "INSERT INTO mailcli_recipients AS t (campaign, key, email, name, row, line, "
+                "fields) SELECT DISTINCT ON (key) %s, key, email, name, row, line, fields "
+                "FROM mailcli_import ORDER BY key, row "
+                "ON CONFLICT (campaign, key) DO UPDATE SET email = excluded.email, "
+                "name = excluded.name, row = excluded.row, line = excluded.line, "
+                "fields = excluded.fields WHERE t.status = 'pending' AND t.lease_run IS NULL "
+                "AND (t.fields, t.row, t.name) IS DISTINCT FROM "
+                "(excluded.fields, excluded.row, excluded.name) "
+                "RETURNING (xmax = 0)",
+                (self.campaign_id,),
+            )
+            return sum(1 for (inserted,) in cur if inserted)
+
+    def claim(
+        self, count: int, *, retry_unknown: bool, retry_round: bool, attempts: int
+    ) -> list[Claimed]:
+        """Take the lease of up to `count` due recipients, in list order; none is shared."""
+        where = _DUE_AGAIN if retry_round else _DUE
+        rows = self.conn.execute(
+            "UPDATE mailcli_recipients AS t SET lease_run = %(run)s, "
+            "lease_until = now() + make_interval(secs => %(lease)s) "
+            "FROM (SELECT key FROM mailcli_recipients WHERE "
+            + where
+            + " ORDER BY row LIMIT %(count)s FOR UPDATE SKIP LOCKED) AS due "
+            "WHERE t.campaign = %(campaign)s AND t.key = due.key "
+            f"RETURNING t.row, t.line, t.name, t.email, t.fields, {_ENTRY}",
+            {
+                "campaign": self.campaign_id,
+                "run": self.run_id,
+                "now": time.time(),
+                "retry_unknown": retry_unknown,
+                "attempts": attempts,
+                "count": count,
+                "lease": self.lease_s,
+            },
+        ).fetchall()
+        rows.sort(key=lambda r: r[0])
+        claimed = []
+        for row, line, name, email, fields, status, *entry in rows:
+            recipient = Recipient(row, line, Mailbox(name, email), fields)
+            tried = status != DeliveryStatus.PENDING or entry[0] > 0
+            claimed.append(
+                Claimed(recipient, Entry(DeliveryStatus(status), *entry) if tried else None)
+            )
+        return claimed
+
+    def held_by_others(self, *, retry_unknown: bool) -> bool:
+        """Due recipients under another live run's lease: wait for them, do not end yet."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM mailcli_recipients WHERE campaign = %(campaign)s "
+            "AND lease_until >= now() AND lease_run IS DISTINCT FROM %(run)s "
+            "AND (status IN ('pending', 'deferred') OR (status = 'failed' AND code IS NULL) "
+            "OR (status = 'unknown' AND %(retry_unknown)s)))",
+            {"campaign": self.campaign_id, "run": self.run_id, "retry_unknown": retry_unknown},
+        ).fetchone()
+        return bool(row and row[0])
+
+    def _release_claims(self) -> None:
+        """Give back the rows this run claimed and never handed over (a stop, --limit)."""
+        self.conn.execute(
+            "UPDATE mailcli_recipients SET lease_run = NULL, lease_until = NULL "
+            "WHERE lease_run = %s AND status <> 'unknown'",
+            (self.run_id,),
+        )
+
+    # -- recipients -----------------------------------------------------------------------
+
+    @property
+    def empty(self) -> bool:
+        """No recipient in the store yet."""
+        row = self.conn.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM mailcli_recipients WHERE campaign = %s)",
+            (self.campaign_id,),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def contains(self, email: str) -> bool:
+        """The address is in the store (imported), tried or not."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM mailcli_recipients WHERE campaign = %s AND key = %s)",
+            (self.campaign_id, address_key(email)),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def lookup(self, email: str) -> Entry | None:
+        """The recorded state of an address, or None if it was never tried."""
+        row = self.conn.execute(
+            f"SELECT {_ENTRY} FROM mailcli_recipients WHERE campaign = %s AND key = %s",
+            (self.campaign_id, address_key(email)),
+        ).fetchone()
+        if row is None or (row[0] == "pending" and row[1] == 0):
+            return None
+        return Entry(DeliveryStatus(row[0]), *row[1:])
+
+    def begin_flight(self, group: Iterable[tuple[str, int, Entry | None]]) -> None:
+        """Commit buffered outcomes and mark a claimed group `unknown`, durably."""
+        run = self.run_id
+        rows = [
+            (
+                entry.run_tries + 1 if entry is not None and entry.run == run else 1,
+                address_key(email),
+            )
+            for email, _row, entry in group
+        ]
+        with self.conn.transaction():
+            self._write_outcomes()
+            with self.conn.cursor() as cur:
+                cur.executemany(
+                    "UPDATE mailcli_recipients SET status = 'unknown', attempts = attempts + 1,"
+                    " run = %s, run_tries = %s, host = %s, updated = now() "
+                    "WHERE campaign = %s AND key = %s",
+                    [(run, tries, self.host, self.campaign_id, key) for tries, key in rows],
+                )
+
+    def record(self, outcome: Outcome) -> None:
+        """Buffer an outcome; it is committed with the next group (or by flush)."""
+        self._pending.append(outcome)
+
+    def record_invalid(self, email: str, row: int, problem: str) -> None:
+        """A claimed row that cannot be built: `failed`, with the problem as the reply."""
+        self._pending.append(
+            Outcome(address_key(email), DeliveryStatus.FAILED, None, f"invalid: {problem}")
+        )
+
+    def revert(self, email: str, entry: Entry | None) -> None:
+        """Undo the flight mark of a message that was never handed over."""
+        self._reverts.append((address_key(email), entry))
+
+    def flush(self) -> None:
+        """Commit buffered outcomes now."""
+        if self._pending or self._reverts:
+            with self.conn.transaction():
+                self._write_outcomes()
+
+    def _write_outcomes(self) -> None:
+        with self.conn.cursor() as cur:
+            if self._pending:
+                cur.executemany(
+                    "UPDATE mailcli_recipients SET status = %s, code = %s, reply = %s, "
+                    "message_id = COALESCE(%s, message_id), next_at = %s, updated = now(), "
+                    "sent_at = CASE WHEN %s = 'sent' THEN now() ELSE sent_at END, "
+                    "lease_run = NULL, lease_until = NULL WHERE campaign = %s AND key = %s",
+                    [
+                        (
+                            str(o.status),
+                            o.code,
+                            o.reply,
+                            o.message_id,
+                            o.next_at,
+                            str(o.status),
+                            self.campaign_id,
+                            o.key,
+                        )
+                        for o in self._pending
+                    ],
+                )
+            if self._reverts:
+                cur.executemany(
+                    "UPDATE mailcli_recipients SET status = %s, attempts = %s, run = %s, "
+                    "run_tries = %s, next_at = %s, lease_run = NULL, lease_until = NULL "
+                    "WHERE campaign = %s AND key = %s",
+                    [
+                        (
+                            str(e.status) if e else "pending",
+                            e.attempts if e else 0,
+                            e.run if e else None,
+                            e.run_tries if e else 0,
+                            e.next_at if e else None,
+                            self.campaign_id,
+                            key,
+                        )
+                        for key, e in self._reverts
+                    ],
+                )
+        self._pending.clear()
+        self._reverts.clear()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def counts(self) -> dict[DeliveryStatus, int]:
+        """Recipients per status, over every host."""
+        counts = dict.fromkeys(DeliveryStatus, 0)
+        for status, n in self.conn.execute(
+            "SELECT status, COUNT(*) FROM mailcli_recipients WHERE campaign = %s GROUP BY 1",
+            (self.campaign_id,),
+        ):
+            counts[DeliveryStatus(status)] = n
+        return counts
+
+    def stranded_unknown(self) -> int:
+        """`unknown` recipients no live run will settle (a crash, a lost connection)."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %s AND status = 'unknown'"
+            " AND (lease_until IS NULL OR lease_until < now()) AND run IS DISTINCT FROM %s",
+            (self.campaign_id, self.run_id),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def left(self) -> int:
+        """Recipients nobody has tried yet that no live run holds now."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %s AND status = 'pending'"
+            " AND (lease_until IS NULL OR lease_until < now())",
+            (self.campaign_id,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def due(self, *, retry_unknown: bool) -> int:
+        """Recipients a run would send now or once their holders finish (leases ignored)."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %(campaign)s "
+            "AND (status = 'pending' OR (status = 'failed' AND code IS NULL) "
+            "OR (status = 'deferred' AND (next_at IS NULL OR next_at <= %(now)s)) "
+            "OR (status = 'unknown' AND %(retry_unknown)s "
+            "AND (lease_until IS NULL OR lease_until < now())))",
+            {"campaign": self.campaign_id, "now": time.time(), "retry_unknown": retry_unknown},
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def total(self) -> int:
+        """Recipients in the store."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %s", (self.campaign_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def failed_before(self) -> int:
+        """Recipients refused by a server in another run."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %s AND status = 'failed'"
+            " AND code IS NOT NULL AND run IS DISTINCT FROM %s",
+            (self.campaign_id, self.run_id),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def next_retry(self, max_tries: int) -> float | None:
+        """When the earliest deferred recipient of this run may be tried again (None: none)."""
+        row = self.conn.execute(
+            "SELECT MIN(next_at) FROM mailcli_recipients WHERE campaign = %s "
+            "AND status = 'deferred' AND run = %s AND run_tries < %s",
+            (self.campaign_id, self.run_id, max_tries),
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def problems(
+        self, statuses: tuple[DeliveryStatus, ...] = PROBLEM_STATUSES
+    ) -> list[RecipientState]:
+        """Recipients in the given statuses, in list order."""
+        rows = self.conn.execute(
+            "SELECT email, row, status, code, reply, attempts, "
+            "to_char(updated AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"') "
+            "FROM mailcli_recipients WHERE campaign = %s AND status = ANY(%s) "
+            "ORDER BY row, email",
+            (self.campaign_id, [s.value for s in statuses]),
+        )
+        return [RecipientState(r[0], r[1], DeliveryStatus(r[2]), *r[3:]) for r in rows]
+
+    def hosts(self) -> list[HostShare]:
+        """Per host, the recipients it handled (`status` shows who sent what)."""
+        rows = self.conn.execute(
+            "SELECT host, COUNT(*) FILTER (WHERE status = 'sent'), "
+            "COUNT(*) FILTER (WHERE status = 'failed'), "
+            "COUNT(*) FILTER (WHERE status = 'deferred'), "
+            "COUNT(*) FILTER (WHERE status = 'unknown') "
+            "FROM mailcli_recipients WHERE campaign = %s AND host IS NOT NULL "
+            "GROUP BY host ORDER BY host",
+            (self.campaign_id,),
+        )
+        return [HostShare(*r) for r in rows]
+
+    def live_runs(self) -> list[RunRecord]:
+        """Runs that are sending now (their heartbeat is within the lease)."""
+        rows = self.conn.execute(
+            "SELECT id, started, finished, pid, host FROM mailcli_runs WHERE campaign = %s "
+            "AND finished IS NULL AND heartbeat >= now() - make_interval(secs => %s) "
+            "ORDER BY id",
+            (self.campaign_id, self.lease_s),
+        )
+        return [RunRecord(r[0], _iso(r[1]), None, r[3], r[4], None, None) for r in rows.fetchall()]
+
+    def last_run(self) -> RunRecord | None:
+        """The most recent run of the campaign, on any host."""
+        row = self.conn.execute(
+            "SELECT id, started, finished, pid, host, summary FROM mailcli_runs "
+            "WHERE campaign = %s ORDER BY id DESC LIMIT 1",
+            (self.campaign_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        summary = row[5] or {}
+        return RunRecord(
+            row[0],
+            _iso(row[1]),
+            _iso(row[2]) if row[2] else None,
+            row[3],
+            row[4],
+            summary.get("exit_code"),
+            summary.get("sent"),
+        )
+
+
+def _iso(value: Any) -> str:
+    return str(value.isoformat(timespec="seconds"))
+
+
+def _safe(url: str) -> str:
+    """The URL as shown to users (it never holds a password: the campaign loader refuses one)."""
+    return url
+
+
+class _Heartbeat:
+    """Renews this run's leases every quarter lease, on a connection of its own."""
+
+    def __init__(self, url: str, run: int, lease_s: float) -> None:
+        self.url, self.run, self.lease_s = url, run, lease_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="mailcli-lease", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        conn = None
+        while not self._done.wait(self.lease_s / 4):
+            try:
+                if conn is None or conn.closed:
+                    conn = _connect(self.url)
+                conn.execute(
+                    "UPDATE mailcli_recipients SET lease_until = now() + make_interval(secs => "
+                    "%s) WHERE lease_run = %s",
+                    (self.lease_s, self.run),
+                )
+                conn.execute("UPDATE mailcli_runs SET heartbeat = now() WHERE id = %s", (self.run,))
+            except Exception as exc:  # the next beat tries again; the lease is 4 beats long
+                log.warning("renewing the claims failed: %s", exc)
+                with contextlib.suppress(Exception):
+                    if conn is not None:
+                        conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+@contextlib.contextmanager
+def opened(url: str, campaign: str, *, create: bool = True) -> Iterator[PgState]:
+    """`with opened(url, name) as state:`."""
+    state = PgState.open(url, campaign, create=create)
+    try:
+        yield state
+    finally:
+        state.close()
