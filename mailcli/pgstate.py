@@ -349,14 +349,13 @@ class PgState:
             )
         return claimed
 
-    def held_by_others(self, *, retry_unknown: bool) -> bool:
-        """Due recipients under another live run's lease: wait for them, do not end yet."""
+    def held_by_others(self) -> bool:
+        """Recipients under another run's live lease, claimed or in flight: wait for them (they
+        come back if that run dies), so that a run ends only when the campaign is settled."""
         row = self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM mailcli_recipients WHERE campaign = %(campaign)s "
-            "AND lease_until >= now() AND lease_run IS DISTINCT FROM %(run)s "
-            "AND (status IN ('pending', 'deferred') OR (status = 'failed' AND code IS NULL) "
-            "OR (status = 'unknown' AND %(retry_unknown)s)))",
-            {"campaign": self.campaign_id, "run": self.run_id, "retry_unknown": retry_unknown},
+            "SELECT EXISTS (SELECT 1 FROM mailcli_recipients WHERE campaign = %s "
+            "AND lease_until >= now() AND lease_run IS DISTINCT FROM %s)",
+            (self.campaign_id, self.run_id),
         ).fetchone()
         return bool(row and row[0])
 

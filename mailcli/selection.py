@@ -245,7 +245,7 @@ class ClaimedRows:
                 attempts=self.retry.attempts,
             )
             if not claimed:
-                if self.stop() or not self.state.held_by_others(retry_unknown=self.retry_unknown):
+                if self.stop() or not self.state.held_by_others():
                     return
                 self.sleep(self.WAIT_S)  # another run holds the rest: wait for it or its lease
                 continue

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import email.policy
+import os
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 import trustme
+from pgserver import PgCluster, find_bindir
 
 from mailcli.sandbox import SmtpServer
 
@@ -392,3 +395,38 @@ def relay_profile(tmp_path: Path, server: SmtpServer, monkeypatch: pytest.Monkey
     )
     monkeypatch.setenv("MAILCLI_CONFIG", str(config))
     return config
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def isolated_libpq_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's libpq variables (PGPASSWORD, PGHOST, PGUSER...) or ~/.pgpass."""
+    for name in list(os.environ):
+        if name.startswith("PG"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throw-away PostgreSQL server on a free loopback port for the whole session."""
+    bindir = find_bindir()
+    if bindir is None:
+        if os.environ.get("MAILCLI_REQUIRE_POSTGRES") or os.environ.get("CI"):
+            pytest.fail("PostgreSQL is required here (MAILCLI_REQUIRE_POSTGRES or CI) but missing")
+        pytest.skip("needs PostgreSQL's initdb and pg_ctl (Debian package postgresql)")
+    with PgCluster(bindir) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(
+    pg_cluster: PgCluster, isolated_libpq_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A fresh database and a role owning it, per test: postgresql://role@127.0.0.1:port/db
+    (no password in it); the role's password is in PGPASSWORD, as libpq reads it."""
+    url = pg_cluster.create_database(f"test_{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("PGPASSWORD", pg_cluster.password)
+    return url
