@@ -418,6 +418,8 @@ class _Run:
             else:
                 self.sender.transport.open()
             self._pass(self.rows.first_pass())
+            while self.rows.others_hold():  # a shared store: wait for the other runs
+                self._pass(self.rows.first_pass())
             if self.rows.limit is not None:
                 self.summary.pending = self.rows.count_left()
             while (due_at := self.state.next_retry(self.retry.attempts)) is not None:

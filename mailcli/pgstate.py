@@ -322,12 +322,14 @@ class PgState:
         """Take the lease of up to `count` due recipients, in list order; none is shared."""
         where = _DUE_AGAIN if retry_round else _DUE
         rows = self.conn.execute(
+            # MATERIALIZED: the locked, limited set is computed once (a subquery in the join
+            # may be scanned again by the planner and hand out more than `count`).
+            "WITH due AS MATERIALIZED (SELECT key FROM mailcli_recipients WHERE "
+            + where
+            + " ORDER BY row LIMIT %(count)s FOR UPDATE SKIP LOCKED) "
             "UPDATE mailcli_recipients AS t SET lease_run = %(run)s, "
             "lease_until = now() + make_interval(secs => %(lease)s) "
-            "FROM (SELECT key FROM mailcli_recipients WHERE "
-            + where
-            + " ORDER BY row LIMIT %(count)s FOR UPDATE SKIP LOCKED) AS due "
-            "WHERE t.campaign = %(campaign)s AND t.key = due.key "
+            "FROM due WHERE t.campaign = %(campaign)s AND t.key = due.key "
             f"RETURNING t.row, t.line, t.name, t.email, t.fields, {_ENTRY}",
             {
                 "campaign": self.campaign_id,

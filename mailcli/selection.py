@@ -166,6 +166,10 @@ class DueRows:
             if queued is not None:
                 yield queued
 
+    def others_hold(self) -> bool:
+        """Another run holds some of the list (never, with a store of one run at a time)."""
+        return False
+
     def count_left(self) -> int:
         """Rows not yet tried that the next run will send (left by --limit or a stop)."""
         left = 0
@@ -206,8 +210,8 @@ class ClaimedRows:
 
     The same interface as `DueRows`, but the rows come from the store, not the list: each group
     is leased to this run before it is rendered, so no other host takes it. When nothing is
-    left to claim but another live run holds due rows, this waits for them (they come back if
-    that run dies) rather than ending early.
+    left to claim but another live run holds rows, `others_hold` makes the engine wait for them
+    (they come back if that run dies) rather than end early.
     """
 
     WAIT_S = 1.0
@@ -245,15 +249,24 @@ class ClaimedRows:
                 attempts=self.retry.attempts,
             )
             if not claimed:
-                if self.stop() or not self.state.held_by_others():
-                    return
-                self.sleep(self.WAIT_S)  # another run holds the rest: wait for it or its lease
-                continue
+                return
             for c in claimed:
                 queued = self._queued(c)
                 if queued is not None:
                     self.produced += 1
                     yield queued
+
+    def others_hold(self) -> bool:
+        """Called between passes, with nothing of this run in flight: another live run holds
+        recipients (claimed, or in flight). The engine waits and claims again, so a run ends
+        only once the campaign is settled, and takes over a dead run's claims when its lease
+        runs out."""
+        if self.limit is not None and self.produced >= self.limit:
+            return False
+        if not self.state.held_by_others():
+            return False
+        self.sleep(self.WAIT_S)
+        return not self.stop()
 
     def retry_round(self, now: float) -> Iterator[Queued]:
         """This run's deferred recipients whose backoff has passed."""
