@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from mailcli.sender import GroupSender, Stopped
 Job = tuple[int, Sequence[Built]] | None  # a group number and its messages; None: stop
 
 log = logging.getLogger(__name__)
+SWITCH_INTERVAL = 0.0005  # seconds (Python's default: 0.005)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ class ConnectionPool:
         self._threads: list[threading.Thread] = []
         self._idle: list[int] = []
         self._busy: dict[int, int] = {}  # group -> connection
+        self._switch: float | None = None
 
     @property
     def transport(self) -> Transport:
@@ -102,6 +105,10 @@ class ConnectionPool:
         (the others would meet the same). A server that takes fewer sessions than asked (421
         "too many connections") leaves the run on the ones it took, with a warning.
         """
+        # The connection threads spend their time waiting for replies, and a reply must not
+        # wait for the interpreter lock while the engine renders the next group: switch often.
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, SWITCH_INTERVAL))
         errors: list[BaseException | None] = [None] * len(self.transports)
 
         def opener(index: int) -> None:
@@ -182,6 +189,9 @@ class ConnectionPool:
         for transport in self.transports:
             with contextlib.suppress(Exception):
                 transport.close()
+        if self._switch is not None:
+            sys.setswitchinterval(self._switch)
+            self._switch = None
 
     def _work(self, index: int, inbox: queue.SimpleQueue[Job]) -> None:
         sender = self._senders[index]
