@@ -154,7 +154,9 @@ def send_batch(
                 progress=progress,
             )
         else:
-            valid = _check_and_import(pipeline, state, summary, progress, retry_unknown)
+            valid = _check_and_import(
+                pipeline, state, summary, progress, retry_unknown=retry_unknown, skip=skip_invalid
+            )
         if not valid and not skip_invalid:
             summary.elapsed_s = time.monotonic() - started
             summary.exit_code = ExitCode.DATAERR
@@ -256,14 +258,17 @@ def _check_and_import(
     state: PgState,
     summary: Summary,
     progress: Progress | None,
+    *,
     retry_unknown: bool,
+    skip: bool,
 ) -> bool:
     """Pass 1 for a shared store: check every row of the list (if this host has it), then
-    import the list into the store. False, with nothing imported, when a row is invalid."""
+    import the list into the store. False, with nothing imported, when a row is invalid (with
+    --skip-invalid the valid rows are imported all the same)."""
     path = pipeline.campaign.recipients.path
     if path.is_file():
         # The store, not this host, knows which rows are due: every row is checked.
-        if not check_due_rows(
+        valid = check_due_rows(
             pipeline,
             state,
             summary,
@@ -271,17 +276,19 @@ def _check_and_import(
             fresh=True,
             cache=RenderCache(),
             progress=progress,
-        ):
+        )
+        if not valid and not skip:
             return False
         added = state.import_rows(
             item.recipient for item in pipeline.items(render=False) if isinstance(item, Ready)
         )
         log.info("campaign %r: %d new rows imported into the shared state", summary.campaign, added)
     else:
+        valid = True
         log.info("no recipient list on this host (%s): sending what the shared state holds", path)
     summary.total = state.total()
     summary.would_send = state.due(retry_unknown=retry_unknown)
-    return True
+    return valid
 
 
 def _count_shared(state: PgState, summary: Summary) -> None:
@@ -514,7 +521,11 @@ class _Run:
                         stopped = Stopped("stopped by a signal", [])
                         break
                     number = next(numbers)
-                    self._begin_flight(upcoming)
+                    try:
+                        self._begin_flight(upcoming)
+                    except MailcliError as exc:  # e.g. a shared store's claim was lost
+                        trouble = exc
+                        break
                     flights[number] = (upcoming, set())
                     pool.submit(number, [q.built for q in upcoming])
                     count += len(upcoming)

@@ -205,13 +205,17 @@ class PgState:
         conn = _connect(url)
         try:
             with conn.transaction():
-                if create:
+                ready = conn.execute("SELECT to_regclass('mailcli_recipients')").fetchone()
+                if create and (ready is None or ready[0] is None):
+                    # Only the first run creates the tables: later ones need no more than
+                    # SELECT, INSERT, UPDATE and DELETE on them.
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailcli schema'))")
                     conn.execute(SCHEMA)
                     conn.execute(
                         "INSERT INTO mailcli_meta VALUES ('schema', %s) ON CONFLICT DO NOTHING",
                         (str(SCHEMA_VERSION),),
                     )
+                if create:
                     conn.execute(
                         "INSERT INTO mailcli_campaigns (name) VALUES (%s) "
                         "ON CONFLICT (name) DO NOTHING",
@@ -230,8 +234,8 @@ class PgState:
             raise ConfigError(
                 f"the state database refused: {exc.diag.message_primary}",
                 path=_safe(url),
-                hint="the role needs to own the database (or CREATE on its schema) for the "
-                "first run; see README 'Running on several hosts'",
+                hint="the first run needs a role that owns the database (it creates the "
+                "tables); see README 'Running on several hosts'",
             ) from None
         except psycopg.Error as exc:
             conn.close()
@@ -399,24 +403,28 @@ class PgState:
         return Entry(DeliveryStatus(row[0]), *row[1:])
 
     def begin_flight(self, group: Iterable[tuple[str, int, Entry | None]]) -> None:
-        """Commit buffered outcomes and mark a claimed group `unknown`, durably."""
-        run = self.run_id
-        rows = [
-            (
-                entry.run_tries + 1 if entry is not None and entry.run == run else 1,
-                address_key(email),
-            )
-            for email, _row, entry in group
-        ]
+        """Commit buffered outcomes and mark a claimed group `unknown`, durably.
+
+        Only rows this run still holds the lease of are marked: if another run took any of
+        them (this one could not renew for a whole lease: a frozen process or VM), nothing of
+        the group is marked and TempFailError is raised, so none of it is sent twice.
+        """
+        keys = [address_key(email) for email, _row, _entry in group]
         with self.conn.transaction():
-            self._write_outcomes()
-            with self.conn.cursor() as cur:
-                cur.executemany(
-                    "UPDATE mailcli_recipients SET status = 'unknown', attempts = attempts + 1,"
-                    " run = %s, run_tries = %s, host = %s, updated = now() "
-                    "WHERE campaign = %s AND key = %s",
-                    [(run, tries, self.host, self.campaign_id, key) for tries, key in rows],
+            cur = self.conn.execute(
+                "UPDATE mailcli_recipients SET status = 'unknown', attempts = attempts + 1, "
+                "run_tries = CASE WHEN run = %(run)s THEN run_tries + 1 ELSE 1 END, "
+                "run = %(run)s, host = %(host)s, updated = now() "
+                "WHERE campaign = %(campaign)s AND key = ANY(%(keys)s) AND lease_run = %(run)s",
+                {"run": self.run_id, "host": self.host, "campaign": self.campaign_id, "keys": keys},
+            )
+            if cur.rowcount != len(keys):
+                raise TempFailError(
+                    f"this run lost its claim on {len(keys) - cur.rowcount} recipients (its "
+                    "lease ran out and another run took them); stopping before sending them",
+                    hint="a run must renew its lease within MAILCLI_LEASE_SECONDS (default 60)",
                 )
+            self._write_outcomes()
 
     def record(self, outcome: Outcome) -> None:
         """Buffer an outcome; it is committed with the next group (or by flush)."""

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from mailcli.batch import WINDOW
 from mailcli.cli import app
+from mailcli.delivery import DeliveryStatus
 from mailcli.sandbox import SmtpServer
 
 runner = CliRunner()
@@ -380,3 +381,43 @@ def test_claims_are_disjoint_bounded_and_come_back_when_released(pg_url: str) ->
         assert {c.recipient.email for c in rest}.isdisjoint(c.recipient.email for c in second)
     finally:
         b.close()
+
+
+def test_a_run_that_lost_its_lease_sends_none_of_the_group(pg_url: str) -> None:
+    """A run that could not renew its lease for a whole lease (a frozen VM) finds its rows taken
+    by another run: marking them in flight fails and nothing of the group is marked or sent."""
+    from mailcli.addresses import Mailbox
+    from mailcli.errors import TempFailError
+    from mailcli.pgstate import PgState
+    from mailcli.recipients import Recipient
+
+    rows = [Recipient(i, i + 1, Mailbox("", f"u{i}@example.com"), {}) for i in range(1, 6)]
+    a, b = PgState.open(pg_url, "lost"), PgState.open(pg_url, "lost")
+    try:
+        a.import_rows(rows)
+        a.start_run()
+        b.start_run()
+        mine = a.claim(5, retry_unknown=False, retry_round=False, attempts=3)
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # a's lease runs out
+            conn.execute("UPDATE mailcli_recipients SET lease_until = now() - interval '1 s'")
+        theirs = b.claim(5, retry_unknown=False, retry_round=False, attempts=3)
+        assert len(mine) == len(theirs) == 5
+        with pytest.raises(TempFailError, match="lost its claim on 5 recipients"):
+            a.begin_flight((c.recipient.email, c.recipient.row, c.entry) for c in mine)
+        b.begin_flight((c.recipient.email, c.recipient.row, c.entry) for c in theirs)
+        assert b.counts()[DeliveryStatus.UNKNOWN] == 5
+    finally:
+        a.close()
+        b.close()
+
+
+def test_skip_invalid_on_a_shared_state_sends_the_valid_rows(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, pg_url: str
+) -> None:
+    rows = [*many_rows(3), {"email": "not an address", "name": "X", "first_name": "X"}]
+    files = make_campaign(tmp_path, rows, extra=f'state: "{pg_url}"\n')
+    refused = cli("batch", files.yaml, *server_args(smtp_server), "--json")
+    assert refused.exit_code == 65 and not recorder.messages
+    sent = cli("batch", files.yaml, *server_args(smtp_server), "--skip-invalid", "--json")
+    assert json.loads(sent.stdout)["sent"] == 3, sent.output
+    assert len(recorder.messages) == 3
