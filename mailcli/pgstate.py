@@ -20,19 +20,22 @@ The lease and the clock that judges it are the database's (`now()`), not the hos
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailcli.addresses import Mailbox, address_key
 from mailcli.delivery import DeliveryStatus
-from mailcli.errors import ConfigError, TempFailError
+from mailcli.errors import ConfigError, InputFileError, TempFailError
 from mailcli.recipients import Recipient
 from mailcli.state import PROBLEM_STATUSES, Entry, Outcome, RecipientState, RunRecord
 
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
 LEASE_S = 60.0  # the longest a dead host's claimed rows wait for another host
@@ -181,18 +185,47 @@ def _connect(url: str) -> psycopg.Connection[Any]:
     return conn
 
 
+def _reported(cls: type[_T]) -> type[_T]:
+    """Every public method of `cls` reports a database failure (the server gone mid-run, the
+    connection cut) as TempFailError, exit 75: the run can be started again, and what had no
+    recorded outcome stays `unknown` or claimed, never sent twice."""
+    for name, method in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(method):
+            setattr(cls, name, _translating(method))
+    return cls
+
+
+def _translating(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            driver = sys.modules.get("psycopg")
+            if driver is None or not isinstance(exc, driver.Error):
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TempFailError(
+                f"state database: {reason}",
+                hint="start the run again once PostgreSQL answers; nobody is sent twice",
+            ) from None
+
+    return call
+
+
+@_reported
 class PgState:
     """The PostgreSQL store of one campaign, shared by every host that runs it."""
 
-    shared = True  # several runs at once: no campaign lock, claims instead
-
-    def __init__(self, conn: psycopg.Connection[Any], url: str, campaign_id: int) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], url: str, campaign_id: int, lease_s: float
+    ) -> None:
         self.conn = conn
         self.url = url
         self.campaign_id = campaign_id
         self.run_id: int | None = None
         self.host = socket.gethostname()
-        self.lease_s = lease_seconds()
+        self.lease_s = lease_s
         self._pending: list[Outcome] = []
         self._reverts: list[tuple[str, Entry | None]] = []
         self._heartbeat: _Heartbeat | None = None
@@ -202,6 +235,7 @@ class PgState:
         """Connect, create the tables if needed (once, under an advisory lock), find the
         campaign's id by its name."""
         psycopg = _driver()
+        lease_s = lease_seconds()  # a bad setting is refused before connecting
         conn = _connect(url)
         try:
             with conn.transaction():
@@ -226,26 +260,24 @@ class PgState:
                 ).fetchone()
         except psycopg.errors.UndefinedTable:
             conn.close()
-            raise ConfigError(
-                "no state yet: the campaign has not been sent", path=_safe(url)
-            ) from None
+            raise InputFileError("no state yet: the campaign has not been sent", path=url) from None
         except psycopg.errors.InsufficientPrivilege as exc:
             conn.close()
             raise ConfigError(
                 f"the state database refused: {exc.diag.message_primary}",
-                path=_safe(url),
+                path=url,
                 hint="the first run needs a role that owns the database (it creates the "
                 "tables); see README 'Running on several hosts'",
             ) from None
         except psycopg.Error as exc:
             conn.close()
-            raise TempFailError(f"state database: {exc}".strip(), path=_safe(url)) from None
+            raise TempFailError(f"state database: {exc}".strip(), path=url) from None
         if row is None:
             conn.close()
-            raise ConfigError(
-                f"no state yet for campaign '{campaign}': it has not been sent", path=_safe(url)
+            raise InputFileError(
+                f"no state yet for campaign '{campaign}': it has not been sent", path=url
             )
-        return cls(conn, url, int(row[0]))
+        return cls(conn, url, int(row[0]), lease_s)
 
     def close(self) -> None:
         """Commit what is buffered, stop the heartbeat, give back unsent claims, close."""
@@ -306,19 +338,32 @@ class PgState:
                     copy.write_row(
                         (r.key, r.email, r.mailbox.name, r.row, r.line, json.dumps(r.fields))
                     )
+            # New rows only: DO NOTHING takes no lock on a row already there, so an import never
+            # waits on (or deadlocks with) a host that is sending those rows.
             cur = self.conn.execute(
-                "INSERT INTO mailcli_recipients AS t (campaign, key, email, name, row, line, "
-                "fields) SELECT DISTINCT ON (key) %s, key, email, name, row, line, fields "
+                "INSERT INTO mailcli_recipients (campaign, key, email, name, row, line, fields) "
+                "SELECT DISTINCT ON (key) %s, key, email, name, row, line, fields "
                 "FROM mailcli_import ORDER BY key, row "
-                "ON CONFLICT (campaign, key) DO UPDATE SET email = excluded.email, "
-                "name = excluded.name, row = excluded.row, line = excluded.line, "
-                "fields = excluded.fields WHERE t.status = 'pending' AND t.lease_run IS NULL "
-                "AND (t.fields, t.row, t.name) IS DISTINCT FROM "
-                "(excluded.fields, excluded.row, excluded.name) "
-                "RETURNING (xmax = 0)",
+                "ON CONFLICT (campaign, key) DO NOTHING RETURNING 1",
                 (self.campaign_id,),
             )
-            return sum(1 for (inserted,) in cur if inserted)
+            added = len(cur.fetchall())
+            # Rows still pending take the list's new data; a row another run holds or is
+            # refreshing (locked) is skipped, never waited for.
+            self.conn.execute(
+                "WITH stale AS MATERIALIZED (SELECT t.key FROM mailcli_recipients AS t "
+                "JOIN (SELECT DISTINCT ON (key) * FROM mailcli_import ORDER BY key, row) AS i "
+                "ON i.key = t.key WHERE t.campaign = %(campaign)s AND t.status = 'pending' "
+                "AND t.lease_run IS NULL AND (t.fields, t.row, t.line, t.name, t.email) "
+                "IS DISTINCT FROM (i.fields, i.row, i.line, i.name, i.email) "
+                "FOR UPDATE OF t SKIP LOCKED) "
+                "UPDATE mailcli_recipients AS t SET email = i.email, name = i.name, "
+                "row = i.row, line = i.line, fields = i.fields "
+                "FROM stale, (SELECT DISTINCT ON (key) * FROM mailcli_import ORDER BY key, row)"
+                " AS i WHERE t.campaign = %(campaign)s AND t.key = stale.key AND i.key = t.key",
+                {"campaign": self.campaign_id},
+            )
+            return added
 
     def claim(
         self, count: int, *, retry_unknown: bool, retry_round: bool, attempts: int
@@ -617,11 +662,6 @@ def _iso(value: Any) -> str:
     return str(value.isoformat(timespec="seconds"))
 
 
-def _safe(url: str) -> str:
-    """The URL as shown to users (it never holds a password: the campaign loader refuses one)."""
-    return url
-
-
 class _Heartbeat:
     """Renews this run's leases every quarter lease, on a connection of its own."""
 
@@ -657,13 +697,3 @@ class _Heartbeat:
                 conn = None
         if conn is not None:
             conn.close()
-
-
-@contextlib.contextmanager
-def opened(url: str, campaign: str, *, create: bool = True) -> Iterator[PgState]:
-    """`with opened(url, name) as state:`."""
-    state = PgState.open(url, campaign, create=create)
-    try:
-        yield state
-    finally:
-        state.close()

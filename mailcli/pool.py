@@ -64,7 +64,6 @@ class ConnectionPool:
     ) -> None:
         self.transports = list(transports)
         self.pace = pace
-        self.stop = stop
         self._senders = [GroupSender(t, sleep=sleep, stop=stop) for t in self.transports]
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._inboxes: list[queue.SimpleQueue[Job]] = []
@@ -74,29 +73,9 @@ class ConnectionPool:
         self._switch: float | None = None
 
     @property
-    def transport(self) -> Transport:
-        """The first transport: what every connection shares (smtputf8, window, name)."""
-        return self.transports[0]
-
-    @property
-    def connections(self) -> int:
-        """Connections opened so far, over all transports."""
-        return sum(t.connections for t in self.transports)
-
-    @property
-    def requests(self) -> int:
-        """HTTP requests made so far, over all transports."""
-        return sum(t.requests for t in self.transports)
-
-    @property
     def free(self) -> bool:
         """A connection is idle and can take a group."""
         return bool(self._idle)
-
-    @property
-    def busy(self) -> int:
-        """Groups handed over and not yet finished."""
-        return len(self._busy)
 
     def open(self) -> None:
         """Open every transport at once; go on with those that opened.
@@ -180,6 +159,9 @@ class ConnectionPool:
         """
         for inbox in self._inboxes:
             inbox.put(None)
+        if self._switch is not None:
+            sys.setswitchinterval(self._switch)
+            self._switch = None
         if not wait:
             return
         for thread in self._threads:
@@ -189,9 +171,6 @@ class ConnectionPool:
         for transport in self.transports:
             with contextlib.suppress(Exception):
                 transport.close()
-        if self._switch is not None:
-            sys.setswitchinterval(self._switch)
-            self._switch = None
 
     def _work(self, index: int, inbox: queue.SimpleQueue[Job]) -> None:
         sender = self._senders[index]

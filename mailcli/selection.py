@@ -188,21 +188,37 @@ class DueRows:
         *,
         counted: DeliveryStatus | None,
     ) -> Queued | None:
-        try:
-            rendered = rendered or self.pipeline.render(r)
-        except RenderError as exc:
-            self._invalid(r, str(exc))
-            return None
-        ready = Ready(r, rendered)
-        built = self.pipeline.check(ready, smtputf8=self.smtputf8())
-        if isinstance(built, RowProblem):
-            self._invalid(r, built.problem)
-            return None
-        return Queued(ready, built, entry, counted)
+        return _queue_row(
+            self.pipeline, self.state, self.summary, r, entry, rendered, counted, self.smtputf8()
+        )
 
-    def _invalid(self, r: Recipient, problem: str) -> None:
-        self.summary.problem(RowProblem(r.row, r.line, problem, r.email))
-        self.state.record_invalid(r.email, r.row, problem)
+
+def _queue_row(
+    pipeline: Pipeline,
+    state: StateStore,
+    summary: Summary,
+    r: Recipient,
+    entry: Entry | None,
+    rendered: Rendered | None,
+    counted: DeliveryStatus | None,
+    smtputf8: bool,
+) -> Queued | None:
+    """A due row rendered (unless it already was) and built; None, counted and recorded as
+    `failed`, when it cannot be."""
+    problem: str
+    try:
+        rendered = rendered or pipeline.render(r)
+    except RenderError as exc:
+        problem = str(exc)
+    else:
+        ready = Ready(r, rendered)
+        built = pipeline.check(ready, smtputf8=smtputf8)
+        if not isinstance(built, RowProblem):
+            return Queued(ready, built, entry, counted)
+        problem = built.problem
+    summary.problem(RowProblem(r.row, r.line, problem, r.email))
+    state.record_invalid(r.email, r.row, problem)
+    return None
 
 
 class ClaimedRows:
@@ -286,19 +302,13 @@ class ClaimedRows:
         return self.state.left()
 
     def _queued(self, claimed: Claimed, counted: DeliveryStatus | None = None) -> Queued | None:
-        r = claimed.recipient
-        try:
-            rendered = self.pipeline.render(r)
-        except RenderError as exc:
-            self._invalid(r, str(exc))
-            return None
-        ready = Ready(r, rendered)
-        built = self.pipeline.check(ready, smtputf8=self.smtputf8())
-        if isinstance(built, RowProblem):
-            self._invalid(r, built.problem)
-            return None
-        return Queued(ready, built, claimed.entry, counted)
-
-    def _invalid(self, r: Recipient, problem: str) -> None:
-        self.summary.problem(RowProblem(r.row, r.line, problem, r.email))
-        self.state.record_invalid(r.email, r.row, problem)
+        return _queue_row(
+            self.pipeline,
+            self.state,
+            self.summary,
+            claimed.recipient,
+            claimed.entry,
+            None,
+            counted,
+            self.smtputf8(),
+        )

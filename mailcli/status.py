@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailcli.campaign import Campaign, load_campaign
 from mailcli.delivery import DeliveryStatus
-from mailcli.errors import MailcliError
+from mailcli.errors import InputFileError, MailcliError
 from mailcli.recipients import RecipientReader, RowProblem, SeenAddresses
 from mailcli.state import RecipientState, RunRecord, StateStore, open_state
 
@@ -156,7 +156,14 @@ def _shared_status(campaign: Campaign, url: str) -> Status:
     from mailcli.pgstate import PgState
 
     report = Status(campaign.name, url, dict.fromkeys(DeliveryStatus, 0))
-    with PgState.open(url, campaign.name, create=False) as state:
+    try:
+        state = PgState.open(url, campaign.name, create=False)
+    except InputFileError:
+        # Not sent yet (as a SQLite campaign without its file): the list is all pending.
+        report.hosts = []
+        _count_list(campaign, None, report)
+        return report
+    with state:
         report.counts = state.counts()
         report.recipients = state.problems()
         report.last_run = state.last_run()

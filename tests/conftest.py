@@ -7,6 +7,8 @@ import asyncio
 import csv
 import email.policy
 import os
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -247,6 +249,31 @@ def no_sleep(seconds: float) -> None:
 def server_args(server: SmtpServer) -> list[str]:
     """The SMTP options that point a command at a test server (plain SMTP on loopback)."""
     return ["--host", "127.0.0.1", "--port", str(server.port), "--security", "none"]
+
+
+def spawn_batch(campaign: Path, server: SmtpServer, *extra: str) -> subprocess.Popen[str]:
+    """A real `mailcli batch ... --json` process against a test server."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mailcli",
+            "batch",
+            str(campaign),
+            *server_args(server),
+            "--json",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most messages received in any one-second window."""
+    return max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
 
 
 def many_rows(n: int) -> list[dict[str, str]]:

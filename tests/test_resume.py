@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -18,11 +17,13 @@ from typing import Any
 import pytest
 from conftest import (
     Recorder,
+    busiest_second,
     connect_to,
     make_campaign,
     many_rows,
     no_sleep,
     server_args,
+    spawn_batch,
     write_csv,
 )
 from typer.testing import CliRunner
@@ -268,25 +269,6 @@ def test_server_gone_for_good_stops_resumably(
 # --- processes: kill -9, SIGTERM, a second run ----------------------------------------------
 
 
-def spawn_batch(campaign: Path, server: SmtpServer, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mailcli",
-            "batch",
-            str(campaign),
-            *server_args(server),
-            "--json",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.mark.parametrize("kill_at", [1, 37, 160])
 def test_kill_9_then_rerun_never_duplicates_and_loses_nobody(
     tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, kill_at: int, scale: Scale
@@ -377,10 +359,6 @@ def test_second_concurrent_run_exits_75_naming_the_first(
 
 
 # --- rate -----------------------------------------------------------------------------------
-
-
-def busiest_second(times: list[float]) -> int:
-    return max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
 
 
 def test_rate_is_never_exceeded_and_the_flag_overrides_it(

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -18,7 +17,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Recorder, make_campaign, many_rows, server_args
+from conftest import (
+    Recorder,
+    busiest_second,
+    make_campaign,
+    many_rows,
+    server_args,
+    spawn_batch,
+    write_csv,
+)
 from typer.testing import CliRunner
 
 from mailcli.batch import WINDOW
@@ -33,29 +40,6 @@ def cli(*args: str | Path) -> Any:
     result = runner.invoke(app, [str(a) for a in args])
     assert "Traceback" not in result.output, result.output
     return result
-
-
-def spawn(campaign: Path, server: SmtpServer, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mailcli",
-            "batch",
-            str(campaign),
-            *server_args(server),
-            "--json",
-            *list(extra),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def busiest_second(times: list[float]) -> int:
-    return max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
 
 
 # --- connections: N ---------------------------------------------------------------------------
@@ -185,7 +169,7 @@ def test_three_processes_share_a_campaign_and_send_everyone_once(
     recipient exactly once, and `status` from any copy shows the whole campaign."""
     recorder.pipelining = True
     campaigns = copies(tmp_path, 3000, pg_url, 3)
-    procs = [spawn(c, smtp_server) for c in campaigns]
+    procs = [spawn_batch(c, smtp_server) for c in campaigns]
     summaries = []
     for proc in procs:
         out, err = proc.communicate(timeout=180)
@@ -229,7 +213,7 @@ def test_kill_9_of_one_of_three_processes_then_a_rerun_completes_the_list(
             os.kill(procs[1].pid, signal.SIGKILL)
 
     recorder.on_data = kill_on
-    procs.extend(spawn(c, smtp_server) for c in campaigns)
+    procs.extend(spawn_batch(c, smtp_server) for c in campaigns)
     outs = [p.communicate(timeout=180) for p in procs]
     assert killed.is_set() and procs[1].returncode == -signal.SIGKILL
     for i in (0, 2):
@@ -287,6 +271,28 @@ def test_rows_appended_on_the_importing_host_are_added_by_the_next_run(
     assert len(recorder.messages) == 21
 
 
+def test_a_pending_row_takes_the_lists_new_data_and_a_sent_one_keeps_its_own(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, pg_url: str
+) -> None:
+    """A row fixed in the list before it is sent goes out with the fix; a row already sent is
+    not touched by the next import."""
+    [campaign] = copies(tmp_path, 3, pg_url, 1)
+    cli("batch", campaign, *server_args(smtp_server), "--limit", "1")
+    rows = many_rows(3)
+    rows[0]["first_name"], rows[2]["first_name"] = "Changed", "Fixed"
+    write_csv(campaign.parent / "list.csv", rows)
+    again = json.loads(cli("batch", campaign, *server_args(smtp_server), "--json").stdout)
+    assert (again["sent"], again["skipped"]) == (2, 1)
+    subjects = {m.rcpt_tos[0]: m.data for m in recorder.messages}
+    assert b"Subject: Hello Fixed" in subjects["user00003@example.com"]
+    with psycopg.connect(pg_url) as conn:
+        [(first,)] = conn.execute(
+            "SELECT fields->>'first_name' FROM mailcli_recipients WHERE key = %s",
+            ("user00001@example.com",),
+        ).fetchall()
+    assert first == "U1"  # sent before the change: its record keeps what was sent
+
+
 def test_a_password_in_the_state_url_is_refused(tmp_path: Path, pg_url: str) -> None:
     """Secrets never in YAML: the URL is refused with the line, before anything connects."""
     leaked = pg_url.replace("@", ":hunter2@", 1)
@@ -318,8 +324,12 @@ def test_two_processes_on_four_connections_each_share_a_campaign(
     """Both scale-outs at once: two processes with connections: 4 on one PostgreSQL state."""
     recorder.pipelining = True
     campaigns = copies(tmp_path, 800, pg_url, 2)
-    procs = [spawn(c, smtp_server, "--connections", "4") for c in campaigns]
-    summaries = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    procs = [spawn_batch(c, smtp_server, "--connections", "4") for c in campaigns]
+    summaries = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        summaries.append(json.loads(out))
     assert [s["connections"] for s in summaries] == [4, 4]
     assert sum(s["sent"] for s in summaries) == 800
     counts = Counter(recorder.recipients())
@@ -335,7 +345,7 @@ def test_sqlite_stays_the_default_and_a_second_run_is_still_refused(
     """Must-show 5: without the new keys a campaign keeps its SQLite file and its lock; a
     second run while the first sends exits 75, with four connections too."""
     files = make_campaign(tmp_path, many_rows(100), extra='rate: "20/s"\nconnections: 4\n')
-    first = spawn(files.yaml, smtp_server)
+    first = spawn_batch(files.yaml, smtp_server)
     try:
         deadline = time.monotonic() + 30
         while not recorder.messages and time.monotonic() < deadline:
@@ -421,3 +431,48 @@ def test_skip_invalid_on_a_shared_state_sends_the_valid_rows(
     sent = cli("batch", files.yaml, *server_args(smtp_server), "--skip-invalid", "--json")
     assert json.loads(sent.stdout)["sent"] == 3, sent.output
     assert len(recorder.messages) == 3
+
+
+def test_the_database_cut_mid_run_stops_with_75_and_a_rerun_sends_nobody_twice(
+    tmp_path: Path,
+    smtp_server: SmtpServer,
+    recorder: Recorder,
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL drops mailcli's sessions mid-run (a restart, a failover): one line, exit 75,
+    no 'internal error'; a re-run finishes the list and nobody gets a message twice."""
+    monkeypatch.setenv("MAILCLI_LEASE_SECONDS", "5")  # the cut run cannot give its claims back
+    cut = threading.Event()
+
+    def cut_on(envelope: Any) -> None:
+        if len(recorder.messages) == 70 and not cut.is_set():
+            cut.set()
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'mailcli'"
+                )
+
+    recorder.on_data = cut_on
+    files = make_campaign(tmp_path, many_rows(200), extra=f'state: "{pg_url}"\n')
+    result = cli("batch", files.yaml, *server_args(smtp_server), "--json")
+    assert cut.is_set() and result.exit_code == 75, result.output
+    assert "state database" in result.stderr and "internal error" not in result.stderr
+    recorder.on_data = None
+    rerun = cli("batch", files.yaml, *server_args(smtp_server), "--json")
+    assert rerun.exit_code in (0, 75), rerun.output
+    counts = Counter(recorder.recipients())
+    assert set(counts.values()) == {1}
+    state = json.loads(cli("status", files.yaml, "--json").stdout)
+    assert state["sent"] + state["unknown"] == 200 and state["unknown"] <= WINDOW
+
+
+def test_status_before_the_first_run_counts_the_list_as_pending(
+    tmp_path: Path, pg_url: str
+) -> None:
+    [campaign] = copies(tmp_path, 7, pg_url, 1)
+    result = cli("status", campaign, "--json")
+    assert result.exit_code == 0, result.output
+    state = json.loads(result.stdout)
+    assert (state["total"], state["pending"], state["sent"], state["hosts"]) == (7, 7, 0, [])
