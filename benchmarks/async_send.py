@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email.message
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
+from delay_proxy import spawn_proxy
 from vs_smtp_source import free_port, start_sink
 
 import mailcli
@@ -47,32 +44,6 @@ async def timed(send: Callable[[int], Awaitable[object]], count: int) -> tuple[f
     elapsed = time.perf_counter() - started
     beat.cancel()
     return elapsed, longest
-
-
-def start_proxy(upstream: int, rtt_ms: float) -> tuple[subprocess.Popen[bytes], int]:
-    """The delay proxy in a process of its own, so that its work is not this event loop's."""
-    port = free_port()
-    proxy = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).with_name("delay_proxy.py")),
-            "--listen",
-            str(port),
-            "--upstream",
-            f"127.0.0.1:{upstream}",
-            "--rtt-ms",
-            str(rtt_ms),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proxy, port
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("the delay proxy did not start")
 
 
 def mailcli_run(port: int, count: int, connections: int) -> tuple[float, float]:
@@ -121,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     sink_port = free_port()
     sink = start_sink(sink_port)
-    proxy, port = start_proxy(sink_port, args.rtt_ms)
+    proxy, port = spawn_proxy(sink_port, args.rtt_ms)
     try:
         ours: list[tuple[float, float]] = []
         theirs: list[tuple[float, float]] = []

@@ -11,13 +11,23 @@ has been delivered.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import queue
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 
 class DelayProxy:
-    """Forwards loopback connections to `upstream`, adding rtt/2 each way; runs in a thread."""
+    """Forwards loopback connections to `upstream`, adding rtt/2 each way; runs in threads.
+
+    Each direction of each connection has a reader and a writer thread: the reader stamps what
+    it reads with the time it is due, the writer sleeps until then (`time.sleep`, precise to
+    tens of microseconds; an event loop's timers round up to the millisecond, which added about
+    2 ms to a 20 ms round trip).
+    """
 
     def __init__(
         self, upstream: tuple[str, int], rtt_ms: float, port: int = 0, *, handshake: bool = False
@@ -29,65 +39,118 @@ class DelayProxy:
         self.handshake = handshake
         self.port = port
         self.connections = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._listener = socket.create_server(("127.0.0.1", port))
+        self.port = self._listener.getsockname()[1]
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
 
     def start(self) -> DelayProxy:
-        """Listen and return once the port is known."""
+        """Listen; the port is known from the constructor on."""
         self._thread.start()
-        self._ready.wait(10)
         return self
 
     def stop(self) -> None:
-        """Stop forwarding."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        """Stop accepting (connections in progress end with their peers)."""
+        self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
         self._thread.join(10)
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            server.close()
-            loop.close()
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        self.connections += 1
+    def _connect(self, client: socket.socket) -> None:
         if self.handshake:
-            await asyncio.sleep(2 * self.delay)
-        up_r, up_w = await asyncio.open_connection(*self.upstream)
-        await asyncio.gather(self._pump(client_r, up_w), self._pump(up_r, client_w))
+            time.sleep(2 * self.delay)
+        try:
+            upstream = socket.create_connection(self.upstream)
+        except OSError:
+            client.close()
+            return
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ended = threading.Semaphore(0)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        def close_both() -> None:  # once both directions have delivered their end
+            ended.acquire()
+            ended.acquire()
+            client.close()
+            upstream.close()
 
-        async def deliver() -> None:
+        self._pipe(client, upstream, ended)
+        self._pipe(upstream, client, ended)
+        threading.Thread(target=close_both, daemon=True).start()
+
+    def _pipe(
+        self, source: socket.socket, target: socket.socket, ended: threading.Semaphore
+    ) -> None:
+        chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+
+        def read() -> None:
             while True:
-                due, chunk = await queue.get()
-                wait = due - loop.time()
+                try:
+                    chunk = source.recv(65536)
+                except OSError:
+                    chunk = b""
+                chunks.put((time.perf_counter() + self.delay, chunk))
+                if not chunk:
+                    return
+
+        def write() -> None:
+            while True:
+                due, chunk = chunks.get()
+                wait = due - time.perf_counter()
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    time.sleep(wait)
                 if not chunk:
                     with contextlib.suppress(OSError):
-                        writer.close()
+                        target.shutdown(socket.SHUT_WR)
+                    ended.release()
                     return
-                writer.write(chunk)
+                try:
+                    target.sendall(chunk)
+                except OSError:
+                    ended.release()
+                    return
 
-        sender = asyncio.ensure_future(deliver())
+        threading.Thread(target=read, daemon=True).start()
+        threading.Thread(target=write, daemon=True).start()
+
+
+def spawn_proxy(upstream: int, rtt_ms: float) -> tuple[subprocess.Popen[bytes], int]:
+    """The proxy in a process of its own, so that its threads do not compete with the caller's
+    (an event loop whose responsiveness is being measured)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--listen",
+            str(port),
+            "--upstream",
+            f"127.0.0.1:{upstream}",
+            "--rtt-ms",
+            str(rtt_ms),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
         try:
-            while chunk := await reader.read(65536):
-                queue.put_nowait((loop.time() + self.delay, chunk))
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proxy, port
         except OSError:
-            pass
-        queue.put_nowait((loop.time() + self.delay, b""))
-        await sender
+            time.sleep(0.05)
+    proxy.kill()
+    raise RuntimeError("the delay proxy did not start")
 
 
 def main() -> None:

@@ -424,7 +424,8 @@ class _Run:
                 self.pool.open()
             else:
                 self.sender.transport.open()
-            self._pass(self.rows.first_pass())
+            due = self.summary.would_send
+            self._pass(self.rows.first_pass(), expected=min(due, self.rows.limit or due))
             while self.rows.others_hold():  # a shared store: wait for the other runs
                 self._pass(self.rows.first_pass())
             if self.rows.limit is not None:
@@ -455,10 +456,13 @@ class _Run:
                 raise Stopped("stopped by a signal", [])
             self.sender.sleep(min(left, 0.5))
 
-    def _pass(self, source: Iterator[Queued]) -> int:
-        """Send what `source` yields, a group at a time; returns how many messages."""
+    def _pass(self, source: Iterator[Queued], expected: int | None = None) -> int:
+        """Send what `source` yields, a group at a time; returns how many messages.
+
+        `expected`: about how many it will yield, so that several connections end together.
+        """
         if self.pool is not None:
-            return self._pass_pooled(source, self.pool)
+            return self._pass_pooled(source, self.pool, expected)
         group = list(itertools.islice(source, self.group_size))
         count = 0
         while group:
@@ -491,7 +495,9 @@ class _Run:
         self.state.flush()  # the retry rounds read what this pass recorded
         return count
 
-    def _pass_pooled(self, source: Iterator[Queued], pool: ConnectionPool) -> int:
+    def _pass_pooled(
+        self, source: Iterator[Queued], pool: ConnectionPool, expected: int | None
+    ) -> int:
         """`_pass` over several connections: a group to each idle one, answers as they come.
 
         Each group is marked in flight before it is handed to its connection, so at most one
@@ -505,13 +511,23 @@ class _Run:
         trouble: Exception | None = None
         crash: BaseException | None = None
 
+        taken = 0
+
         def take() -> list[Queued]:
-            nonlocal trouble
+            nonlocal trouble, taken
+            size = self.group_size
+            if expected is not None and taken < expected:
+                # Near the end the rest is shared out evenly: one connection sending a whole
+                # last group while the others sit idle would hold up the end of the run.
+                # (Not below a few: each group ends with a round trip of its own.)
+                size = min(size, max(4, -(-(expected - taken) // pool.size)))
             try:
-                return list(itertools.islice(source, self.group_size))
+                group = list(itertools.islice(source, size))
             except Exception as exc:  # the list changed under the run: raised once drained
                 trouble = exc
                 return []
+            taken += len(group)
+            return group
 
         upcoming = take()
         try:

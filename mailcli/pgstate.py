@@ -405,7 +405,7 @@ class PgState:
         come back if that run dies), so that a run ends only when the campaign is settled."""
         row = self.conn.execute(
             "SELECT EXISTS (SELECT 1 FROM mailcli_recipients WHERE campaign = %s "
-            "AND lease_until >= now() AND lease_run IS DISTINCT FROM %s)",
+            "AND lease_run IS NOT NULL AND lease_run <> %s AND lease_until >= now())",
             (self.campaign_id, self.run_id),
         ).fetchone()
         return bool(row and row[0])

@@ -73,6 +73,11 @@ class ConnectionPool:
         self._switch: float | None = None
 
     @property
+    def size(self) -> int:
+        """Connections sending (those that opened)."""
+        return len(self._inboxes)
+
+    @property
     def free(self) -> bool:
         """A connection is idle and can take a group."""
         return bool(self._idle)

@@ -17,7 +17,7 @@ import mailcli
 from mailcli.sandbox import SmtpServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from delay_proxy import DelayProxy
+from delay_proxy import spawn_proxy
 
 SENDER = "Acme <news@acme.example>"
 
@@ -57,8 +57,8 @@ def test_200_concurrent_send_async_over_a_20ms_link_share_a_few_connections(
     smtp_server: SmtpServer, recorder: Recorder
 ) -> None:
     recorder.pipelining = True
-    proxy = DelayProxy(("127.0.0.1", smtp_server.port), rtt_ms=20).start()
-    mailer = mailcli.Mailer("127.0.0.1", proxy.port, "none", timeout=10, max_connections=4)
+    proxy, port = spawn_proxy(smtp_server.port, rtt_ms=20)  # its work is not this event loop's
+    mailer = mailcli.Mailer("127.0.0.1", port, "none", timeout=10, max_connections=4)
 
     async def main() -> tuple[list[mailcli.Delivery], float, float]:
         with Heartbeat() as heartbeat:
@@ -71,7 +71,8 @@ def test_200_concurrent_send_async_over_a_20ms_link_share_a_few_connections(
     try:
         deliveries, longest, elapsed = asyncio.run(main())
     finally:
-        proxy.stop()
+        proxy.kill()
+        proxy.wait(10)
     assert [d.status for d in deliveries] == [mailcli.DeliveryStatus.SENT] * 200
     got = recorder.recipients()
     assert len(got) == len(set(got)) == 200

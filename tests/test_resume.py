@@ -197,11 +197,13 @@ def test_421_before_the_data_reconnects_and_resends(
     tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, scale: Scale
 ) -> None:
     """A server that answers MAIL with 421 and closes: reconnect, resend, everyone once."""
-    said: set[int] = set()
+    said: list[int] = []
 
     def closing(accepted: int) -> str | None:
-        if accepted == 5 and accepted not in said:
-            said.add(accepted)
+        # Once, at the first MAIL after five messages (on four connections the count can step
+        # past five between two MAILs).
+        if accepted >= 5 and not said:
+            said.append(accepted)
             return "421 4.3.2 shutting down"
         return None
 
