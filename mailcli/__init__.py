@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from mailcli.status import campaign_status as campaign_status
     from mailcli.summary import Failure as Failure
     from mailcli.summary import Summary as Summary
+    from mailcli.suppression import SuppressionList as SuppressionList
+    from mailcli.suppression import SuppressionReason as SuppressionReason
+    from mailcli.suppression import suppression_list as suppression_list
 
 # Each public name and the module that defines it.
 _EXPORTS = {
@@ -74,6 +77,9 @@ _EXPORTS = {
     "AuthError": "mailcli.errors",
     "DataError": "mailcli.errors",
     "TempFailError": "mailcli.errors",
+    "SuppressionList": "mailcli.suppression",
+    "SuppressionReason": "mailcli.suppression",
+    "suppression_list": "mailcli.suppression",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -463,15 +463,18 @@ class AsyncConnection:
             return []
         if self.api is not None:
             return await asyncio.to_thread(self.api.send_many, messages)
-        built = await _build(self.mailer, messages)
+        screened = await self.mailer.screen_async(await _build(self.mailer, messages))
+        built = screened.todo
+        if not built:
+            return screened.finish([])
         recorded = _record(self.mailer, built)
         if recorded is not None:
-            return recorded
+            return screened.finish(recorded)
         assert self.transport is not None
         try:
-            return await AsyncGroupSender(self.transport).send(built)
+            return screened.finish(await AsyncGroupSender(self.transport).send(built))
         except Stopped as stopped:
-            return _deferred(stopped, built)
+            return screened.finish(_deferred(stopped, built))
 
 
 class ConnectionPool:
@@ -537,14 +540,14 @@ class ConnectionPool:
                     _settle(future, exc)
                     continue
                 batch.append((one, future))
-            built = [b for b, _ in batch]
-            if not built:
-                return
+            screened = await self.mailer.screen_async([b for b, _ in batch])
+            built = screened.todo
             try:
-                deliveries = await AsyncGroupSender(transport).send(built)
+                deliveries = await AsyncGroupSender(transport).send(built) if built else []
             except Stopped as stopped:
                 deliveries = _deferred(stopped, built)
-            for (_, future), delivery in zip(batch, deliveries, strict=True):
+            outcomes = screened.finish(deliveries)
+            for (_, future), delivery in zip(batch, outcomes, strict=True):
                 _settle(future, delivery)
         except MailcliError as exc:  # the server cannot be reached, the login is refused
             for future in futures:
@@ -589,10 +592,10 @@ def pool_of(mailer: Mailer, size: int) -> ConnectionPool:
 async def send_async(mailer: Mailer, message: Message) -> Delivery:
     """`Mailer.send_async`: one message through the Mailer's pool on this loop."""
     if mailer.recorder() is not None:
-        (built,) = await _build(mailer, [message])
-        recorded = _record(mailer, [built])
+        screened = await mailer.screen_async(await _build(mailer, [message]))
+        recorded = _record(mailer, screened.todo) if screened.todo else []
         assert recorded is not None
-        return recorded[0]
+        return screened.finish(recorded)[0]
     # A bad header is raised here, before any connection; checking inline images given as
     # paths reads the files, so that part goes to a thread.
     if message.reads_files():

@@ -36,6 +36,7 @@ from mailcli.selection import ClaimedRows, DueRows, Queued, RenderCache, check_d
 from mailcli.sender import GroupSender, Stopped
 from mailcli.state import Outcome, SqliteState, StateStore, open_state, scratch_copy
 from mailcli.summary import MAX_PROBLEMS, Failure, Progress, Summary
+from mailcli.suppression import Location, SuppressionList, locate, open_for_reading, screened
 
 __all__ = [
     "MAX_PROBLEMS",
@@ -60,8 +61,12 @@ def dry_run(
     progress: Progress | None = None,
     on_message: Callable[[Preview], None] | None = None,
     jobs: int | None = None,
+    suppression: Location | bool = True,
 ) -> Summary:
     """Read, validate, render and build every row; open no connection, write no state.
+
+    Rows whose address is on the suppression list (see `send_batch`) are counted as
+    suppressed, not as would-send, as a real run would.
 
     `jobs` worker processes render and build (None: every core for a big list, see
     `workers.default_jobs`); the outcome is the same for any number. `on_message` needs the
@@ -79,27 +84,47 @@ def dry_run(
     elif jobs is None:
         jobs = workers.default_jobs(campaign.recipients.path)
     rows = workers.checked(pipeline, jobs) if jobs > 1 else _checked_here(pipeline)
-    for item, outcome in rows:
-        summary.total += 1
-        if isinstance(item, RowProblem):
-            summary.problem(item)
-        elif isinstance(item, Duplicate):
-            summary.duplicates += 1
-        elif isinstance(outcome, RowProblem):
-            summary.problem(outcome)
-        elif outcome is not None and (limit is None or summary.would_send < limit):
-            summary.would_send += 1
-            if isinstance(outcome, int):
-                summary.bytes += outcome
-            else:
-                summary.bytes += len(outcome.data)
-                if on_message is not None:
-                    on_message(Preview(item.recipient.row, item.recipient.email, outcome))
-        if progress is not None:
-            progress(summary)
+    blocklist = _blocklist(campaign, suppression)
+    with _closing(blocklist):
+        screen = screened(rows, lambda pair: _email_of(pair[0]), blocklist)
+        for (item, outcome), blocked in screen:
+            _count_dry(summary, item, outcome, blocked, limit, on_message)
+            if progress is not None:
+                progress(summary)
     summary.elapsed_s = time.monotonic() - started
     summary.exit_code = ExitCode.DATAERR if summary.invalid else ExitCode.OK
     return summary
+
+
+def _email_of(item: Item) -> str | None:
+    return item.recipient.email if isinstance(item, Ready) else None
+
+
+def _count_dry(
+    summary: Summary,
+    item: Item,
+    outcome: Built | RowProblem | int | None,
+    blocked: bool,
+    limit: int | None,
+    on_message: Callable[[Preview], None] | None,
+) -> None:
+    summary.total += 1
+    if isinstance(item, RowProblem):
+        summary.problem(item)
+    elif isinstance(item, Duplicate):
+        summary.duplicates += 1
+    elif blocked:
+        summary.suppressed += 1
+    elif isinstance(outcome, RowProblem):
+        summary.problem(outcome)
+    elif outcome is not None and (limit is None or summary.would_send < limit):
+        summary.would_send += 1
+        if isinstance(outcome, int):
+            summary.bytes += outcome
+        else:
+            summary.bytes += len(outcome.data)
+            if on_message is not None:
+                on_message(Preview(item.recipient.row, item.recipient.email, outcome))
 
 
 def _checked_here(pipeline: Pipeline) -> Iterator[tuple[Item, Built | RowProblem | None]]:
@@ -119,8 +144,12 @@ def send_batch(
     progress: Progress | None = None,
     sleep: Callable[[float], None] = time.sleep,
     stop: Callable[[], bool] | None = None,
+    suppression: Location | bool = True,
 ) -> Summary:
     """Deliver a campaign over one transport (or several at once), resuming from its state.
+
+    `suppression`: True checks the campaign's list (`suppression:`, else the default one),
+    False none, a Location that list. A suppressed address is counted, never sent.
 
     Holds the campaign's lock for the whole run; validates every row that is due before
     connecting; retries 4xx replies with backoff; leaves state that the next run resumes from.
@@ -137,7 +166,8 @@ def send_batch(
     stopping = stop or (lambda: False)
     limiter = RateLimiter(rate or campaign.rate, sleep=sleep)
     size = group_size(first.window, limiter.rate, len(transports))
-    with _open_store(campaign) as state:
+    blocklist = _blocklist(campaign, suppression)
+    with _open_store(campaign) as state, _closing(blocklist):
         rows: DueRows | ClaimedRows
         if isinstance(state, SqliteState):
             # On a first run no row has a record: the per-row lookups of the first pass are
@@ -152,6 +182,7 @@ def send_batch(
                 fresh=fresh,
                 cache=cache,
                 progress=progress,
+                suppression=blocklist,
             )
         else:
             valid = _check_and_import(
@@ -184,6 +215,7 @@ def send_batch(
                 fresh=fresh,
                 cache=cache,
                 smtputf8=lambda: first.smtputf8,
+                suppression=blocklist,
             )
         else:
             rows = ClaimedRows(
@@ -197,6 +229,7 @@ def send_batch(
                 smtputf8=lambda: first.smtputf8,
                 stop=stopping,
                 sleep=sleep,
+                suppression=blocklist,
             )
         pool = None
         if len(transports) > 1:
@@ -229,12 +262,28 @@ def send_batch(
             summary.connections = sum(t.connections for t in transports)
             summary.requests = sum(t.requests for t in transports)
             if isinstance(state, PgState):
-                _count_shared(state, summary)
+                _count_shared(state, summary, rows.count_left())
             summary.elapsed_s = time.monotonic() - started
             # The run record tells how the run ended, an error's own exit code included.
             summary.exit_code = int(failure.exit_code) if failure else exit_code(summary)
             state.finish_run(summary.to_json())
     return summary
+
+
+def _blocklist(campaign: Campaign, choice: Location | bool) -> SuppressionList | None:
+    """The suppression list a run checks (None: none)."""
+    if choice is True:
+        return open_for_reading(locate(campaign.suppression, state_url=campaign.state_url))
+    return open_for_reading(choice) if isinstance(choice, Location) else None
+
+
+@contextlib.contextmanager
+def _closing(blocklist: SuppressionList | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if blocklist is not None:
+            blocklist.close()
 
 
 def group_size(window: int, rate: Rate | None, connections: int) -> int:
@@ -291,12 +340,12 @@ def _check_and_import(
     return valid
 
 
-def _count_shared(state: PgState, summary: Summary) -> None:
+def _count_shared(state: PgState, summary: Summary, left: int) -> None:
     """The end of a run on a shared store: what the other runs did counts as skipped, and
-    `unknown` or refused recipients of any run are reported as SQLite's are."""
+    `unknown` or refused recipients of any run are reported as SQLite's are. `left`: the
+    recipients nobody has tried yet (the suppressed aside)."""
     handled = summary.sent + summary.failed + summary.deferred + summary.unknown
-    left = state.left()
-    summary.skipped = max(0, summary.total - handled - left)
+    summary.skipped = max(0, summary.total - handled - left - summary.suppressed)
     summary.failed_before = state.failed_before()
     summary.unknown += state.stranded_unknown()
     if summary.error is None and not summary.pending:

@@ -116,7 +116,7 @@ class SmtpConfig:
 
 @dataclass(frozen=True, slots=True)
 class DkimConfig:
-    """DKIM signing settings (RFC 6376)."""
+    """One DKIM signing key and where it is published (RFC 6376; RSA or Ed25519, RFC 8463)."""
 
     domain: str
     selector: str
@@ -157,9 +157,16 @@ class Campaign:
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     unsubscribe: str | None = None
     unsubscribe_mailto: str | None = None
+    # `unsubscribe: {endpoint: URL, secret_env: VAR}`: mailcli's own one-click endpoint, each
+    # message with its own signed URL (see mailcli.unsubscribe).
+    unsubscribe_endpoint: str | None = None
+    unsubscribe_secret_env: str | None = None
+    # `suppression:` a SQLite path or a PostgreSQL URL; False: no list (None: the default one).
+    suppression: str | bool | None = None
     list_id: str | None = None
     inline_images: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
-    dkim: DkimConfig | None = None
+    # `dkim:` one key, or a list (one RSA and one Ed25519): a DKIM-Signature for each.
+    dkim_keys: tuple[DkimConfig, ...] = ()
     smtp: SmtpConfig = SmtpConfig()
     api: ApiConfig | None = None  # an HTTP API provider instead of SMTP
     rate: Rate | None = None
@@ -170,6 +177,11 @@ class Campaign:
     def folder(self) -> Path:
         """The folder holding the campaign file; every relative path starts here."""
         return self.path.parent
+
+    @property
+    def dkim(self) -> DkimConfig | None:
+        """The first (often the only) DKIM key, None without `dkim:`; sign with `dkim_keys`."""
+        return self.dkim_keys[0] if self.dkim_keys else None
 
 
 DEFAULT_RETRY = Retry()
@@ -233,6 +245,7 @@ TOP_KEYS = (
     "retry",
     "state",
     "connections",
+    "suppression",
 )
 
 MAX_CONNECTIONS = 50
@@ -291,6 +304,7 @@ def _build(top: Section, file: Path) -> Campaign:
         )
 
     unsubscribe_url, unsubscribe_mailto = _unsubscribe(top)
+    endpoint, secret_env = _unsubscribe_endpoint(top)
     return Campaign(
         path=file,
         name=name,
@@ -306,9 +320,12 @@ def _build(top: Section, file: Path) -> Campaign:
         headers=MappingProxyType(_headers(top)),
         unsubscribe=unsubscribe_url,
         unsubscribe_mailto=unsubscribe_mailto,
+        unsubscribe_endpoint=endpoint,
+        unsubscribe_secret_env=secret_env,
+        suppression=read_suppression(top, folder),
         list_id=_list_id(top),
         inline_images=MappingProxyType(_inline_images(top, folder)),
-        dkim=read_dkim(top, folder),
+        dkim_keys=read_dkim(top, folder),
         smtp=_smtp(top),
         api=_api(top),
         rate=_parsed(top, "rate", parse_rate),
@@ -449,10 +466,12 @@ def _unsubscribe(top: Section) -> tuple[str | None, str | None]:
     if isinstance(top.node("unsubscribe"), yaml.MappingNode):
         sec = top.section("unsubscribe")
         assert sec is not None
-        sec.reject_unknown(("url", "mailto"))
+        sec.reject_unknown(("url", "mailto", "endpoint", "secret_env"))
         url, mailto = sec.text("url"), sec.text("mailto")
-        if url is None and mailto is None:
-            raise top.error("unsubscribe", "give 'url' (https), 'mailto', or both")
+        if url is not None and sec.has("endpoint"):
+            raise sec.error("url", "give 'url' (your own) or 'endpoint' (mailcli's), not both")
+        if url is None and mailto is None and not sec.has("endpoint"):
+            raise top.error("unsubscribe", "give 'endpoint' or 'url' (https), 'mailto', or both")
         for key, value, scheme in (("url", url, "https://"), ("mailto", mailto, "mailto:")):
             if value is not None:
                 _no_newlines(sec, key, value)
@@ -465,6 +484,71 @@ def _unsubscribe(top: Section) -> tuple[str | None, str | None]:
     if not is_template(value) and not value.startswith(("https://", "mailto:")):
         raise top.error("unsubscribe", "must be an https:// URL or a mailto: address")
     return (None, value) if value.startswith("mailto:") else (value, None)
+
+
+DEFAULT_SECRET_ENV = "MAILCLI_UNSUBSCRIBE_SECRET"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _unsubscribe_endpoint(top: Section) -> tuple[str | None, str | None]:
+    """(endpoint, secret_env) of `unsubscribe: {endpoint: URL, secret_env: VAR}`."""
+    if not top.has("unsubscribe") or not isinstance(top.node("unsubscribe"), yaml.MappingNode):
+        return None, None
+    sec = top.section("unsubscribe")
+    assert sec is not None
+    endpoint = sec.text("endpoint")
+    secret_env = sec.text("secret_env")
+    if endpoint is None:
+        if secret_env is not None:
+            raise sec.error("secret_env", "goes with 'endpoint' (mailcli's one-click endpoint)")
+        return None, None
+    problem = check_endpoint(endpoint)
+    if problem:
+        raise sec.error("endpoint", problem)
+    if secret_env is not None and not ENV_NAME_RE.match(secret_env):
+        raise sec.error(
+            "secret_env", "names an environment variable (the secret itself never goes here)"
+        )
+    return endpoint, secret_env or DEFAULT_SECRET_ENV
+
+
+def check_endpoint(url: str) -> str | None:
+    """What is wrong with a one-click endpoint URL (https, or http on a loopback host)."""
+    if any(c in url for c in "\r\n\0 "):
+        return "the URL cannot contain spaces or line breaks"
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        return f"not a usable URL: {exc}"
+    if parts.query or parts.fragment:
+        return "give the endpoint without a query or fragment (mailcli adds the token)"
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
+        return None  # development and tests
+    return "must be an https:// URL (http:// only on 127.0.0.1 or localhost, for development)"
+
+
+def read_suppression(top: Section, folder: Path) -> str | bool | None:
+    """`suppression:` a SQLite file, a PostgreSQL URL, or false (none: a transactional
+    campaign or profile that must reach everyone)."""
+    if not top.has("suppression"):
+        return None
+    value = top.value("suppression")
+    if value is False:
+        return False
+    if not isinstance(value, str) or not value.strip():
+        raise top.error(
+            "suppression",
+            f"give a file (SQLite), a postgresql:// URL, or false for none, not {describe(value)}",
+        )
+    if value.startswith(STATE_SCHEMES):
+        try:
+            return check_state_url(value)
+        except ValueError as exc:
+            raise top.error("suppression", str(exc)) from None
+    return str(_resolve(top, "suppression", folder, value))
 
 
 def _list_id(top: Section) -> str | None:
@@ -494,11 +578,45 @@ def _inline_images(top: Section, folder: Path) -> dict[str, Path]:
     return images
 
 
-def read_dkim(top: Section, folder: Path) -> DkimConfig | None:
-    """The `dkim:` mapping of a campaign file or an SMTP profile (None when absent)."""
-    sec = top.section("dkim")
-    if sec is None:
-        return None
+def read_dkim(top: Section, folder: Path) -> tuple[DkimConfig, ...]:
+    """The `dkim:` of a campaign file or an SMTP profile: one mapping, or a list of them (a
+    signature each, typically one RSA and one Ed25519 key); () when absent."""
+    if not top.has("dkim"):
+        return ()
+    node = top.node("dkim")
+    if isinstance(node, yaml.MappingNode):
+        sec = top.section("dkim")
+        assert sec is not None
+        return (_dkim_key(sec, folder),)
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise top.error(
+            "dkim", "must be a mapping (domain, selector and a key) or a list of such mappings"
+        )
+    keys: list[DkimConfig] = []
+    for item in node.value:
+        line = item.start_mark.line + 1
+        if not isinstance(item, yaml.MappingNode):
+            raise ConfigError(
+                "'dkim': every entry must be a mapping (domain, selector and a key)",
+                path=top.file,
+                line=line,
+            )
+        config = _dkim_key(Section(item, top.file, f"{top.where}dkim."), folder)
+        name = (config.selector.lower(), config.domain.lower().rstrip("."))
+        if any((k.selector.lower(), k.domain.lower().rstrip(".")) == name for k in keys):
+            # One DNS record per selector: two keys under one selector cannot both verify.
+            raise ConfigError(
+                f"'dkim': selector {config.selector!r} of {config.domain} is given twice; "
+                "each key needs a selector of its own",
+                path=top.file,
+                line=line,
+            )
+        keys.append(config)
+    return tuple(keys)
+
+
+def _dkim_key(sec: Section, folder: Path) -> DkimConfig:
+    """One key of `dkim:` (the mapping itself, or an entry of its list)."""
     sec.reject_unknown(("domain", "selector", "key", "key_env", "key_keyring"))
     domain = sec.text("domain", required=True)
     selector = sec.text("selector", required=True)
@@ -507,10 +625,10 @@ def read_dkim(top: Section, folder: Path) -> DkimConfig | None:
     key_keyring = bool(sec.get("key_keyring", bool, "true or false", False))
     if [key is not None, key_env is not None, key_keyring].count(True) != 1:
         raise ConfigError(
-            "'dkim' needs exactly one of 'key' (a PEM file), 'key_env' (an environment "
-            "variable holding the key) and 'key_keyring: true' (the key stored by "
+            "'dkim' needs exactly one of 'key' (a private key file), 'key_env' (an "
+            "environment variable holding the key) and 'key_keyring: true' (the key stored by "
             "`mailcli dkim store`)",
-            path=top.file,
+            path=sec.file,
             line=sec.line,
         )
     assert domain is not None and selector is not None
@@ -518,7 +636,7 @@ def read_dkim(top: Section, folder: Path) -> DkimConfig | None:
         if not value.isascii() or any(c.isspace() or c in ";=" for c in value):
             raise ConfigError(
                 f"dkim.{what} {value!r} must be an ASCII DNS name (IDNA for a non-ASCII domain)",
-                path=top.file,
+                path=sec.file,
                 line=sec.line,
             )
     return DkimConfig(

@@ -14,21 +14,31 @@ def campaign_warnings(campaign: Campaign, sender: str | None = None) -> list[str
     """One-line warnings for a campaign; `sender` overrides its `from` (as a profile's does)."""
     warnings: list[str] = []
     from_text = sender or campaign.sender
-    if campaign.dkim is not None and from_text is not None:
+    if campaign.dkim_keys and from_text is not None:
         try:
             from_domain = parse_mailbox(from_text).domain
         except AddressError:
             from_domain = None  # building the messages reports a bad sender, with its reason
-        if from_domain is not None and not dkim_aligned(campaign.dkim.domain, from_domain):
-            warnings.append(
-                f"dkim.domain {campaign.dkim.domain} does not align with the From domain "
-                f"{from_domain}: unless both are under one registered domain, DMARC fails and "
-                "receivers that enforce it refuse or junk these messages"
-            )
-    if campaign.unsubscribe_mailto is not None and campaign.unsubscribe is None:
+        # Every key is checked: an Ed25519 signature that does not align helps no receiver.
+        for key in campaign.dkim_keys:
+            if from_domain is not None and not dkim_aligned(key.domain, from_domain):
+                warnings.append(
+                    f"dkim.domain {key.domain} does not align with the From domain "
+                    f"{from_domain}: unless both are under one registered domain, DMARC fails "
+                    "and receivers that enforce it refuse or junk these messages"
+                )
+    one_click = campaign.unsubscribe is not None or campaign.unsubscribe_endpoint is not None
+    if campaign.unsubscribe_mailto is not None and not one_click:
         warnings.append(
             "unsubscribe has only a mailto: Gmail and Yahoo require one-click unsubscribe "
-            "(RFC 8058), which needs an https URL; add unsubscribe.url"
+            "(RFC 8058), which needs an https URL; add unsubscribe.endpoint (mailcli's own) "
+            "or unsubscribe.url"
+        )
+    endpoint = campaign.unsubscribe_endpoint
+    if endpoint is not None and not endpoint.startswith("https://"):
+        warnings.append(
+            f"unsubscribe.endpoint {endpoint} is plain http on this machine: fine for "
+            "development and tests, but no recipient can reach it; use https for real mail"
         )
     return warnings
 

@@ -21,6 +21,7 @@ from mailcli.envelope import Built
 from mailcli.errors import BadHeaderError, ConfigError, DataError, open_error
 from mailcli.message import BuildError, FilePart, MessageBuilder
 from mailcli.render import Rendered, html_to_text
+from mailcli.unsubscribe import is_one_click
 
 if TYPE_CHECKING:
     from mailcli.dkimsign import DkimSigner
@@ -291,10 +292,13 @@ class Message:
         for target in _targets(self.unsubscribe):
             if target.startswith("mailto:"):
                 mailto = target
-            elif target.startswith("https://"):
+            elif is_one_click(target):  # https, or http on a loopback host (development)
                 https = target
             else:
-                raise DataError(f"unsubscribe {target!r} is not an https:// URL or a mailto:")
+                raise DataError(
+                    f"unsubscribe {target!r} is not an https:// URL or a mailto: "
+                    "(http:// only on 127.0.0.1 or localhost, for development)"
+                )
             if not target.isascii():
                 raise DataError("unsubscribe targets must be ASCII (percent-encode them)")
         return https, mailto

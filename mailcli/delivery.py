@@ -30,6 +30,19 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
     DEFERRED = "deferred"
     UNKNOWN = "unknown"
+    # A message not sent at all: every recipient is on the suppression list (never a
+    # recipient's state in a campaign, where a suppressed row stays pending).
+    SUPPRESSED = "suppressed"
+
+
+# The statuses a recipient can have in a campaign's state (`suppressed` is only a message's).
+RECIPIENT_STATUSES = (
+    DeliveryStatus.PENDING,
+    DeliveryStatus.SENT,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.DEFERRED,
+    DeliveryStatus.UNKNOWN,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,8 @@ class Delivery:
     reply: str = ""
     #: The HTTP API provider's own id for the message (None over SMTP).
     provider_id: str | None = None
+    #: Recipients left out because they are on the suppression list (never offered).
+    suppressed: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

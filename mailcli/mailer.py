@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from mailcli.envelope import Built
 from mailcli.errors import AuthError, ConfigError, UnavailableError
 from mailcli.outbox import Outbox, OutboxTransport, recording, suppressed_by_env
 from mailcli.sender import GroupSender, Stopped
+from mailcli.suppression import SqliteSuppression, SuppressionList, key_of, locate
 from mailcli.transport import DEFAULT_PORTS, SmtpSettings, SmtpTransport, Transcript
 
 if TYPE_CHECKING:
@@ -66,10 +68,11 @@ class Mailer:
         outbox: bool | None = None,
         verify: bool = True,
         local_hostname: str | None = None,
-        dkim: DkimConfig | None = None,
+        dkim: DkimConfig | Sequence[DkimConfig] | None = None,
         max_connections: int = 8,
         api: str | ApiConfig | None = None,
         token: str | PasswordSource | None = None,
+        suppression: str | Path | bool | None = None,
     ) -> None:
         if security not in SECURITY_MODES:
             raise ConfigError(
@@ -115,9 +118,17 @@ class Mailer:
         )
         self._profile: Profile | None = None
         self._prompt = False
-        self._dkim = dkim
+        # One key or several (RSA and Ed25519): one DKIM-Signature each.
+        self._dkim: tuple[DkimConfig, ...] = (
+            () if dkim is None else (dkim,) if isinstance(dkim, DkimConfig) else tuple(dkim)
+        )
         self._signer: DkimSigner | None = None
         self._check_dkim("dkim")
+        # The suppression list: None the default one (or the profile's), False none, else a
+        # SQLite file or a postgresql:// URL. Opened on first use.
+        self.suppression = suppression
+        self._blocklist: SuppressionList | bool | None = False  # False: not opened yet
+        self._blocklist_lock = threading.Lock()
 
     # -- construction from the CLI's configuration ------------------------------------------
 
@@ -158,7 +169,7 @@ class Mailer:
                 default_sender=default_sender(profile),
             )
             mailer._profile = profile
-            mailer._dkim = profile.dkim if profile else None
+            mailer._dkim = profile.dkim_keys if profile else ()
             mailer._check_dkim(f"profile {profile.name!r}: dkim" if profile else "dkim")
             return mailer
         settings, profile = resolve_smtp(
@@ -176,7 +187,7 @@ class Mailer:
 
         profile = load_profile(name or os.environ.get("MAILCLI_PROFILE"))
         mailer = cls(outbox=True, default_sender=default_sender(profile))
-        mailer._dkim = profile.dkim if profile else None
+        mailer._dkim = profile.dkim_keys if profile else ()
         return mailer
 
     @classmethod
@@ -196,7 +207,7 @@ class Mailer:
         from mailcli.settings import default_sender
 
         mailer.default_sender = default_sender(profile)
-        mailer._dkim = profile.dkim if profile else None
+        mailer._dkim = profile.dkim_keys if profile else ()
         return mailer
 
     # -- sending ----------------------------------------------------------------------------
@@ -204,8 +215,11 @@ class Mailer:
     def send(self, message: Message) -> Delivery:
         """Send one message over a connection opened for it and closed after."""
         built = self.build([message])  # a bad message is refused before any connection
+        screened = self.screen(built)
+        if not screened.todo:  # every recipient is suppressed: no connection at all
+            return screened.finish([])[0]
         with self.connect() as connection:
-            return connection.deliver(built)[0]
+            return screened.finish(connection._deliver(screened.todo))[0]
 
     async def send_async(self, message: Message) -> Delivery:
         """Send one message without blocking the event loop; concurrent calls share a pool of
@@ -226,6 +240,31 @@ class Mailer:
         from mailcli.aio import close_pool
 
         await close_pool(self)
+
+    def suppression_list(self) -> SuppressionList | None:
+        """The suppression list this Mailer checks (None: none), opened once."""
+        with self._blocklist_lock:
+            if self._blocklist is False:
+                choice = self.suppression
+                if choice is None and self._profile is not None:
+                    choice = self._profile.suppression
+                location = locate(str(choice) if isinstance(choice, Path) else choice)
+                self._blocklist = location.open(create=False) if location else None
+            assert not isinstance(self._blocklist, bool)
+            return self._blocklist
+
+    def screen(self, built: Sequence[Built]) -> Screened:
+        """The messages with suppressed recipients taken out of their envelopes."""
+        return Screened(built, self.suppression_list())
+
+    async def screen_async(self, built: Sequence[Built]) -> Screened:
+        """`screen` without blocking the loop on a list in PostgreSQL."""
+        blocklist = self.suppression_list() if self._blocklist is not False else None
+        if blocklist is None or isinstance(blocklist, SqliteSuppression):
+            return self.screen(built)  # a local file: a fraction of a millisecond
+        import asyncio
+
+        return await asyncio.to_thread(self.screen, built)
 
     def build(self, messages: Sequence[Message]) -> list[Built]:
         """The finished messages, signed with this Mailer's DKIM key; raises for a bad one."""
@@ -301,7 +340,7 @@ class Mailer:
         from mailcli.providers import provider_for
 
         provider = provider_for(self.api)
-        asked = {"dkim": campaign.dkim is not None}
+        asked = {"dkim": bool(campaign.dkim_keys)}
         for key, why in provider.cannot.items():
             if asked.get(key):
                 raise ConfigError(
@@ -311,7 +350,7 @@ class Mailer:
                 )
 
     def _check_dkim(self, where: str) -> None:
-        if self.api is None or self._dkim is None:
+        if self.api is None or not self._dkim:
             return
         from mailcli.providers import provider_for
 
@@ -328,11 +367,11 @@ class Mailer:
 
     def signer_pending(self) -> bool:
         """A DKIM key is configured and not read yet (reading it touches the disk)."""
-        return self._dkim is not None and self._signer is None
+        return bool(self._dkim) and self._signer is None
 
     def signer(self) -> DkimSigner | None:
-        """The DKIM signer of this Mailer's key, read once."""
-        if self._dkim is not None and self._signer is None:
+        """The DKIM signer of this Mailer's keys, read once (None: no `dkim`)."""
+        if self._dkim and self._signer is None:
             from mailcli.dkimsign import load_signer
 
             self._signer = load_signer(self._dkim)
@@ -356,7 +395,48 @@ def sandbox_mailer(folder: str | Path, like: Mailer | None = None) -> Iterator[M
         trial = Mailer(server.host, server.port, "none", outbox=False)
         if like is not None:
             trial.default_sender, trial._dkim = like.default_sender, like._dkim
+            # The trial checks the list the real send would.
+            profile = like._profile.suppression if like._profile is not None else None
+            trial.suppression = like.suppression if like.suppression is not None else profile
         yield trial
+
+
+class Screened:
+    """Messages checked against the suppression list: `todo` is what to send (suppressed
+    recipients out of each envelope), `finish` gives every message its Delivery."""
+
+    def __init__(self, built: Sequence[Built], blocklist: SuppressionList | None) -> None:
+        self.built = list(built)
+        every = {r for b in self.built for r in b.rcpt_to}
+        blocked = blocklist.suppressed(every) if blocklist is not None and every else set()
+        self.todo: list[Built] = []
+        self._plan: list[tuple[int | None, tuple[str, ...]]] = []
+        for b in self.built:
+            out = tuple(r for r in b.rcpt_to if key_of(r) in blocked)
+            if len(out) == len(b.rcpt_to):
+                self._plan.append((None, out))
+                continue
+            self._plan.append((len(self.todo), out))
+            keep = tuple(r for r in b.rcpt_to if key_of(r) not in blocked)
+            self.todo.append(b._replace(rcpt_to=keep) if out else b)
+
+    def finish(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """A Delivery for every message, given those of `todo` in order."""
+        results = []
+        for (index, out), b in zip(self._plan, self.built, strict=True):
+            if index is None:
+                results.append(
+                    Delivery(
+                        DeliveryStatus.SUPPRESSED,
+                        b.message_id,
+                        reply="every recipient is on the suppression list",
+                        suppressed=out,
+                    )
+                )
+            else:
+                d = deliveries[index]
+                results.append(dataclasses.replace(d, suppressed=out) if out else d)
+        return results
 
 
 class Connection:
@@ -407,7 +487,15 @@ class Connection:
         return self.deliver(built)
 
     def deliver(self, built: Sequence[Built]) -> list[Delivery]:
-        """Send finished messages (see `Mailer.build`); one Delivery for each, in order."""
+        """Send finished messages (see `Mailer.build`); one Delivery for each, in order.
+
+        Recipients on the suppression list are left out of the envelope; a message with none
+        left is not sent (its Delivery is `suppressed`).
+        """
+        screened = self.mailer.screen(built)
+        return screened.finish(self._deliver(screened.todo) if screened.todo else [])
+
+    def _deliver(self, built: Sequence[Built]) -> list[Delivery]:
         results, todo = without_smtputf8(built, self.transport.smtputf8, self.transport.endpoint)
         sender = GroupSender(self.transport, sleep=self.sleep)
         try:

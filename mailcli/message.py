@@ -21,6 +21,7 @@ from mailcli.addresses import Mailbox, parse_mailbox
 from mailcli.envelope import Built
 from mailcli.errors import ConfigError, InputFileError, open_error
 from mailcli.render import Rendered
+from mailcli.unsubscribe import is_one_click
 
 if TYPE_CHECKING:
     from mailcli.dkimsign import DkimSigner
@@ -221,8 +222,9 @@ class MessageBuilder:
             # Literal <URL>s, never encoded (RFC 2369); render checked they are ASCII.
             value = ",\r\n ".join(f"<{t}>" for t in targets)
             headers.append(f"List-Unsubscribe: {value}".encode("ascii"))
-            if any(t.startswith("https://") for t in targets):
-                # RFC 8058 one-click: only meaningful with an HTTPS URL.
+            if any(is_one_click(t) for t in targets):
+                # RFC 8058 one-click: only meaningful with an HTTPS URL (or http on a loopback
+                # host, which mailcli's own endpoint accepts for development and tests).
                 headers.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click")
         for name, value in rendered.headers:
             headers.append(mime.unstructured(name, value, utf8=utf8))

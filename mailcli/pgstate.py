@@ -29,12 +29,12 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailcli.addresses import Mailbox, address_key
-from mailcli.delivery import DeliveryStatus
+from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
 from mailcli.errors import ConfigError, InputFileError, TempFailError
 from mailcli.recipients import Recipient
 from mailcli.state import PROBLEM_STATUSES, Entry, Outcome, RecipientState, RunRecord
@@ -538,7 +538,7 @@ class PgState:
 
     def counts(self) -> dict[DeliveryStatus, int]:
         """Recipients per status, over every host."""
-        counts = dict.fromkeys(DeliveryStatus, 0)
+        counts = dict.fromkeys(RECIPIENT_STATUSES, 0)
         for status, n in self.conn.execute(
             "SELECT status, COUNT(*) FROM mailcli_recipients WHERE campaign = %s GROUP BY 1",
             (self.campaign_id,),
@@ -563,6 +563,26 @@ class PgState:
             (self.campaign_id,),
         ).fetchone()
         return int(row[0]) if row else 0
+
+    def by_message_id(self, message_ids: Collection[str]) -> dict[str, str]:
+        """The recipient each of these Message-IDs was sent to (those the store knows)."""
+        rows = self.conn.execute(
+            "SELECT message_id, email FROM mailcli_recipients WHERE campaign = %s "
+            "AND message_id = ANY(%s)",
+            (self.campaign_id, list(set(message_ids))),
+        ).fetchall()
+        return {m: e for m, e in rows}
+
+    def left_emails(self) -> Iterator[str]:
+        """The addresses `left` counts, streamed (a server-side cursor)."""
+        with self.conn.transaction(), self.conn.cursor(name="mailcli_left") as cursor:
+            cursor.execute(
+                "SELECT email FROM mailcli_recipients WHERE campaign = %s AND status = 'pending'"
+                " AND (lease_until IS NULL OR lease_until < now())",
+                (self.campaign_id,),
+            )
+            for (email,) in cursor:
+                yield email
 
     def due(self, *, retry_unknown: bool) -> int:
         """Recipients a run would send now or once their holders finish (leases ignored)."""

@@ -18,6 +18,7 @@ from mailcli.errors import ConfigError
 from mailcli.message import BuildError, MessageBuilder
 from mailcli.recipients import Recipient, RecipientReader, RowProblem, SeenAddresses
 from mailcli.render import Content, Rendered, Renderer, RenderError
+from mailcli.unsubscribe import campaign_signer
 
 if TYPE_CHECKING:
     from mailcli.dkimsign import DkimSigner
@@ -63,11 +64,11 @@ UNRENDERED = Rendered(subject="", text=None, html=None)
 
 
 def _signer(campaign: Campaign) -> DkimSigner | None:
-    if campaign.dkim is None:
+    if not campaign.dkim_keys:
         return None
     from mailcli.dkimsign import load_signer  # cryptography and dkimpy, only to sign
 
-    return load_signer(campaign.dkim)
+    return load_signer(campaign.dkim_keys)
 
 
 class Pipeline:
@@ -86,6 +87,9 @@ class Pipeline:
         except AddressError as exc:
             raise ConfigError(f"'from': {exc}", path=campaign.path) from None
         self.renderer = Renderer(campaign_content(campaign))
+        # `unsubscribe: {endpoint: ...}`: the secret is resolved here, once per run and before
+        # any connection (a missing one is exit 78); each row gets its own signed URL.
+        self.unsubscribe_signer = campaign_signer(campaign)
         self.builder = MessageBuilder(
             self.sender,
             reply_to=campaign.reply_to,
@@ -97,17 +101,28 @@ class Pipeline:
         self.reader = RecipientReader(campaign.recipients)
 
     def context(self, recipient: Recipient) -> dict[str, Any]:
-        """Template variables for one row: `vars`, then the row's columns, then `email`."""
-        return {
+        """Template variables for one row: `vars`, then the row's columns, then `email`, then
+        `unsubscribe_url` when the campaign has an unsubscribe endpoint."""
+        context = {
             "row": recipient.fields,
             **self.campaign.vars,
             **recipient.fields,
             "email": recipient.email,
         }
+        if self.unsubscribe_signer is not None and self.campaign.unsubscribe_endpoint:
+            # Last, so the visible link is always the signed URL of the header.
+            context["unsubscribe_url"] = self.unsubscribe_signer.url(
+                self.campaign.unsubscribe_endpoint, self.campaign.name, recipient.email
+            )
+        return context
 
     def render(self, recipient: Recipient) -> Rendered:
         """Render one row's message (raises RenderError)."""
-        return self.renderer.render(self.context(recipient))
+        context = self.context(recipient)
+        rendered = self.renderer.render(context)
+        if self.unsubscribe_signer is None:
+            return rendered
+        return rendered._replace(unsubscribe=context["unsubscribe_url"])
 
     def build(self, ready: Ready, *, smtputf8: bool = True) -> Built:
         """Build one recipient's message bytes (raises BuildError)."""

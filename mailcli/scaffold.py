@@ -59,6 +59,8 @@ list_id: "Example News <news.example.com>"
 rate: "10/s"                     # never faster than this; also "600/min", "5000/h"
 retry: {{attempts: 3, delay: 30s}} # a 4xx reply is tried again after 30 s, then 60 s
 # connections: 4                   # sessions at once, sharing the rate (default 1)
+# suppression: false               # only for transactional mail: skip the suppression list
+#                                  # (default: the list every campaign shares; `mailcli suppress`)
 # state: .mailcli/{name}.sqlite    # where progress is kept (this is the default); or
 #   postgresql://mailcli@db.example.com/mailcli to share the campaign between hosts
 """

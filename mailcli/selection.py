@@ -16,14 +16,19 @@ from mailcli import retry as policy
 from mailcli.campaign import Retry
 from mailcli.delivery import DeliveryStatus
 from mailcli.envelope import Built
-from mailcli.pipeline import Duplicate, Pipeline, Ready
+from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
 from mailcli.recipients import Recipient, RowProblem
 from mailcli.render import Rendered, RenderError
 from mailcli.state import Entry, StateStore
+from mailcli.suppression import SuppressionList, key_of, screened
 
 if TYPE_CHECKING:
     from mailcli.pgstate import Claimed, PgState
 from mailcli.summary import Progress, Summary
+
+
+def _address(item: Item) -> str | None:
+    return item.recipient.email if isinstance(item, Ready) else None
 
 
 @dataclass
@@ -78,13 +83,15 @@ def check_due_rows(
     fresh: bool,
     cache: RenderCache,
     progress: Progress | None = None,
+    suppression: SuppressionList | None = None,
 ) -> bool:
     """Pass 1: read every row and render every one that is due; no connection yet.
 
     Counts rows, duplicates and problems, and the due rows in `summary.would_send`; True when
-    no due row is invalid.
+    no due row is invalid. A suppressed row is neither rendered nor counted as due (the
+    sending pass counts it as suppressed).
     """
-    for item in pipeline.items(render=False):
+    for item, blocked in screened(pipeline.items(render=False), _address, suppression):
         summary.total += 1
         if progress is not None:
             progress(summary)
@@ -92,6 +99,8 @@ def check_due_rows(
             summary.problem(item)
         elif isinstance(item, Duplicate):
             summary.duplicates += 1
+        elif blocked:
+            continue
         elif fresh or policy.is_due(state.lookup(item.recipient.email), retry_unknown):
             r = item.recipient
             try:
@@ -117,15 +126,19 @@ class DueRows:
         fresh: bool,
         cache: RenderCache,
         smtputf8: Callable[[], bool],
+        suppression: SuppressionList | None = None,
     ) -> None:
         self.pipeline, self.state, self.summary = pipeline, state, summary
         self.retry, self.retry_unknown, self.limit = retry, retry_unknown, limit
         self.fresh, self.cache, self.smtputf8 = fresh, cache, smtputf8
+        self.suppression = suppression
         self.produced = 0
 
     def first_pass(self) -> Iterator[Queued]:
-        """Every due row once; counts the rows handled in earlier runs as skipped."""
-        for item in self.pipeline.items(render=False):
+        """Every due row once; counts the rows handled in earlier runs as skipped, and the due
+        rows whose address is on the suppression list as suppressed."""
+        rows = screened(self.pipeline.items(render=False), _address, self.suppression)
+        for item, blocked in rows:
             if isinstance(item, RowProblem):
                 # Reached only with --skip-invalid: recorded, and the run goes on.
                 self.summary.problem(item)
@@ -145,6 +158,9 @@ class DueRows:
                 self.summary.failed_before += entry.rejected
                 self.summary.unknown += entry.status is DeliveryStatus.UNKNOWN
                 continue
+            if blocked:
+                self.summary.suppressed += 1
+                continue
             queued = self._queued(r, entry, self.cache.take(r.row, r.email), counted=None)
             if queued is not None:
                 self.produced += 1
@@ -155,12 +171,15 @@ class DueRows:
 
         Not bounded by `limit`: each of them was counted against it when first sent.
         """
-        for item in self.pipeline.items(render=False):
+        rows = screened(self.pipeline.items(render=False), _address, self.suppression)
+        for item, blocked in rows:
             if not isinstance(item, Ready):
                 continue
             r = item.recipient
             entry = self.state.lookup(r.email)
             if not policy.due_again(entry, self.state.run_id, self.retry, now):
+                continue
+            if blocked:  # suppressed while this run waited (an unsubscribe): never sent
                 continue
             queued = self._queued(r, entry, None, counted=DeliveryStatus.DEFERRED)
             if queued is not None:
@@ -173,8 +192,9 @@ class DueRows:
     def count_left(self) -> int:
         """Rows not yet tried that the next run will send (left by --limit or a stop)."""
         left = 0
-        for item in self.pipeline.items(render=False):
-            if isinstance(item, Ready):
+        rows = screened(self.pipeline.items(render=False), _address, self.suppression)
+        for item, blocked in rows:
+            if isinstance(item, Ready) and not blocked:
                 entry = self.state.lookup(item.recipient.email)
                 if entry is None or entry.status is DeliveryStatus.PENDING:
                     left += 1
@@ -245,11 +265,13 @@ class ClaimedRows:
         smtputf8: Callable[[], bool],
         stop: Callable[[], bool],
         sleep: Callable[[float], None],
+        suppression: SuppressionList | None = None,
     ) -> None:
         self.pipeline, self.state, self.summary = pipeline, state, summary
         self.retry, self.retry_unknown, self.limit = retry, retry_unknown, limit
         self.group_size, self.smtputf8 = group_size, smtputf8
         self.stop, self.sleep = stop, sleep
+        self.suppression = suppression
         self.produced = 0
 
     def first_pass(self) -> Iterator[Queued]:
@@ -266,7 +288,13 @@ class ClaimedRows:
             )
             if not claimed:
                 return
+            # A suppressed recipient stays claimed (so this run does not take it again) and
+            # pending, and is given back when the run ends.
+            blocked = self._blocked(claimed)
             for c in claimed:
+                if key_of(c.recipient.email) in blocked:
+                    self.summary.suppressed += 1
+                    continue
                 queued = self._queued(c)
                 if queued is not None:
                     self.produced += 1
@@ -292,14 +320,25 @@ class ClaimedRows:
             retry_round=True,
             attempts=self.retry.attempts,
         ):
+            blocked = self._blocked(claimed)
             for c in claimed:
+                if key_of(c.recipient.email) in blocked:
+                    continue
                 queued = self._queued(c, counted=DeliveryStatus.DEFERRED)
                 if queued is not None:
                     yield queued
 
     def count_left(self) -> int:
-        """Recipients nobody has tried yet and no live run holds."""
-        return self.state.left()
+        """Recipients nobody has tried yet and no live run holds (the suppressed aside)."""
+        if self.suppression is None:
+            return self.state.left()
+        rows = screened(self.state.left_emails(), lambda e: e, self.suppression)
+        return sum(1 for _, blocked in rows if not blocked)
+
+    def _blocked(self, claimed: list[Claimed]) -> set[str]:
+        if self.suppression is None:
+            return set()
+        return self.suppression.suppressed([c.recipient.email for c in claimed])
 
     def _queued(self, claimed: Claimed, counted: DeliveryStatus | None = None) -> Queued | None:
         return _queue_row(

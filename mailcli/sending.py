@@ -185,6 +185,8 @@ def exit_code(delivery: Delivery) -> ExitCode:
     """The exit code of `mailcli send` for what became of its message."""
     if delivery.status is DeliveryStatus.SENT and not delivery.refused:
         return ExitCode.OK
+    if delivery.status is DeliveryStatus.SUPPRESSED:
+        return ExitCode.OK  # being suppressed is not a failure (the contract's rule)
     if delivery.status is DeliveryStatus.FAILED and delivery.code is None:
         return ExitCode.DATAERR  # not sendable as it is (no server refused it): nothing was sent
     if delivery.status in (DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN) or any(
@@ -203,6 +205,7 @@ def report(message: Message, delivery: Delivery) -> dict[str, Any]:
         "mail_from": smtp_address(sender.addr) if sender else None,
         "accepted": list(delivery.recipients),
         "refused": {addr: str(r) for addr, r in delivery.refused.items()},
+        "suppressed": list(delivery.suppressed),
         "reply": f"{delivery.code} {delivery.reply}" if delivery.code else delivery.reply,
         "exit_code": int(exit_code(delivery)),
     }

@@ -23,6 +23,7 @@ from mailcli.campaign import (
     read_connections,
     read_dkim,
     read_smtp,
+    read_suppression,
 )
 from mailcli.errors import ConfigError, UsageError
 from mailcli.transport import AUTH_MECHANISMS, DEFAULT_PORTS, SmtpSettings
@@ -38,6 +39,7 @@ PROFILE_KEYS = (
     "dkim",
     "api",
     "connections",
+    "suppression",
 )
 
 
@@ -52,9 +54,13 @@ class Profile:
     auth: str | None = None
     allow_plaintext_auth: bool = False
     insecure_skip_verify: bool = False
-    dkim: DkimConfig | None = None  # signs what `mailcli send` sends through this profile
+    # `dkim:` (one key or a list): signs what `mailcli send` sends through this profile
+    dkim_keys: tuple[DkimConfig, ...] = ()
     api: ApiConfig | None = None  # an HTTP API provider instead of an SMTP server
     connections: int | None = None  # for `mailcli batch` (a campaign's own key wins)
+    # `suppression:` the list what goes through this profile is checked against (a file or a
+    # postgresql:// URL), False for none (a transactional profile); None: the default list.
+    suppression: str | bool | None = None
 
 
 def config_file(env: Mapping[str, str] | None = None) -> Path:
@@ -120,8 +126,9 @@ def _profile(name: str, sec: Section, folder: Path) -> Profile:
         auth=auth.lower() if auth else None,
         allow_plaintext_auth=bool(sec.get("allow_plaintext_auth", bool, "true or false")),
         insecure_skip_verify=bool(sec.get("insecure_skip_verify", bool, "true or false")),
-        dkim=read_dkim(sec, folder),
+        dkim_keys=read_dkim(sec, folder),
         connections=read_connections(sec),
+        suppression=read_suppression(sec, folder),
     )
 
 

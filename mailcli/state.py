@@ -24,18 +24,18 @@ import socket
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Protocol
 
 from mailcli.addresses import address_key
-from mailcli.delivery import DeliveryStatus
+from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
 from mailcli.errors import ConfigError, InputFileError, TempFailError
 
 SCHEMA_VERSION = 1
-STATUSES = tuple(s.value for s in DeliveryStatus)
+STATUSES = tuple(s.value for s in RECIPIENT_STATUSES)
 PROBLEM_STATUSES = (DeliveryStatus.FAILED, DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN)
 
 SCHEMA = """
@@ -513,7 +513,7 @@ class SqliteState:
 
     def counts(self) -> dict[DeliveryStatus, int]:
         """Recipients per status."""
-        counts = dict.fromkeys(DeliveryStatus, 0)
+        counts = dict.fromkeys(RECIPIENT_STATUSES, 0)
         for status, n in self.db.execute("SELECT status, COUNT(*) FROM recipients GROUP BY 1"):
             counts[DeliveryStatus(status)] = n
         return counts
@@ -538,6 +538,20 @@ class SqliteState:
             [s.value for s in statuses],
         )
         return [RecipientState(r[0], r[1], DeliveryStatus(r[2]), *r[3:]) for r in rows]
+
+    def by_message_id(self, message_ids: Collection[str]) -> dict[str, str]:
+        """The recipient each of these Message-IDs was sent to (those the state knows)."""
+        ids = list(set(message_ids))
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            found.update(
+                self.db.execute(
+                    f"SELECT message_id, email FROM recipients WHERE message_id IN ({marks})", part
+                ).fetchall()
+            )
+        return found
 
     def last_run(self) -> RunRecord | None:
         """The most recent run, with the exit code and sent count of its summary."""

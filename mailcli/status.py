@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailcli.campaign import Campaign, load_campaign
-from mailcli.delivery import DeliveryStatus
+from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
 from mailcli.errors import InputFileError, MailcliError
 from mailcli.recipients import RecipientReader, RowProblem, SeenAddresses
-from mailcli.state import RecipientState, RunRecord, StateStore, open_state
+from mailcli.state import Entry, RecipientState, RunRecord, StateStore, open_state
+from mailcli.suppression import Location, SuppressionList, locate, open_for_reading, screened
 
 if TYPE_CHECKING:
     from mailcli.pgstate import HostShare
@@ -30,6 +31,8 @@ class Status:
     state_file: str
     counts: dict[DeliveryStatus, int]
     new_rows: int = 0
+    # Recipients not tried yet whose address is on the suppression list (never sent while so).
+    suppressed: int = 0
     invalid_rows: int = 0
     list_error: str | None = None
     last_run: RunRecord | None = None
@@ -45,8 +48,8 @@ class Status:
 
     @property
     def pending(self) -> int:
-        """Not tried yet, including rows appended since the last run."""
-        return self.counts[DeliveryStatus.PENDING] + self.new_rows
+        """Not tried yet, including rows appended since the last run (the suppressed aside)."""
+        return self.counts[DeliveryStatus.PENDING] + self.new_rows - self.suppressed
 
     @property
     def sent(self) -> int:
@@ -79,6 +82,7 @@ class Status:
             "failed": self.failed,
             "deferred": self.deferred,
             "unknown": self.unknown,
+            "suppressed": self.suppressed,
             "invalid_rows": self.invalid_rows,
             "state_file": self.state_file,
             "last_run": None
@@ -125,14 +129,31 @@ class Status:
         return obj
 
 
-def campaign_status(campaign: Campaign | str | Path) -> Status:
-    """Read the campaign's state (without creating it) and match it against the list."""
+def campaign_status(
+    campaign: Campaign | str | Path, *, suppression: Location | bool = True
+) -> Status:
+    """Read the campaign's state (without creating it) and match it against the list.
+
+    `suppression` (as for `send_campaign`): the list whose addresses are counted as suppressed
+    among the recipients not tried yet.
+    """
     if not isinstance(campaign, Campaign):
         # status reads only the state and the list: a missing template does not stop it
         campaign = load_campaign(campaign, check_files=False)
+    if suppression is True:
+        suppression = locate(campaign.suppression, state_url=campaign.state_url) or False
+    blocklist = open_for_reading(suppression) if isinstance(suppression, Location) else None
+    try:
+        return _status(campaign, blocklist)
+    finally:
+        if blocklist is not None:
+            blocklist.close()
+
+
+def _status(campaign: Campaign, blocklist: SuppressionList | None) -> Status:
     if campaign.state_url is not None:
-        return _shared_status(campaign, campaign.state_url)
-    report = Status(campaign.name, str(campaign.state_path), dict.fromkeys(DeliveryStatus, 0))
+        return _shared_status(campaign, campaign.state_url, blocklist)
+    report = Status(campaign.name, str(campaign.state_path), dict.fromkeys(RECIPIENT_STATUSES, 0))
     state: StateStore | None = None
     if campaign.state_path.exists():
         state = open_state(campaign.state_path, campaign.name, create=False)
@@ -141,27 +162,25 @@ def campaign_status(campaign: Campaign | str | Path) -> Status:
             report.counts = state.counts()
             report.recipients = state.problems()
             report.last_run = state.last_run()
-        _count_list(
-            campaign, (lambda email: state.lookup(email) is not None) if state else None, report
-        )
+        _count_list(campaign, state.lookup if state else None, report, blocklist)
     finally:
         if state is not None:
             state.close()
     return report
 
 
-def _shared_status(campaign: Campaign, url: str) -> Status:
+def _shared_status(campaign: Campaign, url: str, blocklist: SuppressionList | None) -> Status:
     """The whole campaign as a PostgreSQL store holds it, from any host: the store is the list,
     so this host's copy of the CSV is matched only for rows not imported yet."""
     from mailcli.pgstate import PgState
 
-    report = Status(campaign.name, url, dict.fromkeys(DeliveryStatus, 0))
+    report = Status(campaign.name, url, dict.fromkeys(RECIPIENT_STATUSES, 0))
     try:
         state = PgState.open(url, campaign.name, create=False)
     except InputFileError:
         # Not sent yet (as a SQLite campaign without its file): the list is all pending.
         report.hosts = []
-        _count_list(campaign, None, report)
+        _count_list(campaign, None, report, blocklist)
         return report
     with state:
         report.counts = state.counts()
@@ -169,23 +188,42 @@ def _shared_status(campaign: Campaign, url: str) -> Status:
         report.last_run = state.last_run()
         report.hosts = state.hosts()
         report.live_runs = state.live_runs()
+        if blocklist is not None:
+            rows = screened(state.left_emails(), lambda e: e, blocklist)
+            report.suppressed = sum(blocked for _, blocked in rows)
         if campaign.recipients.path.is_file():
-            _count_list(campaign, state.contains, report)
+            _count_list(campaign, state.contains, report, blocklist)
     return report
 
 
-def _count_list(campaign: Campaign, known: Callable[[str], bool] | None, report: Status) -> None:
-    """Rows of the list the state has not met yet count as pending; invalid rows are counted."""
+def _count_list(
+    campaign: Campaign,
+    known: Callable[[str], object] | None,
+    report: Status,
+    blocklist: SuppressionList | None,
+) -> None:
+    """Rows of the list the state has not met yet count as pending; invalid rows are counted.
+
+    `known(email)` is the state's record of an address (an `Entry`, or True), falsy when it has
+    none. Rows not tried yet (new, or pending in a SQLite state) whose address is on the
+    suppression list count as suppressed.
+    """
     reader = RecipientReader(campaign.recipients)
     try:
         with SeenAddresses() as seen:
             for entry in reader:
                 if isinstance(entry, RowProblem):
                     report.invalid_rows += 1
-                elif seen.add(entry.email, entry.row) is None and (
-                    known is None or not known(entry.email)
-                ):
-                    report.new_rows += 1
+                    continue
+                if seen.add(entry.email, entry.row) is not None:
+                    continue  # a duplicate
+                found = known(entry.email) if known is not None else None
+                report.new_rows += not found
+                waiting = not found or (
+                    isinstance(found, Entry) and found.status is DeliveryStatus.PENDING
+                )
+                if waiting and blocklist is not None and blocklist.get(entry.email) is not None:
+                    report.suppressed += 1
     except MailcliError as exc:
         # The state still answers; say why the list could not be matched against it.
         report.list_error = str(exc)

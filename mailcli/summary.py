@@ -43,6 +43,8 @@ class Summary:
     deferred: int = 0
     unknown: int = 0
     skipped: int = 0
+    # Due recipients not sent because their address is on the suppression list.
+    suppressed: int = 0
     failed_before: int = 0
     pending: int = 0
     invalid: int = 0
@@ -104,6 +106,7 @@ class Summary:
             "deferred": self.deferred,
             "unknown": self.unknown,
             "skipped": self.skipped,
+            "suppressed": self.suppressed,
             "failed_before": self.failed_before,
             "pending": self.pending,
             "invalid": self.invalid,

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import trustme
+from imapserver import ImapServer, find_dovecot
 from pgserver import PgCluster, find_bindir
 
 from mailcli.sandbox import SmtpServer
@@ -408,6 +409,10 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MAILCLI_CONFIG", str(tmp_path / "no-config.yaml"))
+    # The default suppression list and the user data folder are the test's own.
+    monkeypatch.setenv("MAILCLI_SUPPRESSION", str(tmp_path / "suppression.sqlite"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("MAILCLI_UNSUBSCRIBE_SECRET", raising=False)
 
 
 def relay_profile(tmp_path: Path, server: SmtpServer, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -457,3 +462,16 @@ def pg_url(
     url = pg_cluster.create_database(f"test_{uuid.uuid4().hex[:12]}")
     monkeypatch.setenv("PGPASSWORD", pg_cluster.password)
     return url
+
+
+@pytest.fixture
+def imap_server(ca: trustme.CA, trust_ca: Path) -> Iterator[ImapServer]:
+    """A throw-away Dovecot on a free loopback port, IMAPS only, with the user `bounces` /
+    `s3cret-imap`; its certificate comes from `ca`, which SSL_CERT_FILE makes trusted."""
+    binary = find_dovecot()
+    if binary is None:
+        if os.environ.get("MAILCLI_REQUIRE_DOVECOT") or os.environ.get("CI"):
+            pytest.fail("Dovecot is required here (MAILCLI_REQUIRE_DOVECOT or CI) but missing")
+        pytest.skip("needs Dovecot's dovecot binary (Debian package dovecot-imapd)")
+    with ImapServer(ca, binary) as server:
+        yield server

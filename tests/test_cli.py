@@ -581,3 +581,22 @@ def test_deliverability_warnings_are_one_line_each_and_not_errors(tmp_path: Path
     assert shown.exit_code == 0 and shown.stderr.count("mailcli: warning:") == 2
     quiet = runner.invoke(app, ["batch", str(files.yaml), "--dry-run", "--quiet"])
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+
+
+def test_every_dkim_key_is_checked_for_alignment(tmp_path: Path) -> None:
+    """With two keys, the one whose domain does not align with From is the one warned about."""
+    from test_deliverability import make_key
+
+    files = make_campaign(
+        tmp_path,
+        extra="dkim: [{domain: example.com, selector: s1, key: dkim.pem},\n"
+        "       {domain: other.example, selector: s2, key: dkim.pem}]\n",
+    )
+    make_key(files.folder)
+    dry = runner.invoke(app, ["batch", str(files.yaml), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    warnings = [line for line in dry.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert (
+        "dkim.domain other.example does not align with the From domain example.com" in (warnings[0])
+    )

@@ -1,4 +1,5 @@
-"""DKIM keys and signatures: keygen, the keyring, bad keys, and the body hash computed once.
+"""DKIM keys and signatures: keygen, the keyring, bad keys, the body hash computed once, and
+Ed25519 (RFC 8463) alone or beside RSA.
 
 Every signature is checked with dkimpy's own verifier, against the public key the test holds.
 """
@@ -14,14 +15,16 @@ import dkim
 import pytest
 from conftest import Recorder, make_campaign, many_rows, server_args
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
+from dkim import dknewkey
 from test_deliverability import PNG, make_key, rich_campaign
 from typer.testing import CliRunner
 
+import mailcli
 from mailcli.addresses import parse_mailbox
-from mailcli.campaign import DkimConfig
+from mailcli.campaign import DkimConfig, load_campaign
 from mailcli.cli import app
-from mailcli.dkimsign import DkimSigner, generate_key, load_signer
+from mailcli.dkimsign import DkimSigner, generate_ed25519_key, generate_key, load_signer
 from mailcli.errors import ConfigError
 from mailcli.message import MessageBuilder
 from mailcli.render import Rendered
@@ -39,7 +42,7 @@ def dns_answer(record: bytes):  # type: ignore[no-untyped-def]
 
 
 def record_of(output: str) -> bytes:
-    found = re.search(r"^(v=DKIM1; k=rsa; p=[A-Za-z0-9+/=]+)$", output, re.M)
+    found = re.search(r"^(v=DKIM1; k=(?:rsa|ed25519); p=[A-Za-z0-9+/=]+)$", output, re.M)
     assert found, output
     return found.group(1).encode()
 
@@ -119,7 +122,7 @@ def test_keygen_into_the_keyring(tmp_path: Path, test_keyring: Path) -> None:
             b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
             "cannot be read",
         ),
-        ("ec", "is not an RSA key"),
+        ("ec", "is neither an RSA nor an Ed25519 key"),
         ("encrypted", "is encrypted"),
         (b"just text\n", "is not a PEM private key"),
     ],
@@ -305,3 +308,333 @@ def test_send_refuses_bad_deliverability_options(args: list[str], problem: str) 
     assert result.exit_code in (2, 66), result.output
     assert problem in result.stderr
     assert "Traceback" not in result.output
+
+
+# --- Ed25519 (RFC 8463), alone and beside RSA -----------------------------------------------
+
+
+def ed25519_key(path: Path) -> bytes:
+    """A new Ed25519 key written to `path` as PKCS#8 PEM; the TXT record of its public half."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw)
+
+
+def dns_of(records: dict[str, bytes]):  # type: ignore[no-untyped-def]
+    """A dkimpy `dnsfunc` answering SELECTOR._domainkey.DOMAIN from `records`."""
+    return lambda name, timeout=5: records.get(name.decode().rstrip("."))
+
+
+def signatures(message: bytes, records: dict[str, bytes]) -> list[tuple[str, str, bool]]:
+    """(a=, s=, verified) of each DKIM-Signature from the top, by dkimpy's verifier (which
+    `dkim.verify()` runs on the first one only)."""
+    headers, _ = dkim.rfc822_parse(message)
+    found = []
+    values = [value for name, value in headers if name.lower() == b"dkim-signature"]
+    for index, value in enumerate(values):
+        tags = dkim.util.parse_tag_value(value)
+        try:
+            verified = bool(dkim.DKIM(message).verify(idx=index, dnsfunc=dns_of(records)))
+        except dkim.DKIMException:
+            verified = False
+        found.append((tags[b"a"].decode(), tags[b"s"].decode(), verified))
+    return found
+
+
+def altered_body(message: bytes) -> bytes:
+    head, body = message.split(b"\r\n\r\n", 1)
+    assert b"Hi " in body
+    return head + b"\r\n\r\n" + body.replace(b"Hi ", b"Hy ", 1)
+
+
+def test_a_campaign_signed_with_rsa_and_ed25519_carries_both_signatures_and_both_verify(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """`dkim:` as a list of an Ed25519 and an RSA key: every message sent carries both
+    signatures, the RSA one on top (whatever the order in the file) for verifiers that read
+    only the first; dkimpy verifies both, and an altered body fails both."""
+    rsa_path, rsa_record = make_key(tmp_path)
+    ed_record = ed25519_key(tmp_path / "ed25519.pem")
+    records = {"s1._domainkey.acme.example": rsa_record, "e1._domainkey.acme.example": ed_record}
+    campaign = rich_campaign(
+        tmp_path / "c",
+        "dkim:\n"
+        f"  - {{domain: acme.example, selector: e1, key: {tmp_path / 'ed25519.pem'}}}\n"
+        f"  - {{domain: acme.example, selector: s1, key: {rsa_path}}}\n",
+    )
+    loaded = load_campaign(campaign)
+    assert [k.selector for k in loaded.dkim_keys] == ["e1", "s1"]
+    sent = runner.invoke(app, ["batch", str(campaign), *server_args(smtp_server)])
+    assert sent.exit_code == 0, sent.output
+    assert len(recorder.messages) == 3
+    for received in recorder.messages:
+        assert signatures(received.data, records) == [
+            ("rsa-sha256", "s1", True),
+            ("ed25519-sha256", "e1", True),
+        ]
+        assert dkim.verify(received.data, dnsfunc=dns_of(records))  # the first: RSA
+        # One body hash serves both (both are relaxed and SHA-256).
+        assert len(set(re.findall(rb"bh=([A-Za-z0-9+/=]+)", received.data))) == 1
+        assert signatures(altered_body(received.data), records) == [
+            ("rsa-sha256", "s1", False),
+            ("ed25519-sha256", "e1", False),
+        ]
+
+
+def test_ed25519_alone_in_dknewkeys_format_signs_what_a_library_mailer_sends(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """A key made by dkimpy's own `dknewkey --ktype ed25519` (the base64 of the 32-byte seed on
+    one line) signs a library Mailer's message with ed25519-sha256 alone; dkimpy verifies it
+    against the record dknewkey wrote."""
+    key_file, dns_file = tmp_path / "e1.key", tmp_path / "e1.dns"
+    private = dknewkey.GenEd25519Keys(str(key_file), verbose=False)
+    dknewkey.ExtractEd25519PublicKey(str(dns_file), private, verbose=False)
+    assert b"PRIVATE KEY" not in key_file.read_bytes()
+    records = {"e1._domainkey.acme.example": dns_file.read_bytes()}
+    mailer = mailcli.Mailer(
+        "127.0.0.1",
+        smtp_server.port,
+        "none",
+        timeout=10,
+        default_sender="Acme <news@acme.example>",
+        dkim=DkimConfig("acme.example", "e1", key=key_file),
+    )
+    delivery = mailer.send(mailcli.Message("Hi", ["ann@example.org"], body="Hi Ann\n"))
+    assert delivery.status is mailcli.DeliveryStatus.SENT
+    (received,) = recorder.messages
+    assert signatures(received.data, records) == [("ed25519-sha256", "e1", True)]
+    assert signatures(altered_body(received.data), records) == [("ed25519-sha256", "e1", False)]
+
+
+def test_send_through_a_profile_with_two_keys_signs_twice(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile's `dkim:` list signs what `mailcli send` sends: RSA and Ed25519, both verified."""
+    rsa_path, rsa_record = make_key(tmp_path)
+    ed_record = ed25519_key(tmp_path / "ed25519.pem")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "profiles:\n  default:\n    from: news@acme.example\n    dkim:\n"
+        f"      - {{domain: acme.example, selector: s1, key: {rsa_path.name}}}\n"
+        "      - {domain: acme.example, selector: e1, key: ed25519.pem}\n"
+    )
+    monkeypatch.setenv("MAILCLI_CONFIG", str(config))
+    args = ["send", "--to", "ann@example.org", "--subject", "News", "--text", "Hi Ann\n"]
+    result = runner.invoke(app, [*args, *server_args(smtp_server)])
+    assert result.exit_code == 0, result.output
+    (received,) = recorder.messages
+    records = {"s1._domainkey.acme.example": rsa_record, "e1._domainkey.acme.example": ed_record}
+    assert signatures(received.data, records) == [
+        ("rsa-sha256", "s1", True),
+        ("ed25519-sha256", "e1", True),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_each_signature_is_byte_for_byte_the_one_dkimpy_makes(kind: str) -> None:
+    """RSA (PKCS#1 v1.5) and Ed25519 signatures are deterministic: for the same message, time
+    and headers, mailcli's DKIM-Signature field is exactly dkimpy's `dkim.sign()` output, tag
+    list, folding and b= included."""
+    message = b"From: news@acme.example\r\nTo: ann@example.org\r\nSubject: Hi\r\n\r\nBody\r\n"
+    if kind == "rsa":
+        pem = theirs_key = generate_key(1024)
+    else:
+        pem = generate_ed25519_key()
+        loaded = serialization.load_pem_private_key(pem, password=None)
+        assert isinstance(loaded, ed25519.Ed25519PrivateKey)
+        raw = loaded.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        theirs_key = base64.b64encode(raw)  # dkimpy takes the seed, as dknewkey writes it
+    theirs = dkim.sign(
+        message,
+        b"s1",
+        b"acme.example",
+        theirs_key,
+        canonicalize=(b"relaxed", b"relaxed"),
+        signature_algorithm=f"{kind}-sha256".encode(),
+        include_headers=[b"From", b"To", b"Subject"],
+    )
+    when = re.search(rb"t=(\d+);", theirs)
+    assert when is not None
+    signer = DkimSigner(pem, domain="acme.example", selector="s1", where="test")
+    ours = signer.sign(message, [b"From", b"To", b"Subject"], now=int(when.group(1)))
+    assert ours == theirs + message
+
+
+def test_keygen_ed25519_makes_a_key_that_signs_and_a_record_that_verifies(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """`dkim keygen --type ed25519`: a PKCS#8 PEM key (mode 0600), the record with the raw
+    32-byte public key (RFC 8463 4.2), a hint to keep an RSA key beside it; a campaign signed
+    with the key verifies against the record printed."""
+    (tmp_path / "c").mkdir()
+    key = tmp_path / "c" / "ed25519.pem"
+    args = ["dkim", "keygen", "acme.example", "e1", "--type", "ed25519", "--out", str(key)]
+    made = runner.invoke(app, args)
+    assert made.exit_code == 0, made.output
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    assert isinstance(loaded, ed25519.Ed25519PrivateKey)
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    record = record_of(made.stdout)
+    public = loaded.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    assert record == b"v=DKIM1; k=ed25519; p=" + base64.b64encode(public)
+    assert "sign with an RSA key too" in made.stdout
+    assert f"  - {{domain: acme.example, selector: e1, key: {key}}}" in made.stdout
+
+    campaign = rich_campaign(
+        tmp_path / "c", f"dkim: {{domain: acme.example, selector: e1, key: {key}}}\n"
+    )
+    sent = runner.invoke(app, ["batch", str(campaign), *server_args(smtp_server)])
+    assert sent.exit_code == 0, sent.output
+    records = {"e1._domainkey.acme.example": record}
+    for received in recorder.messages:
+        assert signatures(received.data, records) == [("ed25519-sha256", "e1", True)]
+
+    bits = runner.invoke(app, [*args[:-2], "--bits", "2048", "--keyring"])
+    assert bits.exit_code == 2 and "--bits is for RSA keys" in bits.stderr
+    unknown = runner.invoke(app, [*args[:-3], "dsa", "--keyring"])
+    assert unknown.exit_code == 2 and "--type must be rsa or ed25519" in unknown.stderr
+
+
+def test_ed25519_keys_in_the_keyring_from_keygen_and_from_store(
+    tmp_path: Path, test_keyring: Path
+) -> None:
+    """`keygen --type ed25519 --keyring` and `store` (of a PEM key, and of the line dknewkey
+    writes) keep an Ed25519 key in the keyring; `store` prints the same record dknewkey made,
+    and a preview signed from the keyring verifies."""
+    made = runner.invoke(
+        app, ["dkim", "keygen", "acme.example", "e2", "--type", "ed25519", "--keyring"]
+    )
+    assert made.exit_code == 0, made.output
+    campaign = rich_campaign(tmp_path / "c", KEYRING_LINE.replace("s1", "e2"))
+    preview = runner.invoke(app, ["preview", str(campaign), "--format", "raw"])
+    assert preview.exit_code == 0, preview.output
+    records = {"e2._domainkey.acme.example": record_of(made.stdout)}
+    assert signatures(preview.stdout.encode(), records) == [("ed25519-sha256", "e2", True)]
+
+    private = dknewkey.GenEd25519Keys(str(tmp_path / "e3.key"), verbose=False)
+    dknewkey.ExtractEd25519PublicKey(str(tmp_path / "e3.dns"), private, verbose=False)
+    stored = runner.invoke(
+        app, ["dkim", "store", "acme.example", "e3"], input=(tmp_path / "e3.key").read_text()
+    )
+    assert stored.exit_code == 0, stored.output
+    assert record_of(stored.stdout) == (tmp_path / "e3.dns").read_bytes()
+
+    record = ed25519_key(tmp_path / "e4.pem")
+    stored = runner.invoke(
+        app, ["dkim", "store", "acme.example", "e4"], input=(tmp_path / "e4.pem").read_text()
+    )
+    assert stored.exit_code == 0, stored.output
+    assert record_of(stored.stdout) == record
+    assert "PRIVATE KEY" not in stored.output
+
+
+def _truncated_ed25519_pem() -> bytes:
+    der = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    body = base64.encodebytes(der[:-5])
+    return b"-----BEGIN PRIVATE KEY-----\n" + body + b"-----END PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        # dknewkey's format, one byte short of a seed
+        (base64.b64encode(bytes(31)), "is not a PEM private key (nor the base64 Ed25519 key"),
+        ("truncated", "cannot be read"),
+        ("x25519", "is neither an RSA nor an Ed25519 key"),
+    ],
+)
+def test_a_bad_ed25519_key_file_is_one_line_exit_78_naming_the_file(
+    tmp_path: Path, content: object, problem: str
+) -> None:
+    key = tmp_path / "c" / "ed25519.key"
+    files = make_campaign(
+        tmp_path / "c",
+        many_rows(3),
+        extra="dkim:\n  - {domain: example.com, selector: e1, key: ed25519.key}\n",  # aligned
+    )
+    if content == "truncated":
+        data = _truncated_ed25519_pem()
+    elif content == "x25519":
+        data = x25519.X25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    else:
+        assert isinstance(content, bytes)
+        data = content
+    key.write_bytes(data)
+    result = runner.invoke(app, ["batch", str(files.yaml), "--dry-run"])
+    assert result.exit_code == 78, result.output
+    assert problem in result.stderr and str(key) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("dkim_yaml", "line", "problem"),
+    [
+        ("dkim: []\n", 1, "'dkim': must be a mapping (domain, selector and a key) or a list"),
+        ("dkim:\n  - acme.example\n", 2, "'dkim': every entry must be a mapping"),
+        (
+            "dkim:\n  - {domain: acme.example, selector: s1, key_env: A}\n"
+            "  - {domain: ACME.example, selector: s1, key_env: B}\n",
+            3,
+            "'dkim': selector 's1' of ACME.example is given twice",
+        ),
+        (
+            "dkim:\n  - {domain: acme.example, selector: s1, key_env: A}\n"
+            "  - {domain: acme.example, selector: e1, key_env: B, algorithm: ed25519}\n",
+            3,
+            "unknown key 'dkim.algorithm'",
+        ),
+        (
+            "dkim:\n  - {domain: acme.example, selector: s1, key_env: A}\n"
+            "  - {domain: acme.example, selector: e1}\n",
+            3,
+            "'dkim' needs exactly one of 'key'",
+        ),
+    ],
+)
+def test_a_bad_dkim_list_names_the_file_and_the_line_of_the_entry(
+    tmp_path: Path, dkim_yaml: str, line: int, problem: str
+) -> None:
+    files = make_campaign(tmp_path / "c", many_rows(1))
+    text = files.yaml.read_text()
+    files.yaml.write_text(dkim_yaml + text)  # on top, so the line numbers are the snippet's
+    result = runner.invoke(app, ["batch", str(files.yaml), "--dry-run"])
+    assert result.exit_code == 78, result.output
+    assert f"{files.yaml}:{line}:" in result.stderr and problem in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2  # the error, and maybe a hint
+
+
+def test_one_dkim_mapping_is_one_key_as_before(tmp_path: Path) -> None:
+    """A single mapping loads as one key, which `Campaign.dkim` gives too; no `dkim:` is none."""
+    files = make_campaign(
+        tmp_path / "c",
+        many_rows(1),
+        extra="dkim: {domain: acme.example, selector: s1, key_env: A}\n",
+    )
+    one = load_campaign(files.yaml)
+    assert one.dkim_keys == (DkimConfig("acme.example", "s1", key_env="A"),)
+    assert one.dkim == one.dkim_keys[0]
+    none = load_campaign(make_campaign(tmp_path / "d", many_rows(1)).yaml)
+    assert (none.dkim_keys, none.dkim) == ((), None)

@@ -674,6 +674,7 @@ def test_the_public_names_are_all_exported_and_typed() -> None:
         "failed",
         "deferred",
         "unknown",
+        "suppressed",
     ]
     assert (Path(mailcli.__file__).parent / "py.typed").exists()
 

@@ -495,9 +495,12 @@ def summary_line(summary: Summary) -> str:
         return (
             f"Dry run of campaign '{s.campaign}': {_n(s.total, 'row')}, "
             f"{_n(s.would_send, 'message')} built ({_size(s.bytes)}), {s.invalid} invalid, "
-            f"{_n(s.duplicates, 'duplicate')}; nothing sent."
+            f"{_n(s.duplicates, 'duplicate')}"
+            + (f", {s.suppressed} suppressed" if s.suppressed else "")
+            + "; nothing sent."
         )
     earlier = f", {s.skipped} done in earlier runs" if s.skipped else ""
+    earlier += f", {s.suppressed} suppressed" if s.suppressed else ""
     left = f", {s.pending} left for the next run" if s.pending else ""
     requests = f", {_n(s.requests, 'request')} to {s.transport}" if s.requests else ""
     return (
@@ -796,6 +799,12 @@ def send(
             )
         for addr, reply in result["refused"].items():
             typer.echo(f"refused: {addr}: {reply}", err=True)
+        for addr in delivery.suppressed:
+            typer.echo(
+                f"suppressed: {addr} is on the suppression list, not sent to "
+                f"(mailcli suppress remove {addr})",
+                err=True,
+            )
     raise typer.Exit(result["exit_code"])
 
 
@@ -1108,7 +1117,8 @@ def password_delete(
 
 dkim_app = typer.Typer(
     name="dkim",
-    help="Create, store and delete DKIM signing keys (RSA, for dkim: in a campaign).\n\n"
+    help="Create, store and delete DKIM signing keys (RSA or Ed25519, for dkim: in a "
+    "campaign).\n\n"
     "Example: mailcli dkim keygen acme.example s1 --out dkim-private.pem",
     no_args_is_help=True,
 )
@@ -1117,14 +1127,24 @@ DomainArg = Annotated[str, typer.Argument(metavar="DOMAIN", help="The signing do
 SelectorArg = Annotated[str, typer.Argument(metavar="SELECTOR", help="The selector (s=).")]
 
 
-def _dkim_published(domain: str, selector: str, record: str, source: str) -> None:
+def _dkim_published(
+    domain: str, selector: str, record: str, source: str, *, key_type: str = "rsa"
+) -> None:
+    """Print the record to publish and the `dkim:` line that signs with the key."""
     name = f"{selector}._domainkey.{domain}"
     # A TXT string holds at most 255 bytes; zone files take a long record as several strings.
     strings = " ".join(f'"{record[i : i + 255]}"' for i in range(0, len(record), 255))
     typer.echo(f"Publish this TXT record at {name}:\n\n{record}\n")
     typer.echo(f"(as a zone file line: {name}. IN TXT ( {strings} ))\n")
+    line = f"{{domain: {domain}, selector: {selector}, {source}}}"
+    if key_type != "ed25519":
+        typer.echo(f"Then sign a campaign with:\n\ndkim: {line}")
+        return
+    # Receivers that do not know Ed25519 skip its signature (RFC 8463 6): an RSA one goes too.
     typer.echo(
-        f"Then sign a campaign with:\n\ndkim: {{domain: {domain}, selector: {selector}, {source}}}"
+        "Receivers that do not know Ed25519 ignore its signature, so sign with an RSA key too "
+        f"(under another selector):\n\ndkim:\n  - {{domain: {domain}, selector: RSA-SELECTOR, "
+        f"key: dkim-private.pem}}\n  - {line}"
     )
 
 
@@ -1139,19 +1159,35 @@ def dkim_keygen(
     keyring_: Annotated[
         bool, typer.Option("--keyring", help="Store the private key in the system keyring.")
     ] = False,
-    bits: Annotated[int, typer.Option("--bits", min=1024, max=4096, help="RSA key size.")] = 2048,
+    key_type: Annotated[
+        str,
+        typer.Option(
+            "--type",
+            metavar="TYPE",
+            help="rsa (rsa-sha256, what every receiver checks) or ed25519 (ed25519-sha256, "
+            "RFC 8463: a second signature beside an RSA one, under its own selector).",
+        ),
+    ] = "rsa",
+    bits: Annotated[
+        int | None,
+        typer.Option("--bits", min=1024, max=4096, help="RSA key size (default 2048)."),
+    ] = None,
 ) -> None:
-    """Create an RSA key pair; print the DNS TXT record that publishes its public half.
+    """Create an RSA or Ed25519 key pair; print the DNS TXT record that publishes its public half.
 
-    Example: mailcli dkim keygen acme.example s1 --out dkim-private.pem
+    Example: mailcli dkim keygen acme.example e1 --type ed25519 --out ed25519.pem
     """
-    from mailcli.dkimsign import DkimSigner, generate_key
+    from mailcli.dkimsign import KEY_TYPES, DkimKey, generate_ed25519_key, generate_key
     from mailcli.secrets import dkim_keyring_entry, keyring_write
 
+    if key_type not in KEY_TYPES:
+        raise UsageError(f"--type must be {' or '.join(KEY_TYPES)}, not {key_type!r}")
+    if key_type == "ed25519" and bits is not None:
+        raise UsageError("--bits is for RSA keys; an Ed25519 key has one size")
     if (out is None) == (not keyring_):
         raise UsageError("give exactly one of --out FILE and --keyring")
-    pem = generate_key(bits)
-    record = DkimSigner(pem, domain=domain, selector=selector, where="new key").public_key_record
+    pem = generate_ed25519_key() if key_type == "ed25519" else generate_key(bits or 2048)
+    record = DkimKey(pem, domain=domain, selector=selector, where="new key").public_key_record
     if out is not None:
         try:
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -1165,24 +1201,26 @@ def dkim_keygen(
     else:
         keyring_write(dkim_keyring_entry(domain, selector), pem.decode("ascii"))
         source = "key_keyring: true"
-    _dkim_published(domain, selector, record, source)
+    _dkim_published(domain, selector, record, source, key_type=key_type)
 
 
 @dkim_app.command("store")
 def dkim_store(domain: DomainArg, selector: SelectorArg) -> None:
-    """Store a PEM private key, read from stdin, in the system keyring.
+    """Store a private key (RSA or Ed25519), read from stdin, in the system keyring.
+
+    The key is PEM, or the one line of base64 that dkimpy's `dknewkey --ktype ed25519` writes.
 
     Example: mailcli dkim store acme.example s1 < dkim-private.pem
     """
-    from mailcli.dkimsign import DkimSigner
+    from mailcli.dkimsign import DkimKey
     from mailcli.secrets import dkim_keyring_entry, keyring_write
 
     if sys.stdin.isatty():
         raise UsageError("pipe the key in: mailcli dkim store DOMAIN SELECTOR < key.pem")
     pem = sys.stdin.read()
-    signer = DkimSigner(pem.encode(), domain=domain, selector=selector, where="stdin")
+    key = DkimKey(pem.encode(), domain=domain, selector=selector, where="stdin")
     keyring_write(dkim_keyring_entry(domain, selector), pem)
-    _dkim_published(domain, selector, signer.public_key_record, "key_keyring: true")
+    _dkim_published(domain, selector, key.public_key_record, "key_keyring: true", key_type=key.type)
 
 
 @dkim_app.command("delete")
@@ -1248,6 +1286,95 @@ def sink(
     finally:
         server.stop()
     typer.echo(f"mailcli sink: stopped after {writer.count} messages", err=True)
+
+
+# The list hygiene commands live in their own module (they use the helpers above).
+from mailcli.cli.hygiene import bounces_app, suppress_app  # noqa: E402
+
+app.add_typer(suppress_app)
+app.add_typer(bounces_app)
+
+
+unsubscribe_app = typer.Typer(
+    name="unsubscribe",
+    help="One-click unsubscribe (RFC 8058): the endpoint that the signed links of "
+    "`unsubscribe: {endpoint: URL, secret_env: VAR}` point to.\n\n"
+    "Example: mailcli unsubscribe serve news/campaign.yaml --port 8080",
+    no_args_is_help=True,
+)
+app.add_typer(unsubscribe_app)
+
+
+@unsubscribe_app.command("serve")
+def unsubscribe_serve(
+    campaign_file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="CAMPAIGN.yaml",
+            help="Take the secret's variable and the suppression list from this campaign.",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", metavar="HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option("--port", metavar="PORT", min=0, max=65535, help="Port (0: any free one)."),
+    ] = 8080,
+    secret_env: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-env",
+            metavar="VAR",
+            help="The environment variable holding the signing secret (default: the "
+            "campaign's secret_env, else MAILCLI_UNSUBSCRIBE_SECRET); the keyring entry "
+            "unsubscribe:VAR is tried next.",
+        ),
+    ] = None,
+) -> None:
+    """Serve the one-click unsubscribe endpoint: a POST with a valid signed link suppresses the
+    address; a GET only shows a confirmation button. For production, see README's 'One-click
+    unsubscribe' (gunicorn 'mailcli.unsubscribe:app' behind HTTPS).
+
+    Example: mailcli unsubscribe serve news/campaign.yaml --port 8080
+    """
+    from mailcli.campaign import ENV_NAME_RE
+    from mailcli.unsubscribe import campaign_app, listen_url, make_server
+
+    if secret_env is not None and not ENV_NAME_RE.match(secret_env):
+        raise UsageError(f"--secret-env takes a variable's name, not {secret_env!r}")
+    campaign = load_campaign(campaign_file) if campaign_file is not None else None
+    setup_logging(verbose=True, debug=False, log_file=None)  # one line per request
+    endpoint = campaign_app(campaign, secret_env=secret_env)
+    try:
+        server = make_server(endpoint, host, port)
+    except OSError as exc:  # as `sink` says it: the address is taken, or not this machine's
+        from mailcli.errors import UnavailableError
+
+        endpoint.close()
+        raise UnavailableError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    typer.echo(
+        f"mailcli unsubscribe: listening on {listen_url(server)}, unsubscribing into "
+        f"{endpoint.where} (Ctrl-C to stop)",
+        err=True,
+    )
+    stop = threading.Event()
+
+    def finish(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, finish)
+    signal.signal(signal.SIGINT, finish)
+    worker = threading.Thread(target=server.serve_forever, name="unsubscribe", daemon=True)
+    worker.start()
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        endpoint.close()
+    typer.echo("mailcli unsubscribe: stopped", err=True)
 
 
 def main() -> None:

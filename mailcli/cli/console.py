@@ -267,6 +267,7 @@ def summary_table(summary: Summary) -> Table:
     rows: list[tuple[str, str]] = [("rows read", f"{s.total:,}")]
     if s.dry_run:
         rows += [("messages built", f"{s.would_send:,}"), ("bytes", f"{s.bytes:,}")]
+        rows += [("suppressed", f"{s.suppressed:,}")] if s.suppressed else []
     else:
         rows += [
             ("[green]sent[/]", f"{s.sent:,}"),
@@ -274,6 +275,7 @@ def summary_table(summary: Summary) -> Table:
             ("[yellow]deferred[/]", f"{s.deferred:,}"),
             ("unknown", f"{s.unknown:,}"),
             ("done in earlier runs", f"{s.skipped:,}"),
+            ("suppressed", f"{s.suppressed:,}"),
             ("left for the next run", f"{s.pending:,}"),
             ("connections", f"{s.connections:,}"),
         ]
@@ -356,6 +358,7 @@ STATUS_STYLES = {
     "deferred": "yellow",
     "unknown": "magenta",
     "pending": "",
+    "suppressed": "dim",
 }
 
 
@@ -371,7 +374,8 @@ def status_view(report: Status, *, with_recipients: bool, terminal: bool) -> Gro
     table.add_column("recipients", justify="right")
     table.add_column("share", justify="right")
     total = counts["total"] or 1
-    for key in ("sent", "pending", "failed", "deferred", "unknown"):
+    shown = ("sent", "pending", "failed", "deferred", "unknown")
+    for key in (*shown, "suppressed") if counts["suppressed"] else shown:
         style = STATUS_STYLES[key]
         table.add_row(Text(key, style=style), f"{counts[key]:,}", f"{counts[key] / total:.1%}")
     table.add_section()
