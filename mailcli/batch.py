@@ -36,7 +36,13 @@ from mailcli.selection import ClaimedRows, DueRows, Queued, RenderCache, check_d
 from mailcli.sender import GroupSender, Stopped
 from mailcli.state import Outcome, SqliteState, StateStore, open_state, scratch_copy
 from mailcli.summary import MAX_PROBLEMS, Failure, Progress, Summary
-from mailcli.suppression import Location, SuppressionList, locate, open_for_reading, screened
+from mailcli.suppression import (
+    Location,
+    SuppressionList,
+    for_campaign,
+    open_for_reading,
+    screened,
+)
 
 __all__ = [
     "MAX_PROBLEMS",
@@ -114,7 +120,8 @@ def _count_dry(
     elif isinstance(item, Duplicate):
         summary.duplicates += 1
     elif blocked:
-        summary.suppressed += 1
+        if limit is None or summary.would_send < limit:
+            summary.suppressed += 1  # a real run meets it before reaching the limit
     elif isinstance(outcome, RowProblem):
         summary.problem(outcome)
     elif outcome is not None and (limit is None or summary.would_send < limit):
@@ -186,7 +193,13 @@ def send_batch(
             )
         else:
             valid = _check_and_import(
-                pipeline, state, summary, progress, retry_unknown=retry_unknown, skip=skip_invalid
+                pipeline,
+                state,
+                summary,
+                progress,
+                retry_unknown=retry_unknown,
+                skip=skip_invalid,
+                suppression=blocklist,
             )
         if not valid and not skip_invalid:
             summary.elapsed_s = time.monotonic() - started
@@ -273,7 +286,7 @@ def send_batch(
 def _blocklist(campaign: Campaign, choice: Location | bool) -> SuppressionList | None:
     """The suppression list a run checks (None: none)."""
     if choice is True:
-        return open_for_reading(locate(campaign.suppression, state_url=campaign.state_url))
+        return open_for_reading(for_campaign(campaign))
     return open_for_reading(choice) if isinstance(choice, Location) else None
 
 
@@ -310,6 +323,7 @@ def _check_and_import(
     *,
     retry_unknown: bool,
     skip: bool,
+    suppression: SuppressionList | None,
 ) -> bool:
     """Pass 1 for a shared store: check every row of the list (if this host has it), then
     import the list into the store. False, with nothing imported, when a row is invalid (with
@@ -325,6 +339,7 @@ def _check_and_import(
             fresh=True,
             cache=RenderCache(),
             progress=progress,
+            suppression=suppression,
         )
         if not valid and not skip:
             return False
@@ -337,6 +352,11 @@ def _check_and_import(
         log.info("no recipient list on this host (%s): sending what the shared state holds", path)
     summary.total = state.total()
     summary.would_send = state.due(retry_unknown=retry_unknown)
+    if suppression is not None and summary.would_send:
+        # The suppressed are not due: a campaign whose only rows left are suppressed opens no
+        # connection.
+        due = screened(state.due_emails(retry_unknown=retry_unknown), lambda e: e, suppression)
+        summary.would_send -= sum(blocked for _, blocked in due)
     return valid
 
 
@@ -383,9 +403,12 @@ def send_campaign(
     if connections is not None and not 1 <= connections <= MAX_CONNECTIONS:
         raise ConfigError(f"connections must be from 1 to {MAX_CONNECTIONS}, not {connections}")
 
-    def run(c: Campaign, make: Callable[[], Transport], sender: str | None = None) -> Summary:
+    def run(c: Campaign, via: Mailer, sender: str | None = None) -> Summary:
         profile = mailer.batch_connections if mailer is not None else None
         count = connections or c.connections or profile or 1
+        make = via.transport
+        # The campaign's list, else the Mailer's (or its profile's), else the default one.
+        blocklist = for_campaign(c, profile=via.suppression_choice())
         return send_batch(
             c,
             [make() for _ in range(count)],
@@ -397,6 +420,7 @@ def send_campaign(
             progress=progress,
             stop=stop,
             sleep=sleep,
+            suppression=blocklist if blocklist is not None else False,
         )
 
     if sandbox is not None:
@@ -404,7 +428,7 @@ def send_campaign(
 
         with sandbox_mailer(sandbox, like=mailer) as trial:
             trial_campaign = sandboxed(campaign, Path(sandbox))
-            return run(trial_campaign, trial.transport, _sender(campaign, trial))
+            return run(trial_campaign, trial, _sender(campaign, trial))
     if mailer is None:
         quiet = recording() is not None or suppressed_by_env()
         mailer = (
@@ -421,8 +445,8 @@ def send_campaign(
         # that is thrown away, so that nobody is marked as sent who was not.
         with scratch_copy(campaign.state_path) as scratch:
             scratched = dataclasses.replace(campaign, state_path=scratch, state_url=None)
-            return run(scratched, mailer.transport, _sender(campaign, mailer))
-    return run(campaign, mailer.transport, _sender(campaign, mailer))
+            return run(scratched, mailer, _sender(campaign, mailer))
+    return run(campaign, mailer, _sender(campaign, mailer))
 
 
 def _sender(campaign: Campaign, mailer: Mailer) -> str | None:

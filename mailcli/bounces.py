@@ -21,6 +21,7 @@ the reports it has read so that a second scan of the same mailbox counts nothing
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import hashlib
@@ -40,11 +41,13 @@ from mailcli.addresses import AddressError, normalize_address
 from mailcli.errors import (
     AuthError,
     ConfigError,
+    DataError,
     InputFileError,
+    TempFailError,
     UnavailableError,
     UsageError,
 )
-from mailcli.suppression import SOFT_LIMIT, Reason, SuppressionList
+from mailcli.suppression import SOFT_LIMIT, Reason, SuppressionList, key_of
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +132,10 @@ def _kind(status: str) -> Kind:
         return "soft"  # 4.x.x: tried again later, or gave up on a temporary failure
     if subject == 1 and detail in (7, 8):
         return "soft"  # our sender address was refused: not the recipient's fault
-    if (subject, detail) == (2, 2) or subject in (3, 4, 6, 7):
-        # A full mailbox, the receiving system, routing, the content, a policy or spam block:
-        # counted, suppressed only if it keeps happening.
+    if (subject, detail) in ((2, 2), (2, 3)) or subject in (3, 4, 5, 6, 7):
+        # A full mailbox, a message too big, the receiving system, routing, the protocol, the
+        # content, a policy or spam block: not the address's fault; counted, suppressed only
+        # if it keeps happening.
         return "soft"
     return "hard"  # 5.1.x (no such address, bad domain), 5.2.1 (disabled), 5.0.0, ...
 
@@ -281,6 +285,13 @@ class LocalMailbox(Source):
                 raise InputFileError("not a Maildir (no cur/ or new/ folder in it)", path=path)
             self.box: mailbox.Mailbox[Any] = mailbox.Maildir(path, factory=None, create=False)
         elif path.is_file():
+            try:
+                with open(path, "rb") as handle:
+                    start = handle.read(5)
+            except OSError as exc:
+                raise InputFileError(f"cannot read: {exc.strerror}", path=path) from None
+            if start and start != b"From ":
+                raise DataError(f"{path}: not an mbox (it does not start with 'From ')")
             self.box = mailbox.mbox(path, create=False)
         else:
             raise InputFileError("no such Maildir or mbox", path=path)
@@ -309,7 +320,11 @@ class ImapFolder(Source):
         timeout: float = 30.0,
         context: ssl.SSLContext | None = None,
     ) -> None:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises for a port that is not a number
+        except ValueError as exc:
+            raise UsageError(f"not a usable IMAP URL: {exc}") from None
         if parts.scheme != "imaps":
             raise UsageError("an IMAP source is imaps://user@host[:port]/FOLDER (TLS only)")
         if parts.password is not None:
@@ -323,11 +338,8 @@ class ImapFolder(Source):
         self.folder = unquote(parts.path.lstrip("/")) or "INBOX"
         self.name = f"imaps://{parts.username}@{parts.netloc.rpartition('@')[2]}/{self.folder}"
         self.delete, self.move = delete, move
-        self.deleted = 0
-        try:
-            port = parts.port or 993
-        except ValueError:
-            raise UsageError(f"{url}: the port is not a number") from None
+        port = parts.port or 993
+        self.expunge: list[str] = []
         from mailcli.transport import tls_context
 
         try:
@@ -348,7 +360,20 @@ class ImapFolder(Source):
             raise AuthError(
                 f"IMAP login as {self.user} on {self.host} refused: {_text(exc)}"
             ) from None
+        if (delete or move) and "UIDPLUS" not in self._capabilities():
+            self.imap.logout()
+            raise UsageError(
+                f"{self.host} does not offer UIDPLUS: --delete or --move would also expunge "
+                "messages mailcli did not read; scan without them"
+            )
         self._select()
+
+    def _capabilities(self) -> set[str]:
+        """What the server offers once logged in (more than before the login)."""
+        with self._guard():
+            kind, data = self.imap.capability()
+        text = _text(data) if kind == "OK" else ""
+        return {word.upper() for word in text.split()}
 
     def _select(self) -> None:
         kind, data = self.imap.select(_quoted(self.folder), readonly=not (self.delete or self.move))
@@ -357,28 +382,49 @@ class ImapFolder(Source):
             raise InputFileError(f"no folder {self.folder!r} on the IMAP server: {_text(data)}")
 
     def items(self) -> Iterator[Item]:
-        kind, data = self.imap.uid("SEARCH", "ALL")
-        if kind != "OK" or not data or not isinstance(data[0], bytes):
-            return
-        for uid in data[0].decode("ascii").split():
-            kind, parts = self.imap.uid("FETCH", uid, "(BODY.PEEK[])")
+        with self._guard():
+            kind, data = self.imap.uid("SEARCH", "ALL")
+            if kind != "OK" or not data or not isinstance(data[0], bytes):
+                raise TempFailError(f"IMAP {self.host}: SEARCH refused: {_text(data)}")
+            uids = data[0].decode("ascii").split()
+        for uid in uids:
+            with self._guard():
+                kind, parts = self.imap.uid("FETCH", uid, "(BODY.PEEK[])")
             body = next((p[1] for p in parts or [] if isinstance(p, tuple) and len(p) == 2), None)
-            if kind == "OK" and isinstance(body, bytes):
-                yield Item(uid, body)
+            if kind != "OK" or not isinstance(body, bytes):
+                raise TempFailError(
+                    f"IMAP {self.host}: message UID {uid} could not be fetched: {_text(parts)}"
+                )
+            yield Item(uid, body)
 
     def processed(self, item: Item) -> None:
-        if self.move:
-            kind, data = self.imap.uid("COPY", item.key, _quoted(self.move))
-            if kind != "OK":
-                raise InputFileError(f"cannot move to IMAP folder {self.move!r}: {_text(data)}")
-        if self.move or self.delete:
+        if not (self.move or self.delete):
+            return
+        with self._guard():
+            if self.move:
+                kind, data = self.imap.uid("COPY", item.key, _quoted(self.move))
+                if kind != "OK":
+                    raise InputFileError(f"cannot move to IMAP folder {self.move!r}: {_text(data)}")
             self.imap.uid("STORE", item.key, "+FLAGS.SILENT", "(\\Deleted)")
-            self.deleted += 1
+        self.expunge.append(item.key)
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A connection lost or a command refused mid-scan: exit 75 (what was applied is
+        kept, and the next scan reads the rest without counting anything twice)."""
+        try:
+            yield
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise TempFailError(
+                f"IMAP {self.host}: {_text(exc.args[0] if exc.args else exc)}",
+                hint="scan again: reports already applied are not counted twice",
+            ) from None
 
     def close(self) -> None:
         try:
-            if self.deleted:
-                self.imap.expunge()
+            if self.expunge:
+                # Only the messages this scan handled (UIDPLUS), never others marked deleted.
+                self.imap.uid("EXPUNGE", ",".join(self.expunge))
             self.imap.logout()
         except (OSError, imaplib.IMAP4.error):
             pass  # the server went away: nothing left to tidy
@@ -466,7 +512,8 @@ def scan(
             continue
         report.reports += 1
         own = str(msg.get("Message-ID", "")).strip()
-        if suppression.seen(own or "sha256:" + hashlib.sha256(item.data).hexdigest()):
+        report_id = own or "sha256:" + hashlib.sha256(item.data).hexdigest()
+        if suppression.was_read(report_id):
             report.already_read += 1
             source.processed(item)
             continue
@@ -484,6 +531,8 @@ def scan(
                     campaign,
                 )
             _apply(finding, suppression, report, soft_limit)
+        # Marked read only once applied: a scan stopped halfway reads this report again.
+        suppression.mark_read(report_id)
         source.processed(item)
     return report
 
@@ -496,6 +545,12 @@ def _apply(
     source = {"campaign": finding.campaign, "message_id": finding.message_id, "detail": detail}
     if finding.kind == "soft":
         report.soft += 1
+        if finding.message_id is not None:
+            # Delay warnings repeat for one message: each message counts once an address.
+            once = f"soft:{key_of(finding.email)}:{finding.message_id}"
+            if suppression.was_read(once):
+                return
+            suppression.mark_read(once)
         before = suppression.get(finding.email) is not None
         suppression.soft_bounce(finding.email, limit=soft_limit, **source)
         if not before and suppression.get(finding.email) is not None:

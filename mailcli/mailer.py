@@ -241,14 +241,19 @@ class Mailer:
 
         await close_pool(self)
 
+    def suppression_choice(self) -> str | bool | None:
+        """The list this Mailer names: its own `suppression=`, else its profile's (None: no
+        choice made, the default list)."""
+        choice = self.suppression
+        if choice is None and self._profile is not None:
+            choice = self._profile.suppression
+        return str(choice) if isinstance(choice, Path) else choice
+
     def suppression_list(self) -> SuppressionList | None:
         """The suppression list this Mailer checks (None: none), opened once."""
         with self._blocklist_lock:
             if self._blocklist is False:
-                choice = self.suppression
-                if choice is None and self._profile is not None:
-                    choice = self._profile.suppression
-                location = locate(str(choice) if isinstance(choice, Path) else choice)
+                location = locate(self.suppression_choice())
                 self._blocklist = location.open(create=False) if location else None
             assert not isinstance(self._blocklist, bool)
             return self._blocklist

@@ -113,6 +113,14 @@ _DUE_AGAIN = """
     AND status = 'deferred' AND run = %(run)s AND run_tries < %(attempts)s
     AND next_at <= %(now)s
 """
+# Due for some run, leases aside (what `due` counts).
+_DUE_ANY = """
+    campaign = %(campaign)s
+    AND (status = 'pending' OR (status = 'failed' AND code IS NULL)
+         OR (status = 'deferred' AND (next_at IS NULL OR next_at <= %(now)s))
+         OR (status = 'unknown' AND %(retry_unknown)s
+             AND (lease_until IS NULL OR lease_until < now())))
+"""
 _ENTRY = "status, attempts, run, run_tries, next_at, code"
 
 
@@ -587,14 +595,32 @@ class PgState:
     def due(self, *, retry_unknown: bool) -> int:
         """Recipients a run would send now or once their holders finish (leases ignored)."""
         row = self.conn.execute(
-            "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %(campaign)s "
-            "AND (status = 'pending' OR (status = 'failed' AND code IS NULL) "
-            "OR (status = 'deferred' AND (next_at IS NULL OR next_at <= %(now)s)) "
-            "OR (status = 'unknown' AND %(retry_unknown)s "
-            "AND (lease_until IS NULL OR lease_until < now())))",
+            "SELECT COUNT(*) FROM mailcli_recipients WHERE " + _DUE_ANY,
             {"campaign": self.campaign_id, "now": time.time(), "retry_unknown": retry_unknown},
         ).fetchone()
         return int(row[0]) if row else 0
+
+    def due_emails(self, *, retry_unknown: bool) -> Iterator[str]:
+        """The addresses `due` counts, streamed (a server-side cursor)."""
+        with self.conn.transaction(), self.conn.cursor(name="mailcli_due") as cursor:
+            cursor.execute(
+                "SELECT email FROM mailcli_recipients WHERE " + _DUE_ANY,
+                {"campaign": self.campaign_id, "now": time.time(), "retry_unknown": retry_unknown},
+            )
+            for (email,) in cursor:
+                yield email
+
+    def set_aside(self, emails: Collection[str]) -> None:
+        """Claimed recipients whose address is suppressed: given back at once (so no other
+        host waits for them), still due once off the list (a deferred one is pending again),
+        and not claimed again by this run."""
+        self.conn.execute(
+            "UPDATE mailcli_recipients SET lease_run = NULL, lease_until = NULL, run = %s, "
+            "next_at = CASE WHEN status = 'deferred' THEN NULL ELSE next_at END, "
+            "status = CASE WHEN status = 'deferred' THEN 'pending' ELSE status END "
+            "WHERE campaign = %s AND key = ANY(%s) AND lease_run = %s",
+            (self.run_id, self.campaign_id, [address_key(e) for e in emails], self.run_id),
+        )
 
     def total(self) -> int:
         """Recipients in the store."""

@@ -43,6 +43,9 @@ vars:                            # variables for every message
 
 # One-click unsubscribe (RFC 8058), which Gmail and Yahoo require of bulk senders:
 unsubscribe: "{{{{ unsubscribe_base }}}}?u={{{{ token | urlencode }}}}"
+# unsubscribe: {{endpoint: "https://example.com/u", secret_env: MAILCLI_UNSUBSCRIBE_SECRET}}
+#   mailcli's own endpoint instead (`mailcli unsubscribe serve`): a signed link per message,
+#   {{{{ unsubscribe_url }}}} in the templates; the secret from the variable or the keyring
 list_id: "Example News <news.example.com>"
 
 # attachments: [files/guide.pdf, "invoices/{{{{ token }}}}.pdf"]   # static, or one per recipient

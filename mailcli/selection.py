@@ -19,7 +19,7 @@ from mailcli.envelope import Built
 from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
 from mailcli.recipients import Recipient, RowProblem
 from mailcli.render import Rendered, RenderError
-from mailcli.state import Entry, StateStore
+from mailcli.state import Entry, Outcome, StateStore
 from mailcli.suppression import SuppressionList, key_of, screened
 
 if TYPE_CHECKING:
@@ -180,6 +180,9 @@ class DueRows:
             if not policy.due_again(entry, self.state.run_id, self.retry, now):
                 continue
             if blocked:  # suppressed while this run waited (an unsubscribe): never sent
+                # Pending again (due once off the list), so no retry round waits for it.
+                self.state.record(Outcome(key_of(r.email), DeliveryStatus.PENDING))
+                _suppressed_while_deferred(self.summary)
                 continue
             queued = self._queued(r, entry, None, counted=DeliveryStatus.DEFERRED)
             if queued is not None:
@@ -288,8 +291,8 @@ class ClaimedRows:
             )
             if not claimed:
                 return
-            # A suppressed recipient stays claimed (so this run does not take it again) and
-            # pending, and is given back when the run ends.
+            # A suppressed recipient is given back at once, still pending, and this run does
+            # not claim it again.
             blocked = self._blocked(claimed)
             for c in claimed:
                 if key_of(c.recipient.email) in blocked:
@@ -323,6 +326,7 @@ class ClaimedRows:
             blocked = self._blocked(claimed)
             for c in claimed:
                 if key_of(c.recipient.email) in blocked:
+                    _suppressed_while_deferred(self.summary)
                     continue
                 queued = self._queued(c, counted=DeliveryStatus.DEFERRED)
                 if queued is not None:
@@ -338,7 +342,12 @@ class ClaimedRows:
     def _blocked(self, claimed: list[Claimed]) -> set[str]:
         if self.suppression is None:
             return set()
-        return self.suppression.suppressed([c.recipient.email for c in claimed])
+        blocked = self.suppression.suppressed([c.recipient.email for c in claimed])
+        if blocked:
+            self.state.set_aside(
+                [c.recipient.email for c in claimed if key_of(c.recipient.email) in blocked]
+            )
+        return blocked
 
     def _queued(self, claimed: Claimed, counted: DeliveryStatus | None = None) -> Queued | None:
         return _queue_row(
@@ -351,3 +360,10 @@ class ClaimedRows:
             counted,
             self.smtputf8(),
         )
+
+
+def _suppressed_while_deferred(summary: Summary) -> None:
+    """A recipient deferred earlier in this run was suppressed since (an unsubscribe while it
+    waited): counted as suppressed, no longer as deferred."""
+    summary.deferred -= 1
+    summary.suppressed += 1

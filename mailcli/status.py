@@ -17,7 +17,13 @@ from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
 from mailcli.errors import InputFileError, MailcliError
 from mailcli.recipients import RecipientReader, RowProblem, SeenAddresses
 from mailcli.state import Entry, RecipientState, RunRecord, StateStore, open_state
-from mailcli.suppression import Location, SuppressionList, locate, open_for_reading, screened
+from mailcli.suppression import (
+    Location,
+    SuppressionList,
+    for_campaign,
+    open_for_reading,
+    screened,
+)
 
 if TYPE_CHECKING:
     from mailcli.pgstate import HostShare
@@ -141,7 +147,7 @@ def campaign_status(
         # status reads only the state and the list: a missing template does not stop it
         campaign = load_campaign(campaign, check_files=False)
     if suppression is True:
-        suppression = locate(campaign.suppression, state_url=campaign.state_url) or False
+        suppression = for_campaign(campaign) or False
     blocklist = open_for_reading(suppression) if isinstance(suppression, Location) else None
     try:
         return _status(campaign, blocklist)

@@ -35,6 +35,8 @@ from mailcli.errors import CantCreateError, ConfigError, TempFailError
 if TYPE_CHECKING:
     import psycopg
 
+    from mailcli.campaign import Campaign
+
 _T = TypeVar("_T")
 
 # The soft bounces (4xx: a full mailbox, a server down for days) after which an address is
@@ -126,8 +128,12 @@ class SuppressionList(Protocol):
         Returns the count."""
         ...
 
-    def seen(self, report_id: str) -> bool:
-        """Mark a bounce report as read; True when it had been read before."""
+    def was_read(self, report_id: str) -> bool:
+        """A bounce report (or a soft bounce of one message) already counted."""
+        ...
+
+    def mark_read(self, report_id: str) -> None:
+        """Remember a report as counted (once what it says has been applied)."""
         ...
 
     def close(self) -> None: ...
@@ -283,11 +289,16 @@ class SqliteSuppression:
             )
         return int(count)
 
-    def seen(self, report_id: str) -> bool:
-        cursor = self._run(
+    def was_read(self, report_id: str) -> bool:
+        if not self._readable():
+            return False
+        found = self._run("SELECT 1 FROM reports_seen WHERE id = ?", (report_id,)).fetchone()
+        return found is not None
+
+    def mark_read(self, report_id: str) -> None:
+        self._run(
             "INSERT INTO reports_seen VALUES (?, ?) ON CONFLICT DO NOTHING", (report_id, _now())
         )
-        return cursor.rowcount == 0
 
     def close(self) -> None:
         if self.db is not None:
@@ -450,12 +461,17 @@ class PgSuppression:
             )
         return int(count)
 
-    def seen(self, report_id: str) -> bool:
-        cursor = self._run(
+    def was_read(self, report_id: str) -> bool:
+        found = self._run(
+            "SELECT 1 FROM mailcli_reports_seen WHERE id = %s", (report_id,)
+        ).fetchone()
+        return found is not None
+
+    def mark_read(self, report_id: str) -> None:
+        self._run(
             "INSERT INTO mailcli_reports_seen (id) VALUES (%s) ON CONFLICT DO NOTHING",
             (report_id,),
         )
-        return not cursor.rowcount
 
     def close(self) -> None:
         self.conn.close()
@@ -526,12 +542,30 @@ def locate(
 
 
 def open_for_reading(location: Location | None) -> SuppressionList | None:
-    """The list to check before sending, or None when there is none to check."""
+    """The list to check before sending, or None when there is none to check. A SQLite list
+    that does not exist yet is opened when it appears (an unsubscribe during a run counts)."""
     if location is None:
         return None
-    if not location.is_postgres and not Path(location.target).exists():
-        return None
     return location.open(create=False)
+
+
+def for_campaign(campaign: Campaign, *, profile: str | bool | None = None) -> Location | None:
+    """The list a campaign checks: its own `suppression:`, else `profile` (the sending
+    profile's or Mailer's choice; None: the profile the campaign's `smtp:` names, else
+    $MAILCLI_PROFILE, else `default`, when there is one), else its PostgreSQL state database,
+    else the default list. None when turned off."""
+    if campaign.suppression is not None:
+        return locate(campaign.suppression)
+    if profile is None:
+        from mailcli.settings import load_profile
+
+        named = campaign.smtp.profile or os.environ.get("MAILCLI_PROFILE")
+        try:
+            found = load_profile(named)
+        except ConfigError:
+            found = None  # a missing profile is reported where it is used to send
+        profile = found.suppression if found is not None else None
+    return locate(None, profile=profile, state_url=campaign.state_url)
 
 
 def key_of(email: str) -> str:

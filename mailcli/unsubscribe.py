@@ -35,7 +35,13 @@ from mailcli.addresses import address_key
 from mailcli.campaign import DEFAULT_SECRET_ENV, LOOPBACK_HOSTS, Campaign
 from mailcli.errors import ConfigError, MailcliError
 from mailcli.secrets import KeyringUnavailable, keyring_read
-from mailcli.suppression import Location, Reason, SuppressionList, default_location, locate
+from mailcli.suppression import (
+    Location,
+    Reason,
+    SuppressionList,
+    default_location,
+    for_campaign,
+)
 
 if TYPE_CHECKING:
     from socketserver import TCPServer
@@ -356,7 +362,7 @@ class UnsubscribeApp:
         MAX_BODY. Any POST with a valid token unsubscribes, whatever its body: RFC 8058 lets the
         sender use multipart/form-data or a urlencoded form, and the token is the proof."""
         text = str(environ.get("CONTENT_LENGTH") or "0").strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # "²" is a digit to str.isdigit
             return HTTPStatus.BAD_REQUEST
         length = int(text)
         if length > MAX_BODY:
@@ -450,7 +456,7 @@ def campaign_app(campaign: Campaign | None, *, secret_env: str | None = None) ->
             path=campaign.path,
             hint="give it `unsubscribe: {endpoint: https://..., secret_env: VAR}`",
         )
-    location = locate(campaign.suppression, state_url=campaign.state_url)
+    location = for_campaign(campaign)
     if location is None:
         raise ConfigError(
             "the campaign has `suppression: false`: there is no list to unsubscribe into",

@@ -18,9 +18,11 @@ from conftest import SmtpServer, make_campaign, server_args
 from imapserver import PASSWORD, USER, ImapServer
 from typer.testing import CliRunner
 
-from mailcli.bounces import classify
+from mailcli.bounces import LocalMailbox, classify, scan
 from mailcli.campaign import load_campaign
 from mailcli.cli import app
+from mailcli.errors import TempFailError
+from mailcli.suppression import SqliteSuppression
 
 runner = CliRunner()
 FIXTURES = Path(__file__).parent / "bounces"
@@ -246,3 +248,97 @@ def test_imap_delete_and_the_errors(
     monkeypatch.delenv("SSL_CERT_FILE")  # the test CA is no longer trusted
     untrusted = cli("bounces", "scan", imap_url(imap_server))
     assert untrusted.exit_code == 69 and "certificate" in untrusted.output
+
+
+def test_a_report_is_marked_read_only_once_applied(tmp_path: Path) -> None:
+    """A scan that fails halfway (the list cannot be written) reads the report again next
+    time, so the address is suppressed after all."""
+
+    class Failing(SqliteSuppression):
+        def add(self, *args: Any, **kwargs: Any) -> bool:
+            raise TempFailError("suppression list: database is locked")
+
+    source = maildir_of(tmp_path / "Maildir", ["postfix-hard.eml"])
+    failing = Failing.open(tmp_path / "s.sqlite")
+    with pytest.raises(TempFailError):
+        scan(LocalMailbox(source), failing)
+    failing.close()
+    lst = SqliteSuppression.open(tmp_path / "s.sqlite")
+    report = scan(LocalMailbox(source), lst)
+    assert (report.already_read, report.suppressed) == (0, ["gone@example.com"])
+    lst.close()
+
+
+def test_repeated_delay_warnings_about_one_message_count_once(tmp_path: Path) -> None:
+    """Postfix warns again every few hours while it keeps a message: one soft bounce, however
+    many warnings (each warning is a report of its own, with its own Message-ID)."""
+    warning = fixture("postfix-delayed.eml")
+    own = email.message_from_bytes(warning)["Message-ID"].encode()
+    box = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    for n in range(3):
+        box.add(warning.replace(own, f"<warning{n}@mail.acme.example>".encode()))
+    report = scan_json(tmp_path / "Maildir", "--soft-limit", "2")
+    assert (report["reports"], report["already_read"], report["suppressed"]) == (3, 0, [])
+    listed = json.loads(cli("suppress", "list", "--json").stdout)
+    assert listed["count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        ("5.1.1", "hard"),
+        ("5.1.10", "hard"),
+        ("5.2.1", "hard"),
+        ("5.0.0", "hard"),
+        ("5.2.2", "soft"),  # mailbox full
+        ("5.2.3", "soft"),  # message too big: ours
+        ("5.5.2", "soft"),  # a protocol error: ours
+        ("5.7.1", "soft"),  # policy or spam block
+        ("5.1.8", "soft"),  # our sender address refused
+        ("4.4.7", "soft"),
+    ],
+)
+def test_only_a_bad_address_is_a_hard_bounce(status: str, kind: str) -> None:
+    text = fixture("postfix-hard.eml").replace(b"Status: 5.1.1", f"Status: {status}".encode())
+    text = text.replace(b"550 5.1.1", b"550")  # no enhanced code in the diagnostic
+    (finding,) = classify(email.message_from_bytes(text, policy=email.policy.compat32))
+    assert (finding.kind, finding.status) == (kind, status)
+
+
+def test_more_bad_input_is_refused_cleanly(tmp_path: Path) -> None:
+    junk = tmp_path / "notes.txt"
+    junk.write_bytes(b"\x00\x01 not a mailbox\n")
+    not_mbox = cli("bounces", "scan", junk)
+    assert not_mbox.exit_code == 65 and "not an mbox" in not_mbox.output
+    empty = tmp_path / "empty.mbox"
+    empty.write_bytes(b"")
+    assert scan_json(empty)["messages"] == 0
+    bad_url = cli("bounces", "scan", "imaps://u@[::1/INBOX")
+    assert bad_url.exit_code == 2 and "not a usable IMAP URL" in bad_url.output
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("email\nren\xe9@example.com\n".encode("latin-1"))
+    assert cli("suppress", "import", latin).exit_code == 65
+    latin_header = tmp_path / "latin-header.csv"
+    latin_header.write_bytes("adresse \xe9lectronique\nann@example.com\n".encode("latin-1"))
+    result = cli("suppress", "import", latin_header)
+    assert result.exit_code == 65 and "latin-header.csv: line 1" in result.output
+
+
+@pytest.mark.dovecot
+def test_imap_delete_expunges_only_what_this_scan_read(
+    imap_server: ImapServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client's message marked \\Deleted (not expunged) is left alone."""
+    imap_server.append(crlf(fixture("reply.eml")))
+    imap_server.append(crlf(fixture("postfix-hard.eml")))
+    client = imap_server.connect()
+    client.select("INBOX")
+    client.store("1", "+FLAGS", "(\\Deleted)")  # the reply, deleted by someone else
+    client.logout()
+    monkeypatch.setenv("MAILCLI_IMAP_PASSWORD", PASSWORD)
+    assert scan_json(imap_url(imap_server), "--delete")["suppressed"] == ["gone@example.com"]
+    client = imap_server.connect()
+    client.select("INBOX", readonly=True)
+    kind, data = client.search(None, "ALL")
+    client.logout()
+    assert kind == "OK" and len(data[0].split()) == 1  # the reply is still there

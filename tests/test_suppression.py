@@ -7,7 +7,9 @@ file (or a table in the test PostgreSQL cluster), the CLI runs in-process throug
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from conftest import (
     many_rows,
     relay_profile,
     server_args,
+    spawn_batch,
 )
 from typer.testing import CliRunner
 
@@ -246,7 +249,9 @@ def test_soft_bounces_suppress_at_the_limit_and_reports_count_once(tmp_path: Pat
     assert entry is not None and (entry.reason, entry.campaign) == (Reason.SOFT_BOUNCE, "spring")
     assert lst.remove("full@example.net")
     assert lst.soft_bounce("full@example.net", limit=3) == 1  # forgotten with the entry
-    assert (lst.seen("<r1@x>"), lst.seen("<r1@x>")) == (False, True)
+    assert not lst.was_read("<r1@x>")
+    lst.mark_read("<r1@x>")
+    assert lst.was_read("<r1@x>")
     lst.close()
     mode = (tmp_path / "s.sqlite").stat().st_mode & 0o777
     assert mode == 0o600
@@ -271,3 +276,117 @@ def test_a_postgresql_campaign_keeps_its_list_in_the_same_database(
     cli("suppress", "remove", "user00005@example.com", "--list", pg_url)
     assert batch_json(files.yaml, smtp_server)["sent"] == 1
     assert recorder.recipients().count("user00005@example.com") == 1
+
+
+def test_a_profile_that_names_a_list_is_honoured_by_batch_and_status(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = relay_profile(tmp_path, smtp_server, monkeypatch)
+    own = tmp_path / "relay-list.sqlite"
+    config.write_text(config.read_text().rstrip("}\n") + f", suppression: {own}}}\n")
+    cli("suppress", "add", "user00002@example.com", "--list", own)
+    files = make_campaign(tmp_path / "camp", many_rows(3), extra="smtp: {profile: relay}\n")
+    summary = cli_json("batch", files.yaml)
+    assert (summary["sent"], summary["suppressed"]) == (2, 1)
+    assert "user00002@example.com" not in recorder.recipients()
+    assert cli_json("status", files.yaml)["suppressed"] == 1
+    # The campaign's own key wins over the profile's.
+    override = make_campaign(
+        tmp_path / "own", many_rows(3), extra="smtp: {profile: relay}\nsuppression: false\n"
+    )
+    assert cli_json("batch", override.yaml)["sent"] == 3
+
+
+@pytest.mark.parametrize(
+    "store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_an_unsubscribe_while_a_retry_waits_stops_only_that_recipient(
+    tmp_path: Path,
+    smtp_server: SmtpServer,
+    recorder: Recorder,
+    store: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Two recipients are greylisted; one unsubscribes during the backoff: the other is still
+    retried and sent, the one who left is counted suppressed (not deferred), and the run ends
+    with exit 0."""
+    extra = 'retry: {attempts: 3, delay: "1s"}\n'
+    where = None  # the default list; a PostgreSQL campaign keeps its list in its database
+    if store == "postgresql":
+        where = request.getfixturevalue("pg_url")
+        extra += f"state: {where}\n"
+    files = make_campaign(tmp_path / "camp", many_rows(5), extra=extra)
+    recorder.temp_fail_once.update({"user00001@example.com", "user00003@example.com"})
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        if not waits:
+            lst = mailcli.suppression_list(where)
+            lst.add("user00001@example.com", mailcli.SuppressionReason.UNSUBSCRIBED)
+            lst.close()
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    summary = mailcli.send_campaign(
+        files.yaml, mailcli.Mailer("127.0.0.1", smtp_server.port, "none"), sleep=sleep
+    )
+    assert waits, "the run never waited for a retry"
+    got = (summary.sent, summary.deferred, summary.suppressed, summary.exit_code)
+    assert got == (4, 0, 1, 0)
+    assert sorted(recorder.recipients()) == [f"user0000{i}@example.com" for i in (2, 3, 4, 5)]
+    status = mailcli.campaign_status(files.yaml)
+    assert (status.suppressed, status.pending, status.deferred) == (1, 0, 0)
+
+
+@pytest.mark.postgres
+def test_two_hosts_with_suppressed_rows_never_wait_for_each_other(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, pg_url: str
+) -> None:
+    rows = many_rows(2000)
+    blocked = {r["email"] for r in rows[::40]}
+    lst = mailcli.suppression_list(pg_url)
+    for address in blocked:
+        lst.add(address, mailcli.SuppressionReason.MANUAL)
+    lst.close()
+    hosts = []
+    for n in range(2):
+        files = make_campaign(tmp_path / f"host{n}", rows, extra=f"state: {pg_url}\n")
+        hosts.append(spawn_batch(files.yaml, smtp_server))
+    started = time.monotonic()
+    summaries = []
+    for proc in hosts:
+        out, err = proc.communicate(timeout=50)
+        assert proc.returncode == 0, err
+        summaries.append(json.loads(out))
+    # A wait on the other host's suppressed rows would last until its lease ran out (60 s).
+    assert time.monotonic() - started < 30
+    got = recorder.recipients()
+    assert len(got) == len(set(got)) == 2000 - len(blocked)
+    assert not blocked & set(got)
+    assert sum(s["sent"] for s in summaries) == 2000 - len(blocked)
+    assert all(s["pending"] == 0 for s in summaries)
+
+
+@pytest.mark.postgres
+def test_a_postgresql_campaign_with_only_suppressed_rows_left_opens_no_connection(
+    tmp_path: Path, smtp_server: SmtpServer, pg_url: str
+) -> None:
+    files = make_campaign(tmp_path / "camp", many_rows(5), extra=f"state: {pg_url}\n")
+    cli("suppress", "add", "user00003@example.com", "--campaign", files.yaml)
+    first = batch_json(files.yaml, smtp_server)
+    assert (first["would_send"], first["sent"], first["suppressed"]) == (4, 4, 1)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    again = cli_json(
+        "batch", files.yaml, "--host", "127.0.0.1", "--port", str(port), "--security", "none"
+    )
+    assert (again["would_send"], again["connections"], again["exit_code"]) == (0, 0, 0)
+    assert again["suppressed"] == 1
+
+
+def test_dry_run_counts_the_suppressed_a_limited_run_would_meet(tmp_path: Path) -> None:
+    files = make_campaign(tmp_path / "camp", many_rows(6))
+    cli("suppress", "add", "user00002@example.com", "user00006@example.com")
+    dry = cli_json("batch", files.yaml, "--dry-run", "--limit", "3")
+    assert (dry["would_send"], dry["suppressed"]) == (3, 1)

@@ -4,6 +4,7 @@ campaign delivered into a real aiosmtpd server whose List-Unsubscribe URL is the
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -186,6 +187,28 @@ def test_the_secret_comes_from_its_variable_then_the_keyring(
     assert OTHER_SECRET not in text and SECRET not in text
 
 
+def test_password_set_stores_the_secret_where_campaigns_look_for_it(test_keyring: Path) -> None:
+    """`mailcli password set --unsubscribe VAR` (stdin) keeps it as `unsubscribe:VAR`; a short
+    one is refused and never echoed; `delete` removes it."""
+    runner = CliRunner()
+    short = runner.invoke(cli, ["password", "set", "--unsubscribe", "SHOP_UNSUB"], input="tiny\n")
+    assert short.exit_code == 78 and "tiny" not in short.output
+    stored = runner.invoke(
+        cli, ["password", "set", "--unsubscribe", "SHOP_UNSUB"], input=SECRET + "\n"
+    )
+    assert stored.exit_code == 0, stored.output
+    assert "unsubscribe:SHOP_UNSUB" in stored.output and SECRET not in stored.output
+    assert unsubscribe.resolve_secret("SHOP_UNSUB") == SECRET
+    bad = runner.invoke(cli, ["password", "set", "--unsubscribe", "no such"], input="x\n")
+    assert bad.exit_code == 2
+    gone = runner.invoke(cli, ["password", "delete", "--unsubscribe", "SHOP_UNSUB"])
+    assert gone.exit_code == 0
+    with pytest.raises(ConfigError):
+        unsubscribe.resolve_secret("SHOP_UNSUB")
+    again = runner.invoke(cli, ["password", "delete", "--unsubscribe", "SHOP_UNSUB"])
+    assert again.exit_code == 2 and "no unsubscribe secret is stored" in again.output
+
+
 def test_a_short_secret_in_the_environment_is_rejected_without_showing_it(
     monkeypatch: pytest.MonkeyPatch, no_keyring: None
 ) -> None:
@@ -296,6 +319,27 @@ def test_other_methods_are_405_with_allow(endpoint: Running, http: httpx.Client)
         answer = http.request(method, url, data=ONE_CLICK)
         assert answer.status_code == 405
         assert answer.headers["Allow"] == "GET, HEAD, POST"
+
+
+def test_a_content_length_that_is_not_a_number_is_400(list_path: Path) -> None:
+    """Called as a WSGI server would call it: a Content-Length of "\u00b2" (a digit to
+    str.isdigit, not to int) or "-1" is a 400, never a server error."""
+    application = unsubscribe.make_app(SECRET, Location(str(list_path)))
+    token = Signer(SECRET).url("http://127.0.0.1/u", "news", "ann@example.com").split("?u=")[1]
+    statuses: list[str] = []
+    for length in ("\u00b2", "-1", "12abc"):
+        statuses.clear()
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "QUERY_STRING": f"u={token}",
+            "CONTENT_LENGTH": length,
+            "wsgi.input": io.BytesIO(b"List-Unsubscribe=One-Click"),
+        }
+        body = b"".join(application(environ, lambda status, headers: statuses.append(status)))
+        assert statuses[0].startswith("400"), (length, statuses)
+        assert b"Traceback" not in body
+    assert entries(list_path) == []
+    application.close()
 
 
 def test_a_body_over_the_limit_is_413_and_unsubscribes_nobody(

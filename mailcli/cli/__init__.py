@@ -1040,6 +1040,17 @@ def _login_target(profile: str | None, host: str | None, username: str | None) -
     return settings.username, settings.host
 
 
+UnsubscribeSecretOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--unsubscribe",
+        metavar="VAR",
+        help="The one-click unsubscribe secret a campaign names with secret_env: VAR "
+        "(MAILCLI_UNSUBSCRIBE_SECRET by default), kept as the keyring entry unsubscribe:VAR.",
+    ),
+]
+
+
 @password_app.command("set")
 def password_set(
     profile: ProfileOpt = None,
@@ -1049,13 +1060,24 @@ def password_set(
         str | None,
         typer.Option("--api", metavar="PROVIDER", help="Store an HTTP API provider's token."),
     ] = None,
+    unsubscribe: UnsubscribeSecretOpt = None,
 ) -> None:
-    """Store the password for USERNAME@HOST (or the API token of --api PROVIDER); read from a
-    hidden prompt, or stdin if piped.
+    """Store the password for USERNAME@HOST (or the API token of --api PROVIDER, or the
+    one-click unsubscribe secret of --unsubscribe VAR); read from a hidden prompt, or stdin if
+    piped.
 
     Example: printf '%s\\n' "$SECRET" | mailcli password set --host smtp.example.com
     --username me@example.com
     """
+    if unsubscribe is not None:
+        from mailcli.unsubscribe import secret_bytes
+
+        entry = _unsubscribe_entry(unsubscribe)
+        secret = _read_secret(f"Unsubscribe secret for {unsubscribe}", "secret")
+        secret_bytes(secret, "the secret given")
+        keyring_write(entry, secret)
+        typer.echo(f"stored the unsubscribe secret in the system keyring (entry {entry})")
+        return
     if api is not None:
         entry = _api_entry(api)
         keyring_write(entry, _read_secret(f"API token for {api}", "token"))
@@ -1079,6 +1101,15 @@ def _read_secret(prompt: str, noun: str = "password") -> str:
     return first
 
 
+def _unsubscribe_entry(name: str) -> str:
+    from mailcli.campaign import ENV_NAME_RE
+    from mailcli.unsubscribe import keyring_entry
+
+    if not ENV_NAME_RE.match(name):
+        raise UsageError("--unsubscribe takes a variable name such as MAILCLI_UNSUBSCRIBE_SECRET")
+    return keyring_entry(name)
+
+
 def _api_entry(api: str) -> str:
     if api not in PROVIDERS:
         raise UsageError(f"--api must be one of {', '.join(PROVIDERS)}, not {api!r}")
@@ -1096,11 +1127,21 @@ def password_delete(
         str | None,
         typer.Option("--api", metavar="PROVIDER", help="Delete an HTTP API provider's token."),
     ] = None,
+    unsubscribe: UnsubscribeSecretOpt = None,
 ) -> None:
-    """Delete the stored password for USERNAME@HOST (or the API token of --api PROVIDER).
+    """Delete the stored password for USERNAME@HOST (or the API token of --api PROVIDER, or
+    the unsubscribe secret of --unsubscribe VAR).
 
     Example: mailcli password delete --host smtp.example.com --username me@example.com
     """
+    if unsubscribe is not None:
+        from mailcli.secrets import keyring_remove
+
+        entry = _unsubscribe_entry(unsubscribe)
+        if not keyring_remove(entry):
+            raise UsageError(f"no unsubscribe secret is stored (entry {entry})")
+        typer.echo(f"deleted the unsubscribe secret from the system keyring (entry {entry})")
+        return
     if api is not None:
         from mailcli.secrets import keyring_remove
 

@@ -20,7 +20,7 @@ from mailcli.suppression import (
     Reason,
     SuppressionList,
     default_location,
-    locate,
+    for_campaign,
 )
 
 suppress_app = typer.Typer(
@@ -73,7 +73,7 @@ def chosen_location(target: str | None, campaign: Path | None) -> Location:
         return Location(str(Path(target).expanduser().resolve()))
     if campaign is not None:
         loaded = load_campaign(campaign, check_files=False)
-        found = locate(loaded.suppression, state_url=loaded.state_url)
+        found = for_campaign(loaded)
         if found is None:
             raise UsageError(
                 f"{campaign}: the campaign turns the suppression list off (suppression: false)"
@@ -274,7 +274,10 @@ def _read_import(file: Path, column: str, default: Reason) -> list[tuple[str, Re
     problems: list[str] = []
     with _opened(file) as handle:
         reader = csv.DictReader(handle)
-        fields = [f.strip() for f in reader.fieldnames or []]
+        try:
+            fields = [f.strip() for f in reader.fieldnames or []]
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{file}: line 1: {exc}") from None
         if column not in fields:
             raise DataError(
                 f"{file}: line 1: no column '{column}' (columns: {', '.join(fields) or 'none'});"
@@ -374,7 +377,7 @@ def bounces_scan(
         raise UsageError("give --delete or --move, not both")
     loaded = [load_campaign(c, check_files=False) for c in campaigns or []]
     if target is None and loaded:
-        location = locate(loaded[0].suppression, state_url=loaded[0].state_url)
+        location = for_campaign(loaded[0])
         if location is None:
             raise UsageError(
                 f"{campaigns[0] if campaigns else ''}: the campaign turns the suppression list "
@@ -403,10 +406,15 @@ def bounces_scan(
         status = f" {f.status}" if f.status else ""
         typer.echo(f"{f.kind:<9} {f.email}{status}{where}")
     typer.echo(
-        f"{report.source}: {report.messages} messages, {report.hard} hard bounces, "
-        f"{report.soft} soft, {report.complaints} complaints, {report.ignored} not reports, "
+        f"{report.source}: {_n(report.messages, 'message')}, "
+        f"{_n(report.hard, 'hard bounce')}, {report.soft} soft, "
+        f"{_n(report.complaints, 'complaint')}, {report.ignored} not reports, "
         f"{report.already_read} read before; {len(report.suppressed)} newly suppressed"
     )
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _imap_password(user: str, host: str) -> str:
