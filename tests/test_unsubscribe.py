@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -382,7 +383,15 @@ def test_the_request_log_leaves_out_the_signature(
     token = Signer(SECRET).token("news", "ann@example.com")
     payload, signature = token.split(".")
     assert http.get(f"{endpoint.url}?u={token}").status_code == 200
-    lines = [r.getMessage() for r in caplog.records if "GET /u" in r.getMessage()]
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "GET /u" in r.getMessage()]
+
+    # The server thread writes its line once the answer has gone: wait for it (at most 5 s).
+    deadline = time.monotonic() + 5
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lines = logged()
     assert len(lines) == 1
     assert payload in lines[0] and signature not in lines[0] and " 200 " in lines[0]
 
