@@ -40,8 +40,12 @@ if TYPE_CHECKING:
     from mailcli.outbox import Outbox as Outbox
     from mailcli.outbox import SentMessage as SentMessage
     from mailcli.outbox import record_messages as record_messages
+    from mailcli.status import RecipientHistory as RecipientHistory
     from mailcli.status import Status as Status
+    from mailcli.status import StatusExport as StatusExport
     from mailcli.status import campaign_status as campaign_status
+    from mailcli.status import export_status as export_status
+    from mailcli.status import recipient_history as recipient_history
     from mailcli.summary import Failure as Failure
     from mailcli.summary import Summary as Summary
     from mailcli.suppression import SuppressionList as SuppressionList
@@ -70,6 +74,10 @@ _EXPORTS = {
     "Failure": "mailcli.summary",
     "campaign_status": "mailcli.status",
     "Status": "mailcli.status",
+    "export_status": "mailcli.status",
+    "StatusExport": "mailcli.status",
+    "recipient_history": "mailcli.status",
+    "RecipientHistory": "mailcli.status",
     "MailcliError": "mailcli.errors",
     "BadHeaderError": "mailcli.errors",
     "ConfigError": "mailcli.errors",

@@ -13,12 +13,13 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from mailcli import fingerprint, workers
 from mailcli import retry as policy
-from mailcli import workers
 from mailcli.campaign import MAX_CONNECTIONS, Campaign, Rate, as_campaign, parse_rate
 from mailcli.compose import address_text
 from mailcli.delivery import WINDOW, Delivery, DeliveryStatus, Transport
@@ -34,7 +35,15 @@ from mailcli.ratelimit import RateLimiter
 from mailcli.recipients import RowProblem
 from mailcli.selection import ClaimedRows, DueRows, Queued, RenderCache, check_due_rows
 from mailcli.sender import GroupSender, Stopped
-from mailcli.state import Outcome, SqliteState, StateStore, open_state, scratch_copy
+from mailcli.state import (
+    BYTES_PER_RECIPIENT,
+    Outcome,
+    SqliteState,
+    StateStore,
+    open_state,
+    read_fingerprints,
+    scratch_copy,
+)
 from mailcli.summary import MAX_PROBLEMS, Failure, Progress, Summary
 from mailcli.suppression import (
     Location,
@@ -82,6 +91,7 @@ def dry_run(
     if campaign.api is not None:
         # What the campaign's provider cannot carry is a configuration error in a dry run too.
         Mailer(api=campaign.api, outbox=False).check_campaign(campaign)
+    _dry_fingerprint(campaign, sender)
     started = time.monotonic()
     summary = Summary(campaign=campaign.name, dry_run=True, phase="building")
     pipeline = Pipeline(campaign, sender=sender)
@@ -152,11 +162,17 @@ def send_batch(
     sleep: Callable[[float], None] = time.sleep,
     stop: Callable[[], bool] | None = None,
     suppression: Location | bool = True,
+    resend_failed: bool = False,
 ) -> Summary:
     """Deliver a campaign over one transport (or several at once), resuming from its state.
 
     `suppression`: True checks the campaign's list (`suppression:`, else the default one),
     False none, a Location that list. A suppressed address is counted, never sent.
+
+    `retry_unknown` also sends to recipients left `unknown` (they may get the message twice);
+    `resend_failed` to recipients a server refused (5xx) in an earlier run, once the cause is
+    fixed upstream (a refusal that was not fixed is refused again, at a cost to the sender's
+    reputation). A suppressed address is not sent either way.
 
     Holds the campaign's lock for the whole run; validates every row that is due before
     connecting; retries 4xx replies with backoff; leaves state that the next run resumes from.
@@ -174,113 +190,156 @@ def send_batch(
     limiter = RateLimiter(rate or campaign.rate, sleep=sleep)
     size = group_size(first.window, limiter.rate, len(transports))
     blocklist = _blocklist(campaign, suppression)
-    with _open_store(campaign) as state, _closing(blocklist):
-        rows: DueRows | ClaimedRows
-        if isinstance(state, SqliteState):
-            # On a first run no row has a record: the per-row lookups of the first pass are
-            # skipped.
-            fresh = state.empty
-            cache = RenderCache()
-            valid = check_due_rows(
-                pipeline,
-                state,
-                summary,
-                retry_unknown=retry_unknown,
-                fresh=fresh,
-                cache=cache,
-                progress=progress,
-                suppression=blocklist,
-            )
-        else:
-            valid = _check_and_import(
-                pipeline,
-                state,
-                summary,
-                progress,
-                retry_unknown=retry_unknown,
-                skip=skip_invalid,
-                suppression=blocklist,
-            )
-        if not valid and not skip_invalid:
-            summary.elapsed_s = time.monotonic() - started
-            summary.exit_code = ExitCode.DATAERR
-            return summary
-        summary.problems.clear()
-        summary.invalid = 0
-        summary.phase = "sending"
-        log.info(
-            "campaign %r: %d rows read, %d due in this run",
-            campaign.name,
-            summary.total,
-            summary.would_send,
-        )
-        if progress is not None:
-            progress(summary)
-        state.start_run()
-        if isinstance(state, SqliteState):
-            rows = DueRows(
-                pipeline,
-                state,
-                summary,
-                retry=campaign.retry,
-                retry_unknown=retry_unknown,
-                limit=limit,
-                fresh=fresh,
-                cache=cache,
-                smtputf8=lambda: first.smtputf8,
-                suppression=blocklist,
-            )
-        else:
-            rows = ClaimedRows(
-                pipeline,
-                state,
-                summary,
-                retry=campaign.retry,
-                retry_unknown=retry_unknown,
-                limit=limit,
-                group_size=size,
-                smtputf8=lambda: first.smtputf8,
-                stop=stopping,
-                sleep=sleep,
-                suppression=blocklist,
-            )
-        pool = None
-        if len(transports) > 1:
-            pool = ConnectionPool(transports, pace=limiter.wait, sleep=sleep, stop=stopping)
-        run = _Run(
-            rows,
-            state,
-            GroupSender(first, sleep=sleep, stop=stopping),
-            summary,
-            limiter=limiter,
-            progress=progress,
-            group_size=size,
-            pool=pool,
-        )
-        failure: MailcliError | None = None
-        interrupted = False
-        try:
-            run.execute()
-        except MailcliError as exc:
-            summary.error, failure = str(exc), exc
-            raise
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
-        finally:
-            if pool is not None:
-                pool.close(wait=not interrupted)
+    try:
+        with _open_store(campaign) as state, _closing(blocklist):
+            _check_fingerprint(campaign, state, sender)
+            rows: DueRows | ClaimedRows
+            if isinstance(state, SqliteState):
+                # On a first run no row has a record: the per-row lookups of the first pass are
+                # skipped.
+                fresh = state.empty
+                cache = RenderCache()
+                valid = check_due_rows(
+                    pipeline,
+                    state,
+                    summary,
+                    retry_unknown=retry_unknown,
+                    fresh=fresh,
+                    cache=cache,
+                    progress=progress,
+                    suppression=blocklist,
+                    resend_failed=resend_failed,
+                )
             else:
-                first.close()
-            summary.connections = sum(t.connections for t in transports)
-            summary.requests = sum(t.requests for t in transports)
-            if isinstance(state, PgState):
-                _count_shared(state, summary, rows.count_left())
-            summary.elapsed_s = time.monotonic() - started
-            # The run record tells how the run ended, an error's own exit code included.
-            summary.exit_code = int(failure.exit_code) if failure else exit_code(summary)
-            state.finish_run(summary.to_json())
+                valid = _check_and_import(
+                    pipeline,
+                    state,
+                    summary,
+                    progress,
+                    retry_unknown=retry_unknown,
+                    skip=skip_invalid,
+                    suppression=blocklist,
+                    resend_failed=resend_failed,
+                )
+            if not valid and not skip_invalid:
+                summary.elapsed_s = time.monotonic() - started
+                summary.exit_code = ExitCode.DATAERR
+                return summary
+            summary.problems.clear()
+            summary.invalid = 0
+            summary.phase = "sending"
+            if isinstance(state, SqliteState):
+                _check_space(state, summary.would_send)
+            log.info(
+                "campaign %r: %d rows read, %d due in this run",
+                campaign.name,
+                summary.total,
+                summary.would_send,
+            )
+            if progress is not None:
+                progress(summary)
+            state.start_run()
+            if isinstance(state, SqliteState):
+                rows = DueRows(
+                    pipeline,
+                    state,
+                    summary,
+                    retry=campaign.retry,
+                    retry_unknown=retry_unknown,
+                    limit=limit,
+                    fresh=fresh,
+                    cache=cache,
+                    smtputf8=lambda: first.smtputf8,
+                    suppression=blocklist,
+                    resend_failed=resend_failed,
+                )
+            else:
+                rows = ClaimedRows(
+                    pipeline,
+                    state,
+                    summary,
+                    retry=campaign.retry,
+                    retry_unknown=retry_unknown,
+                    limit=limit,
+                    group_size=size,
+                    smtputf8=lambda: first.smtputf8,
+                    stop=stopping,
+                    sleep=sleep,
+                    suppression=blocklist,
+                    resend_failed=resend_failed,
+                )
+            pool = None
+            if len(transports) > 1:
+                pool = ConnectionPool(transports, pace=limiter.wait, sleep=sleep, stop=stopping)
+            run = _Run(
+                rows,
+                state,
+                GroupSender(first, sleep=sleep, stop=stopping),
+                summary,
+                limiter=limiter,
+                progress=progress,
+                group_size=size,
+                pool=pool,
+            )
+            failure: MailcliError | None = None
+            interrupted = False
+            try:
+                run.execute()
+            except MailcliError as exc:
+                summary.error, failure = str(exc), exc
+                raise
+            except KeyboardInterrupt:
+                interrupted = True
+                raise
+            finally:
+                if pool is not None:
+                    pool.close(wait=not interrupted)
+                else:
+                    first.close()
+                summary.connections = sum(t.connections for t in transports)
+                summary.requests = sum(t.requests for t in transports)
+                if isinstance(state, PgState):
+                    _count_shared(state, summary, rows.count_left())
+                summary.elapsed_s = time.monotonic() - started
+                # The run record tells how the run ended, an error's own exit code included.
+                summary.exit_code = int(failure.exit_code) if failure else exit_code(summary)
+                try:
+                    state.finish_run(summary.to_json())
+                except MailcliError as exc:
+                    # Not written (a full disk): the record says the run did not finish, exit 75.
+                    log.info("the run's end was not recorded: %s", exc.message)
+                    if failure is None and not interrupted:
+                        summary.error, summary.exit_code = str(exc), int(exc.exit_code)
+                        raise
+    except MailcliError as exc:
+        # What the run did is kept with the error: `--json` prints the whole summary, and the
+        # library's caller finds it as `exc.summary`.
+        summary.error = summary.error or str(exc)
+        summary.exit_code = int(exc.exit_code)
+        summary.elapsed_s = time.monotonic() - started
+        exc.summary = summary
+        raise
     return summary
+
+
+def _check_space(state: SqliteState, due: int) -> None:
+    """Warn before sending when the state file may outgrow the free space of its device (it
+    costs about BYTES_PER_RECIPIENT a recipient, and twice that while SQLite's write-ahead
+    log is folded back): a run stopped by a full disk is resumable, but better avoided."""
+    try:
+        free = shutil.disk_usage(state.path.parent).free
+    except OSError:
+        return
+    needed = 2 * due * BYTES_PER_RECIPIENT
+    if needed > free:
+        log.warning(
+            "the state file %s may outgrow the free space on its device: about %.1f MB for "
+            "%d recipients, %.1f MB free; a run stopped by a full disk can be resumed",
+            state.path,
+            needed / 1e6,
+            due,
+            free / 1e6,
+        )
 
 
 def _blocklist(campaign: Campaign, choice: Location | bool) -> SuppressionList | None:
@@ -307,6 +366,30 @@ def group_size(window: int, rate: Rate | None, connections: int) -> int:
     return max(1, min(window, int(per_second)))
 
 
+def _check_fingerprint(
+    campaign: Campaign, state: SqliteState | PgState, sender: str | None
+) -> None:
+    """Before anything is sent: refuse a campaign file other than the one that made the state
+    (a copy that kept the name), note a moved or edited one (see `mailcli.fingerprint`)."""
+    current = fingerprint.compute(campaign, sender=sender)
+    shared = isinstance(state, PgState)
+    fingerprint.check(state, current, campaign=campaign.name, shared=shared)
+
+
+def _dry_fingerprint(campaign: Campaign, sender: str | None) -> None:
+    """A dry run refuses what a real run would, reading a SQLite state without writing to it;
+    a PostgreSQL state is not read (a dry run opens no connection)."""
+    if campaign.state_url is not None:
+        return
+    past = read_fingerprints(campaign.state_path, campaign.name)
+    current = fingerprint.compute(campaign, sender=sender)
+    if campaign.sender is None and sender is None:
+        # The From of a real run comes from its profile, which a dry run does not read.
+        current = fingerprint.with_sender_of(current, past)
+    history = fingerprint.Snapshot(past)
+    fingerprint.check(history, current, campaign=campaign.name, shared=False, record=False)
+
+
 def _open_store(campaign: Campaign) -> contextlib.AbstractContextManager[SqliteState | PgState]:
     """The campaign's store: SQLite under its lock (a second run: exit 75), or PostgreSQL,
     shared by every host that runs the campaign."""
@@ -324,6 +407,7 @@ def _check_and_import(
     retry_unknown: bool,
     skip: bool,
     suppression: SuppressionList | None,
+    resend_failed: bool = False,
 ) -> bool:
     """Pass 1 for a shared store: check every row of the list (if this host has it), then
     import the list into the store. False, with nothing imported, when a row is invalid (with
@@ -351,11 +435,12 @@ def _check_and_import(
         valid = True
         log.info("no recipient list on this host (%s): sending what the shared state holds", path)
     summary.total = state.total()
-    summary.would_send = state.due(retry_unknown=retry_unknown)
+    summary.would_send = state.due(retry_unknown=retry_unknown, resend_failed=resend_failed)
     if suppression is not None and summary.would_send:
         # The suppressed are not due: a campaign whose only rows left are suppressed opens no
         # connection.
-        due = screened(state.due_emails(retry_unknown=retry_unknown), lambda e: e, suppression)
+        emails = state.due_emails(retry_unknown=retry_unknown, resend_failed=resend_failed)
+        due = screened(emails, lambda e: e, suppression)
         summary.would_send -= sum(blocked for _, blocked in due)
     return valid
 
@@ -385,6 +470,7 @@ def send_campaign(
     sandbox: str | Path | None = None,
     sleep: Callable[[float], None] = time.sleep,
     connections: int | None = None,
+    resend_failed: bool = False,
 ) -> Summary:
     """Send a campaign as `mailcli batch` does: the same state, resume and guarantees.
 
@@ -394,6 +480,8 @@ def send_campaign(
     in DIR too, so a trial never marks the real recipients as sent. `stop()` is asked between
     groups; when it says True the run ends cleanly (exit code 75, resumable). `connections`
     (else the campaign's `connections:`, else the profile's, else 1) sessions send at once.
+    `retry_unknown` and `resend_failed` are `batch --retry-unknown` and `--resend-failed` (see
+    `send_batch`).
     """
     campaign = as_campaign(campaign)
     try:
@@ -416,6 +504,7 @@ def send_campaign(
             limit=limit,
             rate=pace,
             retry_unknown=retry_unknown,
+            resend_failed=resend_failed,
             skip_invalid=skip_invalid,
             progress=progress,
             stop=stop,
@@ -721,3 +810,5 @@ class _Run:
             previous = q.entry.status if q.entry is not None else DeliveryStatus.PENDING
             if previous in (DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN):
                 self.summary.moved(q.counted, previous)
+            elif q.entry is not None and q.entry.rejected:
+                self.summary.failed_before += 1  # --resend-failed: still refused from before

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -49,6 +50,8 @@ class MailcliError(Exception):
         self.row = row
         self.recipient = recipient
         self.hint = hint
+        #: What a campaign run had done when it failed (a `Summary`), if the error ended one.
+        self.summary: Any = None
 
     def __reduce__(self) -> tuple[object, ...]:
         # An error raised in a worker process crosses back to the parent whole, place included.

@@ -29,15 +29,24 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailcli.addresses import Mailbox, address_key
 from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
 from mailcli.errors import ConfigError, InputFileError, TempFailError
+from mailcli.fingerprint import Fingerprint, Recorded
 from mailcli.recipients import Recipient
-from mailcli.state import PROBLEM_STATUSES, Entry, Outcome, RecipientState, RunRecord
+from mailcli.state import (
+    PROBLEM_STATUSES,
+    Attempt,
+    Entry,
+    Outcome,
+    RecipientRecord,
+    RecipientState,
+    RunRecord,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -45,7 +54,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = 1
+# 2: mailcli_recipients.first_at and mailcli_attempts (a store of version 1 is upgraded by the
+# first run that opens it).
+SCHEMA_VERSION = 2
 LEASE_S = 60.0  # the longest a dead host's claimed rows wait for another host
 STATUS_CHECK = "status IN ('pending','sent','failed','deferred','unknown')"
 
@@ -87,22 +98,48 @@ CREATE TABLE IF NOT EXISTS mailcli_recipients (
     lease_until TIMESTAMPTZ,
     updated TIMESTAMPTZ NOT NULL DEFAULT now(),
     sent_at TIMESTAMPTZ,
+    first_at TIMESTAMPTZ,
     PRIMARY KEY (campaign, key)
 );
 CREATE INDEX IF NOT EXISTS mailcli_recipients_due ON mailcli_recipients (campaign, status, row);
 CREATE INDEX IF NOT EXISTS mailcli_recipients_lease ON mailcli_recipients (lease_run)
     WHERE lease_run IS NOT NULL;
 """
+# The send log (`status --recipient`): one row per recorded outcome.
+ATTEMPTS = """
+CREATE TABLE IF NOT EXISTS mailcli_attempts (
+    campaign BIGINT NOT NULL REFERENCES mailcli_campaigns (id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    run BIGINT,
+    at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    status TEXT NOT NULL,
+    code INTEGER,
+    reply TEXT,
+    message_id TEXT
+);
+CREATE INDEX IF NOT EXISTS mailcli_attempts_key ON mailcli_attempts (campaign, key);
+"""
+# What a store of schema 1 lacks (ADD COLUMN without a default only changes the catalogue).
+UPGRADE = "ALTER TABLE mailcli_recipients ADD COLUMN IF NOT EXISTS first_at TIMESTAMPTZ;" + ATTEMPTS
+_UPGRADED = (
+    "SELECT to_regclass('mailcli_attempts') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute"
+    " WHERE attrelid = 'mailcli_recipients'::regclass AND attname = 'first_at'"
+    " AND NOT attisdropped)"
+)
 
 # A recipient is due for a run's first pass when it was never tried, is deferred and its backoff
-# has passed (or its run gave up on it), was an invalid row, or is unknown and the user asked;
-# and nobody holds a live lease on it. This run's own deferred rows wait for its retry rounds.
+# has passed (or its run gave up on it), was an invalid row, is unknown and the user asked, or
+# was refused by a server before this run started and the user asked (--resend-failed: a refusal
+# another host's run got meanwhile was a resend already, and is not resent twice); and nobody
+# holds a live lease on it. This run's own deferred rows wait for its retry rounds.
 _DUE = """
     campaign = %(campaign)s
     AND (lease_until IS NULL OR lease_until < now())
     AND (run IS DISTINCT FROM %(run)s)
     AND (status = 'pending'
          OR (status = 'failed' AND code IS NULL)
+         OR (status = 'failed' AND %(resend_failed)s AND updated < COALESCE(
+             (SELECT started FROM mailcli_runs WHERE id = %(run)s), now()))
          OR (status = 'deferred' AND (next_at IS NULL OR next_at <= %(now)s))
          OR (status = 'unknown' AND %(retry_unknown)s))
 """
@@ -116,12 +153,27 @@ _DUE_AGAIN = """
 # Due for some run, leases aside (what `due` counts).
 _DUE_ANY = """
     campaign = %(campaign)s
-    AND (status = 'pending' OR (status = 'failed' AND code IS NULL)
+    AND (status = 'pending' OR (status = 'failed' AND (code IS NULL OR %(resend_failed)s))
          OR (status = 'deferred' AND (next_at IS NULL OR next_at <= %(now)s))
          OR (status = 'unknown' AND %(retry_unknown)s
              AND (lease_until IS NULL OR lease_until < now())))
 """
 _ENTRY = "status, attempts, run, run_tries, next_at, code"
+# The campaign's fingerprint history (`mailcli.fingerprint`): added by the first run that needs
+# it, in a store of any schema version.
+FINGERPRINTS = """
+CREATE TABLE IF NOT EXISTS mailcli_fingerprints (
+    id BIGSERIAL PRIMARY KEY,
+    campaign BIGINT NOT NULL REFERENCES mailcli_campaigns (id) ON DELETE CASCADE,
+    recorded TIMESTAMPTZ NOT NULL DEFAULT now(),
+    file TEXT NOT NULL,
+    host TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    content JSONB NOT NULL,
+    changes JSONB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mailcli_fingerprints_campaign ON mailcli_fingerprints (campaign, id);
+"""
 
 
 def lease_seconds() -> float:
@@ -237,6 +289,8 @@ class PgState:
         self._pending: list[Outcome] = []
         self._reverts: list[tuple[str, Entry | None]] = []
         self._heartbeat: _Heartbeat | None = None
+        # False: a schema-1 store opened by a reader (no first_at, no send log to read yet).
+        self.upgraded = True
 
     @classmethod
     def open(cls, url: str, campaign: str, *, create: bool = True) -> PgState:
@@ -252,11 +306,23 @@ class PgState:
                     # Only the first run creates the tables: later ones need no more than
                     # SELECT, INSERT, UPDATE and DELETE on them.
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailcli schema'))")
-                    conn.execute(SCHEMA)
+                    conn.execute(SCHEMA + ATTEMPTS)
                     conn.execute(
                         "INSERT INTO mailcli_meta VALUES ('schema', %s) ON CONFLICT DO NOTHING",
                         (str(SCHEMA_VERSION),),
                     )
+                upgraded = bool((conn.execute(_UPGRADED).fetchone() or (False,))[0])
+                if create and not upgraded:
+                    # A store of an older mailcli: upgraded by the first run that opens it (a
+                    # reader such as `status` never writes; it reads what there is).
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailcli schema'))")
+                    conn.execute(UPGRADE)
+                    conn.execute(
+                        "UPDATE mailcli_meta SET value = %s WHERE key = 'schema' "
+                        "AND value::int < %s",
+                        (str(SCHEMA_VERSION), SCHEMA_VERSION),
+                    )
+                    upgraded = True
                 if create:
                     conn.execute(
                         "INSERT INTO mailcli_campaigns (name) VALUES (%s) "
@@ -274,8 +340,9 @@ class PgState:
             raise ConfigError(
                 f"the state database refused: {exc.diag.message_primary}",
                 path=url,
-                hint="the first run needs a role that owns the database (it creates the "
-                "tables); see README 'Running on several hosts'",
+                hint="the first run (and the first after an upgrade of mailcli) needs a role "
+                "that owns the database (it creates or upgrades the tables); see README "
+                "'Running on several hosts'",
             ) from None
         except psycopg.Error as exc:
             conn.close()
@@ -285,7 +352,9 @@ class PgState:
             raise InputFileError(
                 f"no state yet for campaign '{campaign}': it has not been sent", path=url
             )
-        return cls(conn, url, int(row[0]), lease_s)
+        state = cls(conn, url, int(row[0]), lease_s)
+        state.upgraded = upgraded
+        return state
 
     def close(self) -> None:
         """Commit what is buffered, stop the heartbeat, give back unsent claims, close."""
@@ -374,7 +443,13 @@ class PgState:
             return added
 
     def claim(
-        self, count: int, *, retry_unknown: bool, retry_round: bool, attempts: int
+        self,
+        count: int,
+        *,
+        retry_unknown: bool,
+        retry_round: bool,
+        attempts: int,
+        resend_failed: bool = False,
     ) -> list[Claimed]:
         """Take the lease of up to `count` due recipients, in list order; none is shared."""
         where = _DUE_AGAIN if retry_round else _DUE
@@ -393,6 +468,7 @@ class PgState:
                 "run": self.run_id,
                 "now": time.time(),
                 "retry_unknown": retry_unknown,
+                "resend_failed": resend_failed,
                 "attempts": attempts,
                 "count": count,
                 "lease": self.lease_s,
@@ -407,6 +483,14 @@ class PgState:
                 Claimed(recipient, Entry(DeliveryStatus(status), *entry) if tried else None)
             )
         return claimed
+
+    def claimable(self, *, retry_unknown: bool, resend_failed: bool = False) -> bool:
+        """Some recipient a `claim` of this run would take now."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM mailcli_recipients WHERE " + _DUE + ")",
+            {**self._due_params(retry_unknown, resend_failed), "run": self.run_id},
+        ).fetchone()
+        return bool(row and row[0])
 
     def held_by_others(self) -> bool:
         """Recipients under another run's live lease, claimed or in flight: wait for them (they
@@ -467,7 +551,9 @@ class PgState:
             cur = self.conn.execute(
                 "UPDATE mailcli_recipients SET status = 'unknown', attempts = attempts + 1, "
                 "run_tries = CASE WHEN run = %(run)s THEN run_tries + 1 ELSE 1 END, "
-                "run = %(run)s, host = %(host)s, updated = now() "
+                "run = %(run)s, host = %(host)s, updated = now(), "
+                # The first try only: a row tried before the column existed keeps NULL.
+                "first_at = CASE WHEN attempts = 0 THEN now() ELSE first_at END "
                 "WHERE campaign = %(campaign)s AND key = ANY(%(keys)s) AND lease_run = %(run)s",
                 {"run": self.run_id, "host": self.host, "campaign": self.campaign_id, "keys": keys},
             )
@@ -521,10 +607,28 @@ class PgState:
                         for o in self._pending
                     ],
                 )
+                # The send log (`status --recipient`), in the same transaction.
+                cur.executemany(
+                    "INSERT INTO mailcli_attempts (campaign, key, run, status, code, reply, "
+                    "message_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (
+                            self.campaign_id,
+                            o.key,
+                            self.run_id,
+                            str(o.status),
+                            o.code,
+                            o.reply,
+                            o.message_id,
+                        )
+                        for o in self._pending
+                    ],
+                )
             if self._reverts:
                 cur.executemany(
                     "UPDATE mailcli_recipients SET status = %s, attempts = %s, run = %s, "
-                    "run_tries = %s, next_at = %s, lease_run = NULL, lease_until = NULL "
+                    "run_tries = %s, next_at = %s, lease_run = NULL, lease_until = NULL, "
+                    "first_at = CASE WHEN %s = 0 THEN NULL ELSE first_at END "
                     "WHERE campaign = %s AND key = %s",
                     [
                         (
@@ -533,6 +637,7 @@ class PgState:
                             e.run if e else None,
                             e.run_tries if e else 0,
                             e.next_at if e else None,
+                            e.attempts if e else 0,
                             self.campaign_id,
                             key,
                         )
@@ -592,23 +697,94 @@ class PgState:
             for (email,) in cursor:
                 yield email
 
-    def due(self, *, retry_unknown: bool) -> int:
+    def export_rows(
+        self, statuses: Collection[DeliveryStatus] | None = None
+    ) -> Iterator[RecipientRecord]:
+        """Every recipient of the campaign (or those in `statuses`) in list order, streamed
+        (a server-side cursor): memory stays flat whatever the size of the campaign."""
+        where = "campaign = %s"
+        values: list[object] = [self.campaign_id]
+        if statuses is not None:
+            where += " AND status = ANY(%s)"
+            values.append([DeliveryStatus(s).value for s in statuses])
+        with self.conn.transaction(), self.conn.cursor(name="mailcli_export") as cursor:
+            cursor.execute(
+                f"SELECT {self._record_columns()} FROM mailcli_recipients WHERE {where} "
+                "ORDER BY row, email",
+                values,
+            )
+            for r in cursor:
+                yield RecipientRecord(r[0], r[1], DeliveryStatus(r[2]), *r[3:])
+
+    def known(self, emails: Collection[str]) -> set[str]:
+        """Which of these addresses the store holds (their keys), in one round trip."""
+        rows = self.conn.execute(
+            "SELECT key FROM mailcli_recipients WHERE campaign = %s AND key = ANY(%s)",
+            (self.campaign_id, list({address_key(e) for e in emails})),
+        )
+        return {key for (key,) in rows}
+
+    def recipient(self, email: str) -> RecipientRecord | None:
+        """What the store holds of one address (imported, tried or not), or None."""
+        r = self.conn.execute(
+            f"SELECT {self._record_columns()} FROM mailcli_recipients "
+            "WHERE campaign = %s AND key = %s",
+            (self.campaign_id, address_key(email)),
+        ).fetchone()
+        return None if r is None else RecipientRecord(r[0], r[1], DeliveryStatus(r[2]), *r[3:])
+
+    def history(self, email: str) -> list[Attempt]:
+        """Every recorded outcome of an address, oldest first, from any host."""
+        if not self.upgraded:
+            return []
+        rows = self.conn.execute(
+            f"SELECT run, {_utc('at')}, status, code, reply, message_id FROM mailcli_attempts "
+            "WHERE campaign = %s AND key = %s ORDER BY at",
+            (self.campaign_id, address_key(email)),
+        )
+        return [Attempt(r[0], r[1], DeliveryStatus(r[2]), *r[3:]) for r in rows]
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one moment of the store (a read-only REPEATABLE READ transaction)
+        while other hosts send: an export never misses a row imported between two reads."""
+        with self.conn.transaction():
+            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+
+    def _record_columns(self) -> str:
+        """The columns of a RecipientRecord; the times as SQLite writes them (ISO 8601, UTC)."""
+        first = _utc("first_at") if self.upgraded else "NULL::text"
+        return (
+            f"email, row, status, code, reply, message_id, {first}, "
+            f"CASE WHEN attempts > 0 THEN {_utc('updated')} END, attempts, run"
+        )
+
+    def due(self, *, retry_unknown: bool, resend_failed: bool = False) -> int:
         """Recipients a run would send now or once their holders finish (leases ignored)."""
         row = self.conn.execute(
             "SELECT COUNT(*) FROM mailcli_recipients WHERE " + _DUE_ANY,
-            {"campaign": self.campaign_id, "now": time.time(), "retry_unknown": retry_unknown},
+            self._due_params(retry_unknown, resend_failed),
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def due_emails(self, *, retry_unknown: bool) -> Iterator[str]:
+    def due_emails(self, *, retry_unknown: bool, resend_failed: bool = False) -> Iterator[str]:
         """The addresses `due` counts, streamed (a server-side cursor)."""
         with self.conn.transaction(), self.conn.cursor(name="mailcli_due") as cursor:
             cursor.execute(
                 "SELECT email FROM mailcli_recipients WHERE " + _DUE_ANY,
-                {"campaign": self.campaign_id, "now": time.time(), "retry_unknown": retry_unknown},
+                self._due_params(retry_unknown, resend_failed),
             )
             for (email,) in cursor:
                 yield email
+
+    def _due_params(self, retry_unknown: bool, resend_failed: bool) -> dict[str, object]:
+        return {
+            "campaign": self.campaign_id,
+            "now": time.time(),
+            "retry_unknown": retry_unknown,
+            "resend_failed": resend_failed,
+        }
 
     def set_aside(self, emails: Collection[str]) -> None:
         """Claimed recipients whose address is suppressed: given back at once (so no other
@@ -631,10 +807,13 @@ class PgState:
 
     def failed_before(self) -> int:
         """Recipients refused by a server in another run."""
+        # A refusal this run set aside unsent (due by --resend-failed, but suppressed) carries
+        # this run's id, with its `updated` from the run that got the refusal.
         row = self.conn.execute(
-            "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %s AND status = 'failed'"
-            " AND code IS NOT NULL AND run IS DISTINCT FROM %s",
-            (self.campaign_id, self.run_id),
+            "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %(campaign)s "
+            "AND status = 'failed' AND code IS NOT NULL AND (run IS DISTINCT FROM %(run)s "
+            "OR updated < (SELECT started FROM mailcli_runs WHERE id = %(run)s))",
+            {"campaign": self.campaign_id, "run": self.run_id},
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -703,9 +882,76 @@ class PgState:
             summary.get("sent"),
         )
 
+    # -- the campaign's fingerprint ---------------------------------------------------------
+
+    def fingerprints(self) -> list[Recorded]:
+        """The campaign's fingerprint history, oldest first (none in a store of an older
+        mailcli: its first run here adds the table)."""
+        found = self.conn.execute("SELECT to_regclass('mailcli_fingerprints')").fetchone()
+        if found is None or found[0] is None:
+            return []
+        rows = self.conn.execute(
+            f"SELECT id, {_utc('recorded')}, file, host, content, changes "
+            "FROM mailcli_fingerprints WHERE campaign = %s ORDER BY id",
+            (self.campaign_id,),
+        ).fetchall()
+        return [
+            Recorded(r[0], r[1], Fingerprint.stored(r[2], r[3], r[4]), tuple(r[5])) for r in rows
+        ]
+
+    def add_fingerprint(
+        self, fingerprint: Fingerprint, changes: Sequence[str], *, after: int | None
+    ) -> bool:
+        """Record a fingerprint unless another was recorded since the entry `after` (False).
+
+        Hosts that start together check and record one at a time (an advisory lock per
+        campaign), so the second compares with what the first recorded.
+        """
+        psycopg = _driver()
+        try:
+            with self.conn.transaction():
+                self.conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('mailcli fingerprint'), %s::int)",
+                    (self.campaign_id % 2**31,),
+                )
+                found = self.conn.execute("SELECT to_regclass('mailcli_fingerprints')").fetchone()
+                if found is None or found[0] is None:
+                    self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailcli schema'))")
+                    self.conn.execute(FINGERPRINTS)
+                cur = self.conn.execute(
+                    "INSERT INTO mailcli_fingerprints (campaign, file, host, digest, content, "
+                    "changes) SELECT %(campaign)s, %(file)s, %(host)s, %(digest)s, "
+                    "%(content)s::jsonb, %(changes)s::jsonb WHERE (SELECT MAX(id) FROM "
+                    "mailcli_fingerprints WHERE campaign = %(campaign)s) "
+                    "IS NOT DISTINCT FROM %(after)s::bigint",
+                    {
+                        "campaign": self.campaign_id,
+                        "file": fingerprint.file,
+                        "host": fingerprint.host,
+                        "digest": fingerprint.digest,
+                        "content": json.dumps(fingerprint.content()),
+                        "changes": json.dumps(list(changes)),
+                        "after": after,
+                    },
+                )
+                return cur.rowcount == 1
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ConfigError(
+                f"the state database refused: {exc.diag.message_primary}",
+                path=self.url,
+                hint="the first run after an upgrade of mailcli needs a role that owns the "
+                "database (it adds the table mailcli_fingerprints); see README 'Running on "
+                "several hosts'",
+            ) from None
+
 
 def _iso(value: Any) -> str:
     return str(value.isoformat(timespec="seconds"))
+
+
+def _utc(column: str) -> str:
+    """SQL for a timestamptz column as text, as the SQLite store writes times."""
+    return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"')"
 
 
 class _Heartbeat:

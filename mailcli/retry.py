@@ -1,9 +1,10 @@
 """The retry policy, in one place: who is due in a run, and when a 4xx is tried again.
 
 Across runs: a recipient is due when it was never tried, is `pending` or `deferred`, was an
-invalid row (the data may be fixed since), or is `unknown` and the user asked for
-`--retry-unknown`. Within a run: a `deferred` recipient is retried after `retry.delay`, doubling
-each time, up to `retry.attempts` tries; after that it stays `deferred` for the next run.
+invalid row (the data may be fixed since), is `unknown` and the user asked for `--retry-unknown`,
+or was refused by a server (5xx) and the user asked for `--resend-failed`. Within a run: a
+`deferred` recipient is retried after `retry.delay`, doubling each time, up to `retry.attempts`
+tries; after that it stays `deferred` for the next run.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from mailcli.delivery import DeliveryStatus
 from mailcli.state import Entry
 
 
-def is_due(entry: Entry | None, retry_unknown: bool) -> bool:
+def is_due(entry: Entry | None, retry_unknown: bool, *, resend_failed: bool = False) -> bool:
     """Whether a recipient is sent in this run, by its recorded status."""
     if entry is None or entry.status in (DeliveryStatus.PENDING, DeliveryStatus.DEFERRED):
         return True
     if entry.status is DeliveryStatus.FAILED:
-        return not entry.rejected  # an invalid row, not a server's refusal
+        # An invalid row is due (its data may be fixed); a server's refusal only when the user
+        # says its cause was fixed upstream: sent again unasked, it is refused again and counts
+        # against the sender's reputation with that receiver.
+        return not entry.rejected or resend_failed
     return entry.status is DeliveryStatus.UNKNOWN and retry_unknown
 
 

@@ -84,6 +84,7 @@ def check_due_rows(
     cache: RenderCache,
     progress: Progress | None = None,
     suppression: SuppressionList | None = None,
+    resend_failed: bool = False,
 ) -> bool:
     """Pass 1: read every row and render every one that is due; no connection yet.
 
@@ -101,7 +102,9 @@ def check_due_rows(
             summary.duplicates += 1
         elif blocked:
             continue
-        elif fresh or policy.is_due(state.lookup(item.recipient.email), retry_unknown):
+        elif fresh or policy.is_due(
+            state.lookup(item.recipient.email), retry_unknown, resend_failed=resend_failed
+        ):
             r = item.recipient
             try:
                 cache.put(r.row, r.email, pipeline.render(r))
@@ -127,11 +130,13 @@ class DueRows:
         cache: RenderCache,
         smtputf8: Callable[[], bool],
         suppression: SuppressionList | None = None,
+        resend_failed: bool = False,
     ) -> None:
         self.pipeline, self.state, self.summary = pipeline, state, summary
         self.retry, self.retry_unknown, self.limit = retry, retry_unknown, limit
         self.fresh, self.cache, self.smtputf8 = fresh, cache, smtputf8
         self.suppression = suppression
+        self.resend_failed = resend_failed
         self.produced = 0
 
     def first_pass(self) -> Iterator[Queued]:
@@ -152,7 +157,7 @@ class DueRows:
             r = item.recipient
             # In the first pass of a first run every row is new (duplicates are gone already).
             entry = None if self.fresh else self.state.lookup(r.email)
-            if not policy.is_due(entry, self.retry_unknown):
+            if not policy.is_due(entry, self.retry_unknown, resend_failed=self.resend_failed):
                 assert entry is not None
                 self.summary.skipped += 1
                 self.summary.failed_before += entry.rejected
@@ -160,6 +165,9 @@ class DueRows:
                 continue
             if blocked:
                 self.summary.suppressed += 1
+                # A refusal due again (--resend-failed) whose address is suppressed is not
+                # sent: it stays `failed`, and the run's exit code says so.
+                self.summary.failed_before += entry is not None and entry.rejected
                 continue
             queued = self._queued(r, entry, self.cache.take(r.row, r.email), counted=None)
             if queued is not None:
@@ -269,12 +277,14 @@ class ClaimedRows:
         stop: Callable[[], bool],
         sleep: Callable[[float], None],
         suppression: SuppressionList | None = None,
+        resend_failed: bool = False,
     ) -> None:
         self.pipeline, self.state, self.summary = pipeline, state, summary
         self.retry, self.retry_unknown, self.limit = retry, retry_unknown, limit
         self.group_size, self.smtputf8 = group_size, smtputf8
         self.stop, self.sleep = stop, sleep
         self.suppression = suppression
+        self.resend_failed = resend_failed
         self.produced = 0
 
     def first_pass(self) -> Iterator[Queued]:
@@ -288,11 +298,12 @@ class ClaimedRows:
                 retry_unknown=self.retry_unknown,
                 retry_round=False,
                 attempts=self.retry.attempts,
+                resend_failed=self.resend_failed,
             )
             if not claimed:
                 return
-            # A suppressed recipient is given back at once, still pending, and this run does
-            # not claim it again.
+            # A suppressed recipient is given back at once, still pending (a refusal due again
+            # by --resend-failed stays `failed`), and this run does not claim it again.
             blocked = self._blocked(claimed)
             for c in claimed:
                 if key_of(c.recipient.email) in blocked:
@@ -310,10 +321,15 @@ class ClaimedRows:
         runs out."""
         if self.limit is not None and self.produced >= self.limit:
             return False
-        if not self.state.held_by_others():
-            return False
-        self.sleep(self.WAIT_S)
-        return not self.stop()
+        if self.state.held_by_others():
+            self.sleep(self.WAIT_S)
+            return not self.stop()
+        # Nobody else holds rows now; some may have come free since this pass ended (a dead
+        # run's lease ran out in between): one more pass takes them.
+        due = self.state.claimable(
+            retry_unknown=self.retry_unknown, resend_failed=self.resend_failed
+        )
+        return due and not self.stop()
 
     def retry_round(self, now: float) -> Iterator[Queued]:
         """This run's deferred recipients whose backoff has passed."""

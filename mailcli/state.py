@@ -18,23 +18,35 @@ most one group.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
+import inspect
 import json
+import logging
 import os
 import socket
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from mailcli.addresses import address_key
 from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
-from mailcli.errors import ConfigError, InputFileError, TempFailError
+from mailcli.errors import (
+    CantCreateError,
+    ConfigError,
+    InputFileError,
+    MailcliError,
+    TempFailError,
+)
+from mailcli.fingerprint import Fingerprint, Recorded
 
-SCHEMA_VERSION = 1
+# 2: recipients.first_at and the attempts table (a file of version 1 is upgraded on open).
+SCHEMA_VERSION = 2
 STATUSES = tuple(s.value for s in RECIPIENT_STATUSES)
 PROBLEM_STATUSES = (DeliveryStatus.FAILED, DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN)
 
@@ -53,7 +65,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     reply TEXT,
     message_id TEXT,
     updated TEXT NOT NULL,
-    sent_at TEXT
+    sent_at TEXT,
+    first_at TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recipients_status ON recipients (status);
 CREATE TABLE IF NOT EXISTS runs (
@@ -64,11 +77,100 @@ CREATE TABLE IF NOT EXISTS runs (
     host TEXT NOT NULL,
     summary TEXT
 );
+-- The send log: one row per recorded outcome, appended in the outcomes' transaction. No index
+-- on `key`: a list's addresses come in no key order, so each group would write a page of the
+-- index per message (about +40% on the state's cost per message); the rare lookup of one
+-- recipient scans the log instead (about 0.2 s per million tries).
+CREATE TABLE IF NOT EXISTS attempts (
+    key TEXT NOT NULL,
+    run INTEGER,
+    at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    code INTEGER,
+    reply TEXT,
+    message_id TEXT
+);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    id INTEGER PRIMARY KEY,
+    recorded TEXT NOT NULL,
+    file TEXT NOT NULL,
+    host TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    content TEXT NOT NULL,
+    changes TEXT NOT NULL
+);
 """
+# A RecipientRecord: the last try's time is `updated`, which only a try (or its outcome) sets.
+RECORD_COLUMNS = (
+    "email, row, status, code, reply, message_id, first_at, "
+    "CASE WHEN attempts > 0 THEN updated END, attempts, run"
+)
+
+
+# A run's record until it finishes: what a run that never recorded its end (killed, or out of
+# disk space) ended as.
+UNFINISHED = json.dumps(
+    {
+        "exit_code": 75,
+        "error": "the run did not record its end (killed, or the state file could not be written)",
+    }
+)
+
+
+# What one recipient sent in one attempt costs the state file (its row, its index entry, its
+# line in the attempts log), measured on a 20,000-recipient campaign: README "When things go
+# wrong".
+BYTES_PER_RECIPIENT = 410
+
+
+def lock_timeout() -> float:
+    """Seconds a run waits for a state file another program holds locked
+    (`MAILCLI_STATE_TIMEOUT`, default 30), before it stops with exit 75."""
+    text = os.environ.get("MAILCLI_STATE_TIMEOUT", "")
+    try:
+        value = float(text) if text else 30.0
+    except ValueError:
+        raise ConfigError(
+            f"MAILCLI_STATE_TIMEOUT must be a number of seconds, not {text!r}"
+        ) from None
+    if not 0 < value <= 3600:
+        raise ConfigError(f"MAILCLI_STATE_TIMEOUT must be from 0 to 3600 seconds, not {text!r}")
+    return value
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a file, or None when it is gone."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a state file of schema 1 up to SCHEMA_VERSION: SCHEMA has created the tables it
+    lacked; the column `first_at` is added here. Older mailcli versions name the columns they
+    write, so they keep working with an upgraded file."""
+    if any(c[1] == "first_at" for c in db.execute("PRAGMA table_info(recipients)")):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Looked at again under the write lock: another process may have just upgraded it.
+        if not any(c[1] == "first_at" for c in db.execute("PRAGMA table_info(recipients)")):
+            db.execute("ALTER TABLE recipients ADD COLUMN first_at TEXT")
+        db.execute(
+            "UPDATE meta SET value=? WHERE key='schema' AND CAST(value AS INTEGER) < ?",
+            (str(SCHEMA_VERSION), SCHEMA_VERSION),
+        )
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +226,38 @@ class RunRecord:
     host: str
     exit_code: int | None
     sent: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRecord:
+    """Everything the state knows of one recipient: a row of `status --export`.
+
+    Times are ISO 8601 in UTC; `first_at` is None for a recipient never tried, or first tried
+    before the state recorded it (a state file of schema 1); `last_at` is None until a try.
+    """
+
+    email: str
+    row: int | None
+    status: DeliveryStatus
+    code: int | None
+    reply: str | None
+    message_id: str | None
+    first_at: str | None
+    last_at: str | None
+    tries: int
+    run: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One recorded outcome of a recipient (`status --recipient`): which run, when, what."""
+
+    run: int | None
+    at: str
+    status: DeliveryStatus
+    code: int | None
+    reply: str | None
+    message_id: str | None
 
 
 class StateStore(Protocol):
@@ -191,6 +325,16 @@ class StateStore(Protocol):
         """The most recent run, or None."""
         ...
 
+    def fingerprints(self) -> list[Recorded]:
+        """The campaign's fingerprint history, oldest first (see `mailcli.fingerprint`)."""
+        ...
+
+    def add_fingerprint(
+        self, fingerprint: Fingerprint, changes: Sequence[str], *, after: int | None
+    ) -> bool:
+        """Record a fingerprint unless another was recorded since the entry `after`."""
+        ...
+
     def close(self) -> None:
         """Commit and close (and release the run's lock, if it holds one)."""
         ...
@@ -255,8 +399,15 @@ class CampaignLock:
 
     def acquire(self) -> None:
         """Take the lock or raise TempFailError (exit 75) naming the run that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise CantCreateError(
+                f"cannot create the campaign's lock file: {exc.strerror}",
+                path=self.path,
+                hint="the folder of the state file must be writable by the user running mailcli",
+            ) from None
         if not _try_lock(handle):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -265,10 +416,14 @@ class CampaignLock:
                 f"campaign '{self.campaign}' is already being sent by {holder}",
                 hint=f"wait for it to finish (lock file {self.path})",
             )
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n")
+            handle.flush()
+        except OSError as exc:
+            handle.close()
+            raise state_problem(exc, self.path) from None
         self._handle = handle
 
     def release(self) -> None:
@@ -306,6 +461,64 @@ def _try_lock(handle: IO[str]) -> bool:
     return True
 
 
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+class StateError(TempFailError):
+    """The state file could not be written mid-run: no space, no permission, removed, locked
+    by another program. Exit 75: once the cause is fixed the run is started again, and nobody
+    is sent twice (what was handed over is recorded as `unknown` before it left)."""
+
+
+def state_problem(exc: BaseException, path: Path) -> StateError:
+    """A failure of SQLite (or of the file system under it) as the user should read it."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if name == "SQLITE_FULL" or code in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in text:
+        what, todo = "no space left on its device", "free some space"
+    elif (
+        name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"))
+        or code in (errno.EACCES, errno.EPERM, errno.EROFS)
+        or "readonly" in text
+    ):
+        what = "cannot write it (no permission, or a read-only file system)"
+        todo = "give the user running mailcli write access to the file and its folder"
+    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        what, todo = "locked by another program", "let that program finish"
+    elif name.startswith("SQLITE_IOERR") or isinstance(exc, OSError):
+        what, todo = f"an input/output error ({text})", "check the disk"
+    else:
+        what, todo = text, "check the file"
+    return StateError(
+        f"state file: {what}; {todo} and run again (what was handed over is recorded as "
+        "unknown: nobody is sent twice)",
+        path=path,
+    )
+
+
+def _sqlite_reported(cls: type[_T]) -> type[_T]:
+    """Every public method of the store reports SQLite and file system failures as a
+    StateError (exit 75) naming the file, never as an internal error."""
+    for name, method in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(method):
+            setattr(cls, name, _translating(method))
+    return cls
+
+
+def _translating(method: Any) -> Any:
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            raise state_problem(exc, self.path) from None
+
+    return call
+
+
+@_sqlite_reported
 class SqliteState:
     """The SQLite state database of one campaign (WAL, synchronous=FULL)."""
 
@@ -316,17 +529,19 @@ class SqliteState:
         self.run_id: int | None = None
         self._pending: list[Outcome] = []
         self._reverts: list[tuple[str, Entry | None]] = []
+        self._identity: tuple[int, int] | None = None  # the file's (device, inode) at open
 
     @classmethod
     def open(cls, path: Path, campaign: str, *, create: bool = True) -> SqliteState:
         """Open (or create) the database; check that it belongs to this campaign."""
-        if not create and not path.exists():
+        existed = path.exists()
+        if not create and not existed:
             raise InputFileError("no state yet: the campaign has not been sent", path=path)
         try:
             # The folder mailcli makes for its state is private: the database holds every
             # recipient's address and the server's replies about them.
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            db = sqlite3.connect(path, isolation_level=None, timeout=lock_timeout())
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: the 'unknown' mark must be on disk before a message is handed over, even if
             # the machine loses power right after.
@@ -345,20 +560,41 @@ class SqliteState:
                     path=path,
                     hint="give this campaign its own `state:` path",
                 )
+            else:
+                _upgrade(db)
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"cannot use the state file: {exc}", path=path) from None
+            name = str(getattr(exc, "sqlite_errorname", "") or "")
+            if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise ConfigError(f"cannot use the state file: {exc}", path=path) from None
+            if not existed:
+                raise CantCreateError(
+                    f"cannot create the state file: {state_problem(exc, path).message}",
+                    path=path,
+                ) from None
+            raise state_problem(exc, path) from None
         except OSError as exc:
-            raise InputFileError(
-                f"cannot create the state file: {exc.strerror}", path=path
+            raise CantCreateError(
+                f"cannot create the state file: {exc.strerror}",
+                path=path,
+                hint="its folder must be writable by the user running mailcli",
             ) from None
-        return cls(db, path)
+        state = cls(db, path)
+        state._identity = _identity(path)
+        return state
 
     def close(self) -> None:
-        """Commit what is buffered, close, and release the lock if this store holds it."""
+        """Commit what is buffered, close, and release the lock if this store holds it.
+
+        Never raises: a run that could not write its state has said so already (what was not
+        written stays `unknown`, never resent).
+        """
         try:
             self.flush()
-            self.db.close()
+        except MailcliError as exc:
+            log.info("%s", exc)
         finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None
@@ -372,16 +608,23 @@ class SqliteState:
     # -- runs -----------------------------------------------------------------------------
 
     def start_run(self) -> int:
-        """Record the start of a run; its id tells this run's retries from earlier ones."""
+        """Record the start of a run; its id tells this run's retries from earlier ones.
+
+        The record says from the start that the run did not finish (exit 75); `finish_run`
+        replaces that with how it did end. A run killed, or one that could not write its end
+        (a full disk), is so recorded as what it was.
+        """
         cur = self.db.execute(
-            "INSERT INTO runs (started, pid, host) VALUES (?, ?, ?)",
-            (_now(), os.getpid(), socket.gethostname()),
+            "INSERT INTO runs (started, pid, host, summary) VALUES (?, ?, ?, ?)",
+            (_now(), os.getpid(), socket.gethostname(), UNFINISHED),
         )
         self.run_id = int(cur.lastrowid or 0)
         return self.run_id
 
     def finish_run(self, summary: Mapping[str, object]) -> None:
         """Record the end of a run and its summary."""
+        if self._identity is not None and _identity(self.path) is None:
+            self._restore()  # removed during the last group: written back, then finished
         self.flush()
         self.db.execute(
             "UPDATE runs SET finished=?, summary=? WHERE id=?",
@@ -410,6 +653,7 @@ class SqliteState:
 
         `group` holds (email, row, previous entry) for each message about to be handed over.
         """
+        self._check_file()
         now = _now()
         run = self.run_id
         rows = [
@@ -427,10 +671,13 @@ class SqliteState:
             self._write_outcomes()
             self.db.executemany(
                 "INSERT INTO recipients (key, email, row, status, attempts, run, run_tries,"
-                " updated) VALUES (?, ?, ?, 'unknown', 1, ?, ?, ?) "
+                " updated, first_at) VALUES (?, ?, ?, 'unknown', 1, ?, ?, ?, ?6) "
                 "ON CONFLICT (key) DO UPDATE SET status='unknown', attempts=attempts+1, "
                 "run=excluded.run, run_tries=excluded.run_tries, updated=excluded.updated,"
-                " email=excluded.email, row=excluded.row",
+                " email=excluded.email, row=excluded.row,"
+                # The first try only: a row tried before the column existed keeps NULL, never
+                # a later try's time.
+                " first_at=CASE WHEN attempts=0 THEN excluded.updated ELSE first_at END",
                 rows,
             )
 
@@ -480,20 +727,30 @@ class SqliteState:
                 for o in self._pending
             ],
         )
+        # The send log (`status --recipient`): one row per outcome, in the same transaction.
+        self.db.executemany(
+            "INSERT INTO attempts (key, run, at, status, code, reply, message_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (o.key, self.run_id, now, str(o.status), o.code, o.reply, o.message_id)
+                for o in self._pending
+            ],
+        )
         self._pending.clear()
         for key, entry in self._reverts:
             if entry is None:
                 self.db.execute("DELETE FROM recipients WHERE key=?", (key,))
             else:
                 self.db.execute(
-                    "UPDATE recipients SET status=?, attempts=?, run=?, run_tries=?, next_at=? "
-                    "WHERE key=?",
+                    "UPDATE recipients SET status=?, attempts=?, run=?, run_tries=?, next_at=?, "
+                    "first_at=CASE WHEN ?=0 THEN NULL ELSE first_at END WHERE key=?",
                     (
                         str(entry.status),
                         entry.attempts,
                         entry.run,
                         entry.run_tries,
                         entry.next_at,
+                        entry.attempts,
                         key,
                     ),
                 )
@@ -505,9 +762,50 @@ class SqliteState:
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite has already rolled back after some failures (a full disk): nothing to undo.
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    def _check_file(self) -> None:
+        """Before a group is marked: the state file is still the one this run opened. A file
+        removed mid-run would take the record of who was sent with it (and the next run would
+        send them again): it is written back from the open copy, and the run stops."""
+        if self._identity is None:
+            return
+        now = _identity(self.path)
+        if now == self._identity:
+            return
+        if now is None:
+            self._restore()
+            raise StateError(
+                "the state file was removed during the run; mailcli wrote it back from the "
+                "copy it had open. Run again to finish: nobody is sent twice",
+                path=self.path,
+            )
+        raise StateError(
+            "the state file was replaced by another file during the run; the run stopped "
+            "(put the campaign's own file back, or give it its own `state:`)",
+            path=self.path,
+        )
+
+    def _restore(self) -> None:
+        """Write the open (removed) database back to its path, and go on with that file."""
+        log.warning("the state file %s was removed during the run: writing it back", self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        spare = self.path.with_name(f"{self.path.name}.restore-{os.getpid()}")
+        target = sqlite3.connect(spare)
+        try:
+            self.db.backup(target)
+        finally:
+            target.close()
+        self.db.close()
+        os.replace(spare, self.path)
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=lock_timeout())
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self._identity = _identity(self.path)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -539,6 +837,60 @@ class SqliteState:
         )
         return [RecipientState(r[0], r[1], DeliveryStatus(r[2]), *r[3:]) for r in rows]
 
+    def export_rows(
+        self, statuses: Collection[DeliveryStatus] | None = None
+    ) -> Iterator[RecipientRecord]:
+        """Every recipient (or those in `statuses`) in list order, read from the cursor as it
+        goes: memory stays flat whatever the size of the campaign."""
+        where, values = "", []
+        if statuses is not None:
+            where = f"WHERE status IN ({','.join('?' * len(statuses))})"
+            values = [DeliveryStatus(s).value for s in statuses]
+        rows = self.db.execute(
+            f"SELECT {RECORD_COLUMNS} FROM recipients {where} ORDER BY row, email", values
+        )
+        for r in rows:
+            yield RecipientRecord(r[0], r[1], DeliveryStatus(r[2]), *r[3:])
+
+    def known(self, emails: Collection[str]) -> set[str]:
+        """Which of these addresses the state has a record of (their keys): one query per
+        500, so matching a whole list against the state costs little per row."""
+        keys = list({address_key(e) for e in emails})
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(f"SELECT key FROM recipients WHERE key IN ({marks})", part)
+            found.update(key for (key,) in rows)
+        return found
+
+    def recipient(self, email: str) -> RecipientRecord | None:
+        """What the state knows of one address, or None if no run has met it."""
+        r = self.db.execute(
+            f"SELECT {RECORD_COLUMNS} FROM recipients WHERE key=?", (address_key(email),)
+        ).fetchone()
+        return None if r is None else RecipientRecord(r[0], r[1], DeliveryStatus(r[2]), *r[3:])
+
+    def history(self, email: str) -> list[Attempt]:
+        """Every recorded outcome of an address, oldest first (a scan of the log: see SCHEMA)."""
+        rows = self.db.execute(
+            "SELECT run, at, status, code, reply, message_id FROM attempts WHERE key=? "
+            "ORDER BY rowid",
+            (address_key(email),),
+        )
+        return [Attempt(r[0], r[1], DeliveryStatus(r[2]), *r[3:]) for r in rows]
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one moment of the state, however long they take, while a run goes
+        on writing (WAL): an export never misses a recipient marked between two reads."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+
     def by_message_id(self, message_ids: Collection[str]) -> dict[str, str]:
         """The recipient each of these Message-IDs was sent to (those the state knows)."""
         ids = list(set(message_ids))
@@ -565,3 +917,72 @@ class SqliteState:
         return RunRecord(
             run_id, started, finished, pid, host, summary.get("exit_code"), summary.get("sent")
         )
+
+    # -- the campaign's fingerprint ---------------------------------------------------------
+
+    def fingerprints(self) -> list[Recorded]:
+        """The campaign's fingerprint history, oldest first (see `mailcli.fingerprint`)."""
+        return [_recorded(row) for row in self.db.execute(_FINGERPRINTS_SELECT)]
+
+    def add_fingerprint(
+        self, fingerprint: Fingerprint, changes: Sequence[str], *, after: int | None
+    ) -> bool:
+        """Record a fingerprint unless another was recorded since the entry `after` (False)."""
+        with self._transaction():
+            last = self.db.execute("SELECT MAX(id) FROM fingerprints").fetchone()[0]
+            if last != after:
+                return False
+            self.db.execute(
+                "INSERT INTO fingerprints (recorded, file, host, digest, content, changes) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    _now(),
+                    fingerprint.file,
+                    fingerprint.host,
+                    fingerprint.digest,
+                    json.dumps(fingerprint.content()),
+                    json.dumps(list(changes)),
+                ),
+            )
+        return True
+
+
+_FINGERPRINTS_SELECT = (
+    "SELECT id, recorded, file, host, content, changes FROM fingerprints ORDER BY id"
+)
+
+
+def _recorded(row: tuple[Any, ...]) -> Recorded:
+    return Recorded(
+        row[0], row[1], Fingerprint.stored(row[2], row[3], row[4]), tuple(json.loads(row[5]))
+    )
+
+
+def read_fingerprints(path: Path, campaign: str) -> list[Recorded]:
+    """The fingerprint history of a campaign's SQLite state, read without writing anything (a
+    dry run); empty when there is no state file, no history in it yet, or when it is another
+    campaign's state (which a real run reports)."""
+    if not path.is_file():
+        return []
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {
+                name
+                for (name,) in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' "
+                    "AND name IN ('meta', 'fingerprints')"
+                )
+            }
+            if tables != {"meta", "fingerprints"}:
+                return []
+            owner = db.execute("SELECT value FROM meta WHERE key='campaign'").fetchone()
+            if owner is None or owner[0] != campaign:
+                return []
+            return [_recorded(row) for row in db.execute(_FINGERPRINTS_SELECT)]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        if str(getattr(exc, "sqlite_errorname", "")) in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            raise ConfigError(f"cannot use the state file: {exc}", path=path) from None
+        raise state_problem(exc, path) from None

@@ -7,16 +7,33 @@ list that no run has met yet (appended for a drip campaign) count as pending.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
+from mailcli.addresses import AddressError, address_key, parse_mailbox
 from mailcli.campaign import Campaign, load_campaign
 from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
-from mailcli.errors import InputFileError, MailcliError
+from mailcli.errors import CantCreateError, DataError, InputFileError, MailcliError, UsageError
+from mailcli.fingerprint import Recorded
 from mailcli.recipients import RecipientReader, RowProblem, SeenAddresses
-from mailcli.state import Entry, RecipientState, RunRecord, StateStore, open_state
+from mailcli.state import (
+    Attempt,
+    Entry,
+    RecipientRecord,
+    RecipientState,
+    RunRecord,
+    SqliteState,
+    StateStore,
+    open_state,
+)
 from mailcli.suppression import (
     Location,
     SuppressionList,
@@ -26,7 +43,7 @@ from mailcli.suppression import (
 )
 
 if TYPE_CHECKING:
-    from mailcli.pgstate import HostShare
+    from mailcli.pgstate import HostShare, PgState
 
 
 @dataclass
@@ -46,6 +63,8 @@ class Status:
     # A shared (PostgreSQL) store: what each host did, and the runs sending now.
     hosts: list[HostShare] | None = None
     live_runs: list[RunRecord] = field(default_factory=list)
+    # The campaign's fingerprint history, oldest first: when, which file, what changed.
+    fingerprints: list[Recorded] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -103,6 +122,16 @@ class Status:
                 "sent": run.sent,
             },
             "list_error": self.list_error,
+            "fingerprints": [
+                {
+                    "recorded": f.recorded,
+                    "file": f.fingerprint.file,
+                    "host": f.fingerprint.host,
+                    "digest": f.fingerprint.digest,
+                    "changes": list(f.changes),
+                }
+                for f in self.fingerprints
+            ],
         }
         if self.hosts is not None:
             obj["hosts"] = [
@@ -168,6 +197,7 @@ def _status(campaign: Campaign, blocklist: SuppressionList | None) -> Status:
             report.counts = state.counts()
             report.recipients = state.problems()
             report.last_run = state.last_run()
+            report.fingerprints = state.fingerprints()
         _count_list(campaign, state.lookup if state else None, report, blocklist)
     finally:
         if state is not None:
@@ -194,6 +224,7 @@ def _shared_status(campaign: Campaign, url: str, blocklist: SuppressionList | No
         report.last_run = state.last_run()
         report.hosts = state.hosts()
         report.live_runs = state.live_runs()
+        report.fingerprints = state.fingerprints()
         if blocklist is not None:
             rows = screened(state.left_emails(), lambda e: e, blocklist)
             report.suppressed = sum(blocked for _, blocked in rows)
@@ -233,3 +264,339 @@ def _count_list(
     except MailcliError as exc:
         # The state still answers; say why the list could not be matched against it.
         report.list_error = str(exc)
+
+
+# --- the send log: `status --export` and `status --recipient` -------------------------------
+
+EXPORT_COLUMNS = (
+    "email",
+    "row",
+    "status",
+    "code",
+    "reply",
+    "message_id",
+    "first_attempt",
+    "last_attempt",
+    "tries",
+    "run",
+)
+ExportFormat = Literal["csv", "jsonl"]
+CHUNK = 1000  # list rows matched against the state per query
+# The mark of a try whose outcome the state never got (a stop between hand-over and reply).
+NO_ANSWER = "handed over; no answer recorded (the run stopped, or is still waiting for it)"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusExport:
+    """What `export_status` wrote."""
+
+    rows: int
+    # Of those, rows of the list that no run has met yet (written as pending, never tried).
+    not_tried: int = 0
+    # Why the list could not be matched against the state (the state's rows were written).
+    list_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientHistory:
+    """One recipient in a campaign: where it stands, and every try the state recorded."""
+
+    campaign: str
+    record: RecipientRecord
+    attempts: list[Attempt]
+    # False: a row of the list that no run has met yet (pending, never tried).
+    in_state: bool = True
+    # Not tried yet and on the suppression list: not sent while it stays there.
+    suppressed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The `status --recipient --json` object."""
+        return {
+            "campaign": self.campaign,
+            **dict(zip(EXPORT_COLUMNS, _values(self.record), strict=True)),
+            "in_state": self.in_state,
+            "suppressed": self.suppressed,
+            "attempts": [
+                {
+                    "run": a.run,
+                    "time": a.at,
+                    "status": a.status.value,
+                    "code": a.code,
+                    "reply": a.reply,
+                    "message_id": a.message_id,
+                }
+                for a in self.attempts
+            ],
+        }
+
+
+def parse_statuses(
+    values: Iterable[DeliveryStatus | str] | str | None,
+) -> frozenset[DeliveryStatus] | None:
+    """Status words (each may be a comma list: `failed,deferred`) as a set; None: all."""
+    if values is None:
+        return None
+    found: set[DeliveryStatus] = set()
+    for value in [values] if isinstance(values, str) else values:
+        for word in str(value).split(","):
+            if not (word := word.strip().lower()):
+                continue
+            if word not in RECIPIENT_STATUSES:
+                choices = "|".join(s.value for s in RECIPIENT_STATUSES)
+                raise UsageError(f"unknown status {word!r}: choose from {choices}")
+            found.add(DeliveryStatus(word))
+    if not found:
+        raise UsageError("no status given to filter on")
+    return frozenset(found)
+
+
+def export_status(
+    campaign: Campaign | str | Path,
+    out: str | Path | IO[str],
+    *,
+    statuses: Iterable[DeliveryStatus | str] | str | None = None,
+    format: ExportFormat | None = None,
+) -> StatusExport:
+    """Write one row per recipient (EXPORT_COLUMNS: address, row, status, code, reply,
+    Message-ID, first and last try, tries, run) to a file or a text stream.
+
+    CSV, or JSON Lines (`format`, or a path ending in `.jsonl`). Streamed: memory stays flat
+    whatever the campaign's size. Rows of the list that no run has met yet come after the
+    state's, as `pending`. A file is written whole or not at all. Takes no lock: works while a
+    run sends, and reads one moment of the state.
+    """
+    wanted = parse_statuses(statuses)
+    if format is None:
+        named = isinstance(out, str | Path) and str(out).endswith(".jsonl")
+        format = "jsonl" if named else "csv"
+    if format not in ("csv", "jsonl"):
+        raise UsageError(f"the export format is csv or jsonl, not {format!r}")
+    if not isinstance(campaign, Campaign):
+        campaign = load_campaign(campaign, check_files=False)
+    if isinstance(out, str | Path):
+        with _replacing(Path(out)) as handle:
+            return _export(campaign, handle, wanted, format)
+    return _export(campaign, out, wanted, format)
+
+
+def recipient_history(
+    campaign: Campaign | str | Path, address: str, *, suppression: Location | bool = True
+) -> RecipientHistory:
+    """Where one address stands in a campaign, with every try the state recorded (run, time,
+    outcome, code, reply, Message-ID).
+
+    An address of the list that no run has met yet comes back pending, with no tries. One that
+    is neither in the state nor in the list raises DataError (exit 65).
+    """
+    if not isinstance(campaign, Campaign):
+        campaign = load_campaign(campaign, check_files=False)
+    try:
+        email = parse_mailbox(address).addr
+    except AddressError:
+        email = address.strip()  # an invalid row recorded by --skip-invalid has such a one
+    with _reader(campaign) as state:
+        record = state.recipient(email) if state is not None else None
+        attempts = state.history(email) if state is not None and record is not None else []
+        shared = state is not None and not isinstance(state, SqliteState)
+    if record is not None:
+        history = RecipientHistory(campaign.name, record, _with_flight(record, attempts))
+    else:
+        row = _row_in_list(campaign, email, shared=shared)
+        history = RecipientHistory(campaign.name, _never_tried(email, row), [], in_state=False)
+    if history.record.status is DeliveryStatus.PENDING and suppression is not False:
+        location = for_campaign(campaign) if suppression is True else suppression
+        blocklist = open_for_reading(location)
+        if blocklist is not None:
+            try:
+                found = blocklist.get(email) is not None
+            finally:
+                blocklist.close()
+            history = dataclasses.replace(history, suppressed=found)
+    return history
+
+
+def _values(r: RecipientRecord) -> tuple[object, ...]:
+    return (
+        r.email,
+        r.row,
+        r.status.value,
+        r.code,
+        r.reply,
+        r.message_id,
+        r.first_at,
+        r.last_at,
+        r.tries,
+        r.run,
+    )
+
+
+@contextlib.contextmanager
+def _reader(campaign: Campaign) -> Iterator[SqliteState | PgState | None]:
+    """The campaign's store, for reading only (None: no run has written it yet)."""
+    if campaign.state_url is not None:
+        from mailcli.pgstate import PgState
+
+        try:
+            shared = PgState.open(campaign.state_url, campaign.name, create=False)
+        except InputFileError:
+            yield None
+            return
+        with shared:
+            yield shared
+    elif campaign.state_path.exists():
+        with open_state(campaign.state_path, campaign.name, create=False) as state:
+            yield state
+    else:
+        yield None
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[IO[str]]:
+    """A file written whole or not at all: a private temporary file beside it (the export
+    holds addresses), renamed over it at the end."""
+    try:
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            "w",
+            encoding="utf-8",
+            newline="",
+            dir=path.parent,
+            prefix=f".{path.name}.",
+            suffix=".part",
+            delete=False,
+        )
+    except OSError as exc:
+        raise CantCreateError(f"cannot write the export: {exc.strerror}", path=path) from None
+    try:
+        with handle:
+            yield handle
+        os.replace(handle.name, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        if isinstance(exc, OSError):
+            raise CantCreateError(
+                f"cannot write the export: {exc.strerror or exc}", path=path
+            ) from None
+        raise
+
+
+def _export(
+    campaign: Campaign,
+    handle: IO[str],
+    wanted: frozenset[DeliveryStatus] | None,
+    format: ExportFormat,
+) -> StatusExport:
+    write = _writer(handle, format)
+    rows = not_tried = 0
+    list_error = None
+    with contextlib.ExitStack() as stack:
+        state = stack.enter_context(_reader(campaign))
+        if state is not None:
+            stack.enter_context(state.snapshot())
+            for record in state.export_rows(wanted):
+                write(record)
+                rows += 1
+        if wanted is None or DeliveryStatus.PENDING in wanted:
+            new = _not_met(campaign, state)
+            while True:
+                try:
+                    record = next(new)
+                except StopIteration:
+                    break
+                except MailcliError as exc:  # the list, not the export: say so, go on
+                    list_error = str(exc)
+                    break
+                write(record)
+                rows += 1
+                not_tried += 1
+    handle.flush()
+    return StatusExport(rows, not_tried, list_error)
+
+
+def _writer(handle: IO[str], format: ExportFormat) -> Callable[[RecipientRecord], None]:
+    if format == "jsonl":
+
+        def line(r: RecipientRecord) -> None:
+            obj = dict(zip(EXPORT_COLUMNS, _values(r), strict=True))
+            handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+        return line
+    table = csv.writer(handle)
+    table.writerow(EXPORT_COLUMNS)
+
+    def row(r: RecipientRecord) -> None:
+        table.writerow(["" if v is None else v for v in _values(r)])
+
+    return row
+
+
+def _not_met(campaign: Campaign, state: SqliteState | PgState | None) -> Iterator[RecipientRecord]:
+    """The valid, unique rows of the list that the state has no record of: pending. The state
+    is asked CHUNK rows at a time (one query each, not one per row)."""
+    shared = state is not None and not isinstance(state, SqliteState)
+    if shared and not campaign.recipients.path.is_file():
+        return  # a host of a shared campaign without the list: the store is the list
+    chunk: list[tuple[str, int]] = []
+    with SeenAddresses() as seen:
+        for entry in RecipientReader(campaign.recipients):
+            if isinstance(entry, RowProblem) or seen.add(entry.email, entry.row) is not None:
+                continue
+            chunk.append((entry.email, entry.row))
+            if len(chunk) >= CHUNK:
+                yield from _unknown_to(state, chunk)
+                chunk = []
+        yield from _unknown_to(state, chunk)
+
+
+def _unknown_to(
+    state: SqliteState | PgState | None, rows: list[tuple[str, int]]
+) -> Iterator[RecipientRecord]:
+    known = state.known([email for email, _ in rows]) if state is not None and rows else set()
+    for email, row in rows:
+        if address_key(email) not in known:
+            yield _never_tried(email, row)
+
+
+def _never_tried(email: str, row: int | None) -> RecipientRecord:
+    return RecipientRecord(
+        email, row, DeliveryStatus.PENDING, None, None, None, None, None, 0, None
+    )
+
+
+def _row_in_list(campaign: Campaign, email: str, *, shared: bool) -> int:
+    """The row of the list that holds an address the state has not met; DataError (65) when
+    the list does not have it, InputFileError (66) when the list cannot be read."""
+    where = f"{email} is not in campaign '{campaign.name}'"
+    source = campaign.recipients.path
+    if shared and not source.is_file():
+        raise DataError(f"{where} (not in its state; this host has no copy of its list {source})")
+    key = address_key(email)
+    invalid: RowProblem | None = None
+    try:
+        for entry in RecipientReader(campaign.recipients):
+            if not isinstance(entry, RowProblem):
+                if entry.key == key:
+                    return entry.row
+            elif entry.email is not None and address_key(entry.email.strip()) == key:
+                invalid = invalid or entry
+    except MailcliError as exc:  # the list itself is the problem: exit 66, as for the list
+        first = str(exc).splitlines()[0]
+        raise InputFileError(
+            f"{email} is not in the state of campaign '{campaign.name}', and its list cannot "
+            f"be read: {first}"
+        ) from None
+    if invalid is not None:
+        raise DataError(f"{where}: its list has it on an invalid {invalid}")
+    raise DataError(f"{where} (not in its state, nor in its list {source.name})")
+
+
+def _with_flight(record: RecipientRecord, attempts: list[Attempt]) -> list[Attempt]:
+    """The tries, with the last one as `unknown` when it was handed over and no outcome was
+    recorded (the state marks a try before the message leaves; the outcome comes after)."""
+    if record.status is not DeliveryStatus.UNKNOWN or record.last_at is None:
+        return attempts
+    last = attempts[-1] if attempts else None
+    if last is not None and last.status is DeliveryStatus.UNKNOWN and last.run == record.run:
+        return attempts
+    flight = Attempt(record.run, record.last_at, DeliveryStatus.UNKNOWN, None, NO_ANSWER, None)
+    return [*attempts, flight]

@@ -31,6 +31,7 @@ from mailcli.cli.console import (
     BatchProgress,
     console,
     estimate_rows,
+    history_view,
     is_terminal,
     preview_view,
     setup_logging,
@@ -43,7 +44,7 @@ from mailcli.preview import Preview, preview_one, write_files
 from mailcli.secrets import keyring_delete, keyring_key, keyring_set, keyring_write
 from mailcli.sending import OneOff, one_off_message
 from mailcli.settings import resolve_smtp
-from mailcli.status import campaign_status
+from mailcli.status import campaign_status, export_status, recipient_history
 from mailcli.transport import SmtpSettings
 
 if TYPE_CHECKING:  # imported where used: they pull in cryptography and aiosmtpd
@@ -62,7 +63,7 @@ class MailcliGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except MailcliError as exc:
-            _fail(ctx, str(exc), int(exc.exit_code))
+            _fail(ctx, str(exc), int(exc.exit_code), exc.summary)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", int(ExitCode.TEMPFAIL))
         except BrokenPipeError:
@@ -102,13 +103,17 @@ def _optional_sandbox_dir(args: list[str]) -> list[str]:
     return out
 
 
-def _fail(ctx: Any, message: str, code: int) -> None:
+def _fail(ctx: Any, message: str, code: int, summary: Summary | None = None) -> None:
+    """One error line (and its hint) on stderr; with --json the one object on stdout: the
+    run's whole summary when the error ended a campaign run, else the error and exit code."""
     lines = message.splitlines() or [message]
     typer.echo(f"mailcli: error: {lines[0]}", err=True)
     for line in lines[1:]:
         typer.echo(f"  {line.strip()}", err=True)
     if ctx.meta.get("json"):
-        _emit({"error": message, "exit_code": code})
+        _emit(summary.to_json() if summary is not None else {"error": message, "exit_code": code})
+    elif summary is not None:
+        typer.echo(summary_line(summary))
     raise typer.Exit(code)
 
 
@@ -352,6 +357,16 @@ def batch(
             "have them already: they can get the message twice).",
         ),
     ] = False,
+    resend_failed: Annotated[
+        bool,
+        typer.Option(
+            "--resend-failed",
+            help="Also send again to recipients a server refused (5xx) in an earlier run, "
+            "once the cause is fixed upstream. A refusal that was not fixed is refused again "
+            "and hurts your reputation with that receiver; resending policy or spam refusals "
+            "looks like abuse. Suppressed addresses are still not sent.",
+        ),
+    ] = False,
     profile: ProfileOpt = None,
     host: HostOpt = None,
     port: PortOpt = None,
@@ -430,6 +445,7 @@ def batch(
             rate=parsed_rate,
             skip_invalid=skip_invalid,
             retry_unknown=retry_unknown,
+            resend_failed=resend_failed,
             progress=display,
             stop=stop,
             sandbox=sandbox_dir,
@@ -816,6 +832,36 @@ def status(
         bool,
         typer.Option("--failed", help="List the recipients not delivered, with code and reply."),
     ] = False,
+    export: Annotated[
+        str | None,
+        typer.Option(
+            "--export",
+            metavar="FILE",
+            help="Write one row per recipient (address, row, status, code, reply, Message-ID, "
+            "first and last try, tries, run id) to FILE: CSV, or JSON Lines when FILE ends in "
+            ".jsonl; - writes CSV to stdout. Rows of the list not tried yet come last, "
+            "as pending.",
+        ),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            metavar="STATUS",
+            help="With --export: only the recipients in this status (sent, failed, deferred, "
+            "unknown, pending); repeat it, or give a comma list.",
+        ),
+    ] = None,
+    recipient: Annotated[
+        str | None,
+        typer.Option(
+            "--recipient",
+            metavar="ADDR",
+            help="Show one recipient's history: status, Message-ID, first and last try, and "
+            "each try (run, time, outcome, code, reply). Exit 65 if ADDR is in neither the "
+            "state nor the list.",
+        ),
+    ] = None,
     sandbox_dir: Annotated[
         Path | None,
         typer.Option(
@@ -824,16 +870,35 @@ def status(
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Show where a campaign stands: recipients per status, the last run, the failures.
+    """Show where a campaign stands: recipients per status, the last run, the failures; or
+    export every recipient's status (--export), or show one recipient's tries (--recipient).
 
     Example: mailcli status campaigns/welcome/campaign.yaml --failed
+
+    Example: mailcli status campaigns/welcome/campaign.yaml --export sent.csv --status sent
     """
     _json_mode(ctx, json_)
+    if failed + (export is not None) + (recipient is not None) > 1:
+        raise UsageError("--failed, --export and --recipient do not go together: choose one")
+    if only and export is None:
+        raise UsageError("--status filters an export: add --export FILE (- for stdout)")
+    if export == "-" and json_:
+        raise UsageError("--export - writes the rows on stdout: --json cannot print there too")
     campaign = load_campaign(campaign_file, check_files=False)
     if sandbox_dir is not None:
         from mailcli.sandbox import sandboxed
 
         campaign = sandboxed(campaign, sandbox_dir)
+    if recipient is not None:
+        history = recipient_history(campaign, recipient)
+        if json_:
+            _emit(history.to_json())
+        else:
+            console().print(history_view(history, terminal=is_terminal(sys.stdout)))
+        return
+    if export is not None:
+        _export_status(campaign, export, only, json_)
+        return
     report = campaign_status(campaign)
     if json_:
         _emit(report.to_json(with_recipients=failed))
@@ -842,6 +907,29 @@ def status(
     console().print(view)
     if report.list_error:
         typer.echo(f"mailcli: warning: the list could not be read: {report.list_error}", err=True)
+
+
+def _export_status(
+    campaign: mailcli.Campaign, file: str, only: list[str] | None, json_: bool
+) -> None:
+    """`status --export`: the rows into FILE (or stdout), then one line (or object) saying so."""
+    done = export_status(campaign, sys.stdout if file == "-" else file, statuses=only)
+    if done.list_error:
+        typer.echo(f"mailcli: warning: the list could not be read: {done.list_error}", err=True)
+    if json_:
+        _emit(
+            {
+                "campaign": campaign.name,
+                "file": file,
+                "format": "jsonl" if file.endswith(".jsonl") else "csv",
+                "exported": done.rows,
+                "not_tried": done.not_tried,
+                "list_error": done.list_error,
+            }
+        )
+    elif file != "-":
+        untried = f" ({done.not_tried:,} not tried yet)" if done.not_tried else ""
+        typer.echo(f"exported {done.rows:,} recipients{untried} to {file}")
 
 
 @app.command("test-connection")

@@ -36,7 +36,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from mailcli.batch import Summary
     from mailcli.preview import Preview
-    from mailcli.status import Status
+    from mailcli.status import RecipientHistory, Status
 
 PLAIN_PROGRESS_EVERY_S = 5.0
 LIVE_REFRESH_PER_S = 8
@@ -362,6 +362,60 @@ STATUS_STYLES = {
 }
 
 
+def history_view(history: RecipientHistory, *, terminal: bool) -> Group:
+    """One recipient (`status --recipient`): where it stands, then each try as a table."""
+    r = history.record
+    where = f", row {r.row}" if r.row is not None else ""
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    answer = " ".join(str(part) for part in (r.code, r.reply) if part)
+    facts.add_row(
+        "status",
+        Text.assemble((r.status.value, STATUS_STYLES.get(r.status.value, "")), f"  {answer}"),
+    )
+    facts.add_row("Message-ID", r.message_id or "-")
+    # A state file of schema 1 recorded tries without their time.
+    facts.add_row("first try", r.first_at or ("not recorded" if r.tries else "-"))
+    facts.add_row("last try", r.last_at or "-")
+    facts.add_row("tries", f"{r.tries}" + (f" (the last in run {r.run})" if r.run else ""))
+    blocks: list[Any] = [Text(f"{r.email} in campaign '{history.campaign}'{where}"), facts]
+    if history.suppressed:
+        blocks.append(Text("On the suppression list: not sent while it stays there."))
+    elif not r.tries and r.status.value == "pending":
+        blocks.append(Text("Not tried yet: the next `mailcli batch` sends it."))
+    if history.attempts:
+        table = Table(
+            title=f"Tries: {len(history.attempts)}",
+            title_justify="left",
+            box=box.HEAVY_HEAD if terminal else box.ASCII,
+        )
+        for column in ("run", "time", "outcome", "code"):
+            table.add_column(
+                column, justify="right" if column in ("run", "code") else "left", no_wrap=True
+            )
+        table.add_column("reply", overflow="fold")  # a log: wrapped, never cut short
+        for a in history.attempts:
+            table.add_row(
+                str(a.run or ""),
+                a.at,
+                Text(a.status.value, style=STATUS_STYLES.get(a.status.value, "")),
+                str(a.code or ""),
+                a.reply or "",
+            )
+        blocks.append(table)
+    if r.tries > len(history.attempts):
+        untold = r.tries - len(history.attempts)
+        blocks.append(
+            Text(
+                f"({untold} earlier {'try is' if untold == 1 else 'tries are'} not listed: made "
+                "before the state kept a log of tries)",
+                style="dim",
+            )
+        )
+    return Group(*blocks)
+
+
 def status_view(report: Status, *, with_recipients: bool, terminal: bool) -> Group:
     """Counts per status as a table, the last run, and the recipients not delivered.
 
@@ -404,6 +458,8 @@ def status_view(report: Status, *, with_recipients: bool, terminal: bool) -> Gro
         blocks.append(hosts)
     for live in report.live_runs:
         blocks.append(Text(f"Sending now: pid {live.pid} on {live.host}, since {live.started}"))
+    if report.fingerprints:
+        blocks.append(_fingerprint_table(report, frame))
     if with_recipients:
         failures = Table(
             title=f"Not delivered: {len(report.recipients)}", title_justify="left", box=frame
@@ -422,3 +478,28 @@ def status_view(report: Status, *, with_recipients: bool, terminal: bool) -> Gro
     elif any(counts[k] for k in ("failed", "deferred", "unknown")):
         blocks.append(Text("(--failed lists the recipients not delivered)", style="dim"))
     return Group(*blocks)
+
+
+FINGERPRINTS_SHOWN = 5
+
+
+def _fingerprint_table(report: Status, frame: box.Box) -> Table:
+    """The campaign's fingerprint history, the latest entries: when, which file, what changed."""
+    entries = report.fingerprints
+    earlier = len(entries) - FINGERPRINTS_SHOWN
+    table = Table(
+        title="Campaign history (fingerprint)",
+        caption=f"{earlier} earlier: --json lists them all" if earlier > 0 else None,
+        title_justify="left",
+        caption_justify="left",
+        box=frame,
+    )
+    shared = report.hosts is not None
+    for column in ("recorded", "file", *(("host",) if shared else ()), "what changed"):
+        table.add_column(column, overflow="fold")  # a path is never cut short
+    for entry in entries[-FINGERPRINTS_SHOWN:]:
+        host = (entry.fingerprint.host,) if shared else ()
+        table.add_row(
+            entry.recorded, entry.fingerprint.file, *host, ", ".join(entry.changes) or "-"
+        )
+    return table
