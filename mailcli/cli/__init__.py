@@ -112,7 +112,7 @@ def _fail(ctx: Any, message: str, code: int, summary: Summary | None = None) -> 
         typer.echo(f"  {line.strip()}", err=True)
     if ctx.meta.get("json"):
         _emit(summary.to_json() if summary is not None else {"error": message, "exit_code": code})
-    elif summary is not None:
+    elif summary is not None and summary.total:  # what the run had done before it stopped
         typer.echo(summary_line(summary))
     raise typer.Exit(code)
 
