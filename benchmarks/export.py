@@ -18,6 +18,15 @@ grows. "state only" exports every status but `pending`, which skips the pass ove
 the list: the same work as the sqlite3 baseline.
 
     python benchmarks/export.py [--sizes 10000 100000] [--runs 3]
+
+`--write-cost N` measures instead what the send log costs a run: the state's writes per message
+(groups of 32 marked in flight, their outcomes committed with the next group, addresses in a
+random order as real lists have them) with the log, and with the log's rows sent to a TEMP
+view of the same name whose trigger drops them: the difference is what writing the log costs
+(the microsecond or two of Python that builds its rows is in both). `--runs` pairs, each run
+back to back; the cost is the median of the pairs' differences.
+
+    python benchmarks/export.py --write-cost 100000 [--runs 3]
 """
 
 from __future__ import annotations
@@ -85,9 +94,29 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--build", nargs=2, metavar=("CAMPAIGN", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--write-cost", type=int, metavar="N")
     args = parser.parse_args()
     if args.build:
         print(build_state(Path(args.build[0]), int(args.build[1])))
+        return
+    if args.write_cost:
+        with_log, without = [], []
+        for _ in range(args.runs):  # alternated, so both see the same machine
+            with_log.append(write_cost(args.write_cost, log=True))
+            without.append(write_cost(args.write_cost, log=False))
+        mine, base = statistics.median(with_log), statistics.median(without)
+        print(f"state writes per message, {args.write_cost:,} recipients in random order:")
+        print(
+            f"  with the send log:    {mine:6.1f} us (of {', '.join(f'{x:.1f}' for x in with_log)})"
+        )
+        print(
+            f"  without (dropped):    {base:6.1f} us (of {', '.join(f'{x:.1f}' for x in without)})"
+        )
+        # Each pair ran back to back: its difference is the least disturbed by the machine.
+        extra = statistics.median(a - b for a, b in zip(with_log, without, strict=True))
+        print(
+            f"  the log costs {extra:+.1f} us a message ({extra / base:+.0%}; median of the pairs)"
+        )
         return
     sqlite3_cli = shutil.which("sqlite3")
     results: list[tuple[int, str, float, float, int]] = []
@@ -161,6 +190,37 @@ def main() -> None:
     for name in dict.fromkeys(r[1] for r in results):
         peaks = [r[3] for r in results if r[1] == name]
         print(f"  {name:<26}{peaks[-1] / peaks[0]:.2f}x")
+
+
+def write_cost(size: int, *, log: bool) -> float:
+    """Microseconds of state writes per message, as a run makes them (see the docstring)."""
+    import random
+
+    from mailcli.addresses import address_key
+    from mailcli.state import Outcome, SqliteState
+
+    emails = [f"{random.Random(i).getrandbits(64):016x}@example.com" for i in range(size)]
+    with tempfile.TemporaryDirectory() as tmp:
+        state = SqliteState.open(Path(tmp) / "state.sqlite", "bench")
+        if not log:  # the same inserts, into a view that drops them (temp names come first)
+            state.db.executescript(
+                "CREATE TEMP VIEW attempts AS SELECT NULL AS key, NULL AS run, NULL AS at,"
+                " NULL AS status, NULL AS code, NULL AS reply, NULL AS message_id WHERE 0;"
+                "CREATE TEMP TRIGGER attempts_dropped INSTEAD OF INSERT ON attempts"
+                " BEGIN SELECT 1; END;"
+            )
+        state.start_run()
+        started = time.perf_counter()
+        for first in range(0, size, 32):
+            group = emails[first : first + 32]
+            state.begin_flight((e, first + i + 1, None) for i, e in enumerate(group))
+            for i, email in enumerate(group, first):
+                mid = f"<{i}.bench@acme.example>"
+                state.record(Outcome(address_key(email), "sent", 250, "2.0.0 Ok: queued", mid))
+        state.flush()
+        seconds = time.perf_counter() - started
+        state.close()
+    return seconds / size * 1e6
 
 
 def measure(command: list[str]) -> tuple[float, float]:
