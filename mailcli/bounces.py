@@ -34,7 +34,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from mailcli.addresses import AddressError, normalize_address
@@ -48,6 +48,9 @@ from mailcli.errors import (
     UsageError,
 )
 from mailcli.suppression import SOFT_LIMIT, Reason, SuppressionList, key_of
+
+if TYPE_CHECKING:
+    from mailcli.campaign import Campaign
 
 log = logging.getLogger(__name__)
 
@@ -564,3 +567,50 @@ def _apply(
         reason = Reason.COMPLAINT
     if suppression.add(finding.email, reason, **source):
         report.suppressed.append(finding.email)
+
+
+def imap_password(user: str, host: str) -> str:
+    """The IMAP password: MAILCLI_IMAP_PASSWORD, else as the SMTP password is resolved
+    (MAILCLI_PASSWORD, the keyring entry USER@HOST, a prompt on a terminal)."""
+    import os
+
+    from mailcli.secrets import resolve_password
+    from mailcli.transport import SmtpSettings
+
+    value = os.environ.get("MAILCLI_IMAP_PASSWORD")
+    if value:
+        return value
+    settings = SmtpSettings(host=host, port=993, security="tls", username=user)
+    return resolve_password(settings, None)
+
+
+def campaign_tie(loaded: list[Campaign]) -> Tie | None:
+    """Message-ID -> (campaign, recipient), asked of each campaign's state."""
+    if not loaded:
+        return None
+
+    def tie(message_ids: Collection[str]) -> dict[str, tuple[str, str]]:
+        from mailcli.pgstate import PgState
+        from mailcli.state import open_state
+
+        found: dict[str, tuple[str, str]] = {}
+        wanted = [m for m in message_ids if m]
+        for campaign in loaded:
+            if not wanted:
+                break
+            if campaign.state_url is not None:
+                try:
+                    store: Any = PgState.open(campaign.state_url, campaign.name, create=False)
+                except InputFileError:
+                    continue
+            elif campaign.state_path.exists():
+                store = open_state(campaign.state_path, campaign.name, create=False)
+            else:
+                continue
+            with store:
+                for message_id, email in store.by_message_id(wanted).items():
+                    found[message_id] = (campaign.name, email)
+            wanted = [m for m in wanted if m not in found]
+        return found
+
+    return tie

@@ -272,6 +272,25 @@ def spawn_batch(campaign: Path, server: SmtpServer, *extra: str) -> subprocess.P
     )
 
 
+# The keys the contract promises in `batch --json` (and `batch --dry-run --json`).
+BATCH_JSON_KEYS = frozenset(
+    {
+        "campaign",
+        "total",
+        "sent",
+        "failed",
+        "deferred",
+        "unknown",
+        "skipped",
+        "invalid",
+        "elapsed_s",
+        "rate_per_s",
+        "connections",
+        "exit_code",
+    }
+)
+
+
 def busiest_second(times: list[float]) -> int:
     """The most messages received in any one-second window."""
     return max(sum(1 for t in times if start <= t < start + 1.0) for start in times)

@@ -15,7 +15,7 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-from conftest import Recorder, make_campaign, many_rows, server_args, write_csv
+from conftest import BATCH_JSON_KEYS, Recorder, make_campaign, many_rows, server_args, write_csv
 from typer.testing import CliRunner
 
 from mailcli import __version__
@@ -62,20 +62,7 @@ def test_dry_run_json_over_500_rows_with_bom(
     assert summary["total"] == 500 and summary["would_send"] == 500
     assert (summary["sent"], summary["invalid"], summary["connections"]) == (0, 0, 0)
     assert summary["exit_code"] == 0
-    for key in (
-        "campaign",
-        "total",
-        "sent",
-        "failed",
-        "deferred",
-        "unknown",
-        "skipped",
-        "invalid",
-        "elapsed_s",
-        "rate_per_s",
-        "connections",
-        "exit_code",
-    ):
+    for key in BATCH_JSON_KEYS:
         assert key in summary
     assert recorder.peers == []
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(

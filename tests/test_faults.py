@@ -21,26 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Recorder, SmtpServer, make_campaign, many_rows, server_args
+from conftest import (
+    BATCH_JSON_KEYS,
+    Recorder,
+    SmtpServer,
+    make_campaign,
+    many_rows,
+    server_args,
+)
 
 import mailcli
 from mailcli.campaign import load_campaign
 from mailcli.state import StateError
 
-CONTRACT_KEYS = {
-    "campaign",
-    "total",
-    "sent",
-    "failed",
-    "deferred",
-    "unknown",
-    "skipped",
-    "invalid",
-    "elapsed_s",
-    "rate_per_s",
-    "connections",
-    "exit_code",
-}
 IN_CI = bool(os.environ.get("CI"))
 MAILCLI = [sys.executable, "-m", "mailcli"]
 
@@ -108,7 +101,7 @@ def test_a_disk_that_fills_mid_run_is_exit_75_and_nobody_is_sent_twice(
     assert str(state) in errors[0] and "no space" in errors[0]
     assert "Traceback" not in first.stderr and "internal error" not in first.stderr
     summary = json.loads(first.stdout)
-    assert set(summary) >= CONTRACT_KEYS
+    assert set(summary) >= BATCH_JSON_KEYS
     assert summary["exit_code"] == 75 and "no space" in summary["error"]
     assert 0 < summary["sent"] < 3000
     stopped_at = len(recorder.recipients())
@@ -168,6 +161,16 @@ def no_bypass() -> list[str]:
     return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
 
 
+def batch_without_bypass(campaign: Path, server: SmtpServer) -> subprocess.CompletedProcess[str]:
+    """`mailcli batch --json` in a child that cannot ignore file permissions."""
+    return subprocess.run(
+        [*no_bypass(), *MAILCLI, "batch", str(campaign), *server_args(server), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_a_state_folder_without_write_permission_is_exit_73(
     tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
 ) -> None:
@@ -175,12 +178,7 @@ def test_a_state_folder_without_write_permission_is_exit_73(
     state_dir = files.folder / ".mailcli"
     state_dir.mkdir(mode=0o555)
     try:
-        done = subprocess.run(
-            [*no_bypass(), *MAILCLI, "batch", str(files.yaml), *server_args(smtp_server), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = batch_without_bypass(files.yaml, smtp_server)
     finally:
         state_dir.chmod(0o755)
     assert done.returncode == 73, done.stderr
@@ -198,12 +196,7 @@ def test_a_state_file_that_cannot_be_written_is_exit_75(
     state = load_campaign(files.yaml).state_path
     state.chmod(0o444)
     try:
-        done = subprocess.run(
-            [*no_bypass(), *MAILCLI, "batch", str(files.yaml), *server_args(smtp_server), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = batch_without_bypass(files.yaml, smtp_server)
     finally:
         state.chmod(0o600)
     assert done.returncode == 75, done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -371,7 +371,14 @@ def bounces_scan(
     Example: mailcli bounces scan imaps://bounces@mail.acme.example/INBOX --campaign
     campaigns/spring/campaign.yaml
     """
-    from mailcli.bounces import ImapFolder, LocalMailbox, Source, scan
+    from mailcli.bounces import (
+        ImapFolder,
+        LocalMailbox,
+        Source,
+        campaign_tie,
+        imap_password,
+        scan,
+    )
 
     if delete and move:
         raise UsageError("give --delete or --move, not both")
@@ -387,14 +394,14 @@ def bounces_scan(
         location = chosen_location(target, None)
     box: Source
     if source.startswith("imaps://") or source.startswith("imap://"):
-        box = ImapFolder(source, _imap_password, delete=delete, move=move, timeout=timeout)
+        box = ImapFolder(source, imap_password, delete=delete, move=move, timeout=timeout)
     else:
         if delete or move:
             raise UsageError("--delete and --move are for an IMAP folder")
         box = LocalMailbox(Path(source).expanduser())
     lst = location.open()
     try:
-        report = scan(box, lst, tie=_tie(loaded), soft_limit=soft_limit)
+        report = scan(box, lst, tie=campaign_tie(loaded), soft_limit=soft_limit)
     finally:
         box.close()
         lst.close()
@@ -415,50 +422,3 @@ def bounces_scan(
 
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _imap_password(user: str, host: str) -> str:
-    """The IMAP password: MAILCLI_IMAP_PASSWORD, else as the SMTP password is resolved
-    (MAILCLI_PASSWORD, the keyring entry USER@HOST, a prompt on a terminal)."""
-    import os
-
-    from mailcli.secrets import resolve_password
-    from mailcli.transport import SmtpSettings
-
-    value = os.environ.get("MAILCLI_IMAP_PASSWORD")
-    if value:
-        return value
-    settings = SmtpSettings(host=host, port=993, security="tls", username=user)
-    return resolve_password(settings, None)
-
-
-def _tie(loaded: list[Any]) -> Any:
-    """Message-ID -> (campaign, recipient), asked of each campaign's state."""
-    if not loaded:
-        return None
-
-    def tie(message_ids: Collection[str]) -> dict[str, tuple[str, str]]:
-        from mailcli.pgstate import PgState
-        from mailcli.state import open_state
-
-        found: dict[str, tuple[str, str]] = {}
-        wanted = [m for m in message_ids if m]
-        for campaign in loaded:
-            if not wanted:
-                break
-            if campaign.state_url is not None:
-                try:
-                    store: Any = PgState.open(campaign.state_url, campaign.name, create=False)
-                except InputFileError:
-                    continue
-            elif campaign.state_path.exists():
-                store = open_state(campaign.state_path, campaign.name, create=False)
-            else:
-                continue
-            with store:
-                for message_id, email in store.by_message_id(wanted).items():
-                    found[message_id] = (campaign.name, email)
-            wanted = [m for m in wanted if m not in found]
-        return found
-
-    return tie
