@@ -16,6 +16,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from mailcli import fingerprint, workers
@@ -33,10 +34,14 @@ from mailcli.pool import Answer, ConnectionPool
 from mailcli.preview import Preview
 from mailcli.ratelimit import RateLimiter
 from mailcli.recipients import RowProblem
+from mailcli.render import RenderError
 from mailcli.selection import ClaimedRows, DueRows, Queued, RenderCache, check_due_rows
 from mailcli.sender import GroupSender, Stopped
+from mailcli.sequence import Action, Clock, system_clock
+from mailcli.sequence_rows import Sequencer, SequenceRows, check_sequence_rows, count_decision
 from mailcli.state import (
     BYTES_PER_RECIPIENT,
+    Flight,
     Outcome,
     SqliteState,
     StateStore,
@@ -77,11 +82,17 @@ def dry_run(
     on_message: Callable[[Preview], None] | None = None,
     jobs: int | None = None,
     suppression: Location | bool = True,
+    at: datetime | None = None,
+    every_step: bool = False,
 ) -> Summary:
     """Read, validate, render and build every row; open no connection, write no state.
 
     Rows whose address is on the suppression list (see `send_batch`) are counted as
     suppressed, not as would-send, as a real run would.
+
+    A sequence (`steps:`): what a run at `at` (default now) would send, one step per
+    recipient, read from the campaign's state without writing to it; `every_step` builds
+    every step of every row instead (the step's `if:` aside), whenever it is due.
 
     `jobs` worker processes render and build (None: every core for a big list, see
     `workers.default_jobs`); the outcome is the same for any number. `on_message` needs the
@@ -95,13 +106,24 @@ def dry_run(
     started = time.monotonic()
     summary = Summary(campaign=campaign.name, dry_run=True, phase="building")
     pipeline = Pipeline(campaign, sender=sender)
+    if campaign.is_sequence:
+        with _closing(_blocklist(campaign, suppression)) as blocklist:
+            if every_step:
+                _dry_every_step(pipeline, summary, blocklist, on_message, progress)
+            else:
+                moment = at if at is not None else system_clock()
+                _dry_sequence(pipeline, summary, blocklist, moment, limit, on_message, progress)
+        summary.elapsed_s = time.monotonic() - started
+        summary.exit_code = ExitCode.DATAERR if summary.invalid else ExitCode.OK
+        return summary
+    if at is not None:
+        raise ConfigError("a dry run --at a moment is for a sequence (a campaign with steps:)")
     if on_message is not None:
         jobs = 1
     elif jobs is None:
         jobs = workers.default_jobs(campaign.recipients.path)
     rows = workers.checked(pipeline, jobs) if jobs > 1 else _checked_here(pipeline)
-    blocklist = _blocklist(campaign, suppression)
-    with _closing(blocklist):
+    with _closing(_blocklist(campaign, suppression)) as blocklist:
         screen = screened(rows, lambda pair: _email_of(pair[0]), blocklist)
         for (item, outcome), blocked in screen:
             _count_dry(summary, item, outcome, blocked, limit, on_message)
@@ -149,6 +171,110 @@ def _checked_here(pipeline: Pipeline) -> Iterator[tuple[Item, Built | RowProblem
         yield item, pipeline.check_recipient(item.recipient) if isinstance(item, Ready) else None
 
 
+def _dry_sequence(
+    pipeline: Pipeline,
+    summary: Summary,
+    blocklist: SuppressionList | None,
+    at: datetime,
+    limit: int | None,
+    on_message: Callable[[Preview], None] | None,
+    progress: Progress | None,
+) -> None:
+    """A sequence's dry run: the step each row would get from a run at `at`."""
+    campaign = pipeline.campaign
+    summary.for_steps([s.name for s in campaign.steps])
+    state = None if campaign.state_url is not None else SqliteState.read_only(campaign.state_path)
+    try:
+        if state is not None:
+            state.check_kind(True, write=False)
+        seq = Sequencer(pipeline, state, now=at, write=False)
+        rows = screened(pipeline.items(render=False), _email_of, blocklist)
+        for item, blocked, decision in seq.plan(rows):
+            summary.total += 1
+            if progress is not None:
+                progress(summary)
+            if isinstance(item, RowProblem):
+                summary.problem(item)
+            elif isinstance(item, Duplicate):
+                summary.duplicates += 1
+            elif isinstance(decision, RowProblem):
+                summary.problem(decision)
+            elif isinstance(item, Ready) and decision is not None:
+                if limit is not None and summary.would_send >= limit:
+                    continue
+                count_decision(summary, decision)
+                if decision.action is not Action.SEND or decision.step is None:
+                    summary.skipped += 1
+                elif blocked:
+                    summary.suppressed += 1
+                    summary.step_count(decision.step.name, "suppressed")
+                else:
+                    _dry_step(pipeline, summary, item, decision.step.name, on_message)
+    finally:
+        if state is not None:
+            state.close()
+
+
+def _dry_every_step(
+    pipeline: Pipeline,
+    summary: Summary,
+    blocklist: SuppressionList | None,
+    on_message: Callable[[Preview], None] | None,
+    progress: Progress | None,
+) -> None:
+    """`preview --all` of a sequence: every step of every row, whenever it is due (a step
+    whose `if:` is false for a row is counted as skipped)."""
+    steps = pipeline.campaign.steps
+    summary.for_steps([s.name for s in steps])
+    seq = Sequencer(pipeline, None, now=system_clock(), write=False)
+    rows = screened(pipeline.items(render=False), _email_of, blocklist)
+    for item, blocked, decision in seq.plan(rows):
+        summary.total += 1
+        if progress is not None:
+            progress(summary)
+        if isinstance(item, RowProblem):
+            summary.problem(item)
+        elif isinstance(item, Duplicate):
+            summary.duplicates += 1
+        elif isinstance(decision, RowProblem):
+            summary.problem(decision)
+        elif blocked:
+            summary.suppressed += 1
+        elif isinstance(item, Ready):
+            context = pipeline.context(item.recipient)
+            for step in steps:
+                try:
+                    wanted = step.condition is None or seq.clock.condition(step, context)
+                except RenderError as exc:
+                    r = item.recipient
+                    summary.problem(RowProblem(r.row, r.line, str(exc), r.email))
+                    break
+                if wanted:
+                    _dry_step(pipeline, summary, item, step.name, on_message)
+                else:
+                    summary.step_count(step.name, "skipped")
+
+
+def _dry_step(
+    pipeline: Pipeline,
+    summary: Summary,
+    item: Ready,
+    step: str,
+    on_message: Callable[[Preview], None] | None,
+) -> None:
+    r = item.recipient
+    built = pipeline.check_recipient(r, step)
+    if isinstance(built, RowProblem):
+        summary.problem(RowProblem(r.row, r.line, f"step {step!r}: {built.problem}", r.email))
+        return
+    summary.would_send += 1
+    summary.step_count(step, "would_send")
+    summary.bytes += len(built.data)
+    log.info("would send step %r to row %d <%s>", step, r.row, r.email)
+    if on_message is not None:
+        on_message(Preview(r.row, r.email, built, step))
+
+
 def send_batch(
     campaign: Campaign,
     transport: Transport | Sequence[Transport],
@@ -163,8 +289,12 @@ def send_batch(
     stop: Callable[[], bool] | None = None,
     suppression: Location | bool = True,
     resend_failed: bool = False,
+    clock: Clock = system_clock,
 ) -> Summary:
     """Deliver a campaign over one transport (or several at once), resuming from its state.
+
+    A sequence (`steps:`) sends each recipient the step due at `clock()` (see
+    `mailcli.sequence`); the times the state records of its steps come from `clock` too.
 
     `suppression`: True checks the campaign's list (`suppression:`, else the default one),
     False none, a Location that list. A suppressed address is counted, never sent.
@@ -193,8 +323,35 @@ def send_batch(
     try:
         with _open_store(campaign) as state, _closing(blocklist):
             _check_fingerprint(campaign, state, sender)
-            rows: DueRows | ClaimedRows
-            if isinstance(state, SqliteState):
+            rows: DueRows | ClaimedRows | SequenceRows
+            seq: Sequencer | None = None
+            if campaign.is_sequence:
+                if not isinstance(state, SqliteState):
+                    raise ConfigError(
+                        "a sequence (steps:) keeps its progress in a SQLite state file for "
+                        "now, not in PostgreSQL",
+                        path=campaign.path,
+                        hint="remove `state: postgresql://...` from the campaign",
+                    )
+                state.check_kind(True)
+                state.clock = clock
+                summary.for_steps([s.name for s in campaign.steps])
+                fresh = state.empty
+                cache = RenderCache()
+                seq = Sequencer(
+                    pipeline,
+                    state,
+                    now=clock(),
+                    write=True,
+                    fresh=fresh,
+                    retry_unknown=retry_unknown,
+                    resend_failed=resend_failed,
+                )
+                valid = check_sequence_rows(
+                    seq, summary, cache=cache, progress=progress, suppression=blocklist
+                )
+            elif isinstance(state, SqliteState):
+                state.check_kind(False)
                 # On a first run no row has a record: the per-row lookups of the first pass are
                 # skipped.
                 fresh = state.empty
@@ -239,7 +396,20 @@ def send_batch(
             if progress is not None:
                 progress(summary)
             state.start_run()
-            if isinstance(state, SqliteState):
+            if seq is not None:
+                assert isinstance(state, SqliteState)
+                seq.fresh = False  # the run's own records count from now on
+                rows = SequenceRows(
+                    seq,
+                    state,
+                    summary,
+                    retry=campaign.retry,
+                    limit=limit,
+                    cache=cache,
+                    smtputf8=lambda: first.smtputf8,
+                    suppression=blocklist,
+                )
+            elif isinstance(state, SqliteState):
                 rows = DueRows(
                     pipeline,
                     state,
@@ -350,9 +520,9 @@ def _blocklist(campaign: Campaign, choice: Location | bool) -> SuppressionList |
 
 
 @contextlib.contextmanager
-def _closing(blocklist: SuppressionList | None) -> Iterator[None]:
+def _closing(blocklist: SuppressionList | None) -> Iterator[SuppressionList | None]:
     try:
-        yield
+        yield blocklist
     finally:
         if blocklist is not None:
             blocklist.close()
@@ -471,6 +641,7 @@ def send_campaign(
     sleep: Callable[[float], None] = time.sleep,
     connections: int | None = None,
     resend_failed: bool = False,
+    clock: Clock = system_clock,
 ) -> Summary:
     """Send a campaign as `mailcli batch` does: the same state, resume and guarantees.
 
@@ -481,7 +652,8 @@ def send_campaign(
     groups; when it says True the run ends cleanly (exit code 75, resumable). `connections`
     (else the campaign's `connections:`, else the profile's, else 1) sessions send at once.
     `retry_unknown` and `resend_failed` are `batch --retry-unknown` and `--resend-failed` (see
-    `send_batch`).
+    `send_batch`). `clock` (a callable returning an aware datetime) is the time a sequence's
+    steps come due by (default the system's).
     """
     campaign = as_campaign(campaign)
     try:
@@ -510,6 +682,7 @@ def send_campaign(
             stop=stop,
             sleep=sleep,
             suppression=blocklist if blocklist is not None else False,
+            clock=clock,
         )
 
     if sandbox is not None:
@@ -559,7 +732,7 @@ class _Run:
 
     def __init__(
         self,
-        rows: DueRows | ClaimedRows,
+        rows: DueRows | ClaimedRows | SequenceRows,
         state: StateStore,
         sender: GroupSender,
         summary: Summary,
@@ -741,12 +914,12 @@ class _Run:
         """Messages that may have been handed over stay `unknown` in the state; count them so."""
         for index, q in enumerate(group):
             if index not in answered:
-                self.summary.moved(q.counted, DeliveryStatus.UNKNOWN)
+                self.summary.moved(q.counted, DeliveryStatus.UNKNOWN, q.step)
 
     def _begin_flight(self, group: list[Queued]) -> None:
         # Durable as 'unknown' before a byte of them leaves: a crash cannot cause a resend.
         self.state.begin_flight(
-            (q.ready.recipient.email, q.ready.recipient.row, q.entry) for q in group
+            Flight(q.ready.recipient.email, q.ready.recipient.row, q.entry, q.step) for q in group
         )
 
     def _send_group(self, group: list[Queued], prepare: Callable[[], None]) -> None:
@@ -778,26 +951,32 @@ class _Run:
     def _record(self, queued: Queued, delivery: Delivery) -> None:
         r = queued.ready.recipient
         status = delivery.status
-        self.summary.moved(queued.counted, status)
+        key = queued.key
+        self.summary.moved(queued.counted, status, queued.step)
         if status is DeliveryStatus.SENT:
-            log.debug("row %d %s: sent (%s %s)", r.row, r.email, delivery.code, delivery.reply)
+            log.debug(
+                "row %d %s%s: sent (%s %s)",
+                r.row,
+                r.email,
+                f" step {queued.step!r}" if queued.step else "",
+                delivery.code,
+                delivery.reply,
+            )
             self.state.record(
-                Outcome(r.key, status, delivery.code, delivery.reply, delivery.message_id)
+                Outcome(key, status, delivery.code, delivery.reply, delivery.message_id)
             )
         elif status is DeliveryStatus.DEFERRED:
             tries = policy.tries_in_run(queued.entry, self.state.run_id)
             next_at = policy.next_try_at(self.retry, tries, time.time())
             log.info("row %d %s: deferred: %s %s", r.row, r.email, delivery.code, delivery.reply)
-            self.state.record(
-                Outcome(r.key, status, delivery.code, delivery.reply, next_at=next_at)
-            )
+            self.state.record(Outcome(key, status, delivery.code, delivery.reply, next_at=next_at))
         elif status is DeliveryStatus.UNKNOWN:
             # The server may have queued it; sending again could make a duplicate.
             log.warning("row %d %s: unknown: %s", r.row, r.email, delivery.reply)
-            self.state.record(Outcome(r.key, status, None, delivery.reply, delivery.message_id))
+            self.state.record(Outcome(key, status, None, delivery.reply, delivery.message_id))
         else:
             log.info("row %d %s: failed: %s %s", r.row, r.email, delivery.code, delivery.reply)
-            self.state.record(Outcome(r.key, status, delivery.code, delivery.reply))
+            self.state.record(Outcome(key, status, delivery.code, delivery.reply))
         if status is not DeliveryStatus.SENT:
             self.summary.failure(Failure(r.row, r.email, status, delivery.code, delivery.reply))
         if self.progress is not None:
@@ -806,9 +985,9 @@ class _Run:
     def _revert(self, never_sent: list[Queued]) -> None:
         """Messages marked in flight but never handed over go back to what they were."""
         for q in never_sent:
-            self.state.revert(q.ready.recipient.email, q.entry)
+            self.state.revert(q.ready.recipient.email, q.entry, q.step)
             previous = q.entry.status if q.entry is not None else DeliveryStatus.PENDING
             if previous in (DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN):
-                self.summary.moved(q.counted, previous)
+                self.summary.moved(q.counted, previous, q.step)
             elif q.entry is not None and q.entry.rejected:
                 self.summary.failed_before += 1  # --resend-failed: still refused from before

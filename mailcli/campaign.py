@@ -21,6 +21,14 @@ import yaml
 from mailcli.addresses import AddressError, parse_mailbox
 from mailcli.apiconf import ApiConfig, read_api
 from mailcli.errors import ConfigError, InputFileError
+from mailcli.sequence import (
+    STEP_NAME_RE,
+    Step,
+    Window,
+    load_zone,
+    parse_after,
+    parse_window,
+)
 from mailcli.yamlconf import Section, describe, load_mapping
 
 T = TypeVar("T")
@@ -172,6 +180,25 @@ class Campaign:
     rate: Rate | None = None
     retry: Retry = Retry()
     inline_css: bool = False
+    # A sequence (`steps:`): several messages per recipient, each at its own time (see
+    # mailcli.sequence). `start` and `timezone` are templates rendered per row (a zone without
+    # Jinja is one zone for all, checked when the file is read).
+    steps: tuple[Step, ...] = ()
+    start: str | None = None
+    timezone: str | None = None
+    window: Window | None = None
+
+    @property
+    def is_sequence(self) -> bool:
+        """The campaign sends a sequence of steps rather than one message."""
+        return bool(self.steps)
+
+    def step(self, name: str) -> Step:
+        """A step by its name (KeyError)."""
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
 
     @property
     def folder(self) -> Path:
@@ -246,7 +273,13 @@ TOP_KEYS = (
     "state",
     "connections",
     "suppression",
+    "steps",
+    "start",
+    "timezone",
+    "window",
 )
+# What a step of `steps:` may set (the message keys; the rest is the campaign's).
+STEP_KEYS = ("name", "after", "if", "subject", "text", "html", "markdown", "attachments", "headers")
 
 MAX_CONNECTIONS = 50
 STATE_SCHEMES = ("postgresql://", "postgres://")
@@ -285,23 +318,14 @@ def _build(top: Section, file: Path) -> Campaign:
 
     sender = _address(top, "from")
     reply_to = _address(top, "reply_to")
-    subject = top.text("subject", required=True)
-    assert subject is not None
-    _no_newlines(top, "subject", subject)
+    steps = _steps(top, folder)
+    subject = top.text("subject", required=not steps)
+    if subject is not None:
+        _no_newlines(top, "subject", subject)
 
-    bodies = {key: _file(top, key, folder) for key in ("text", "html", "markdown")}
-    if not any(bodies.values()):
-        raise ConfigError(
-            "a campaign needs at least one of 'text', 'html' or 'markdown'",
-            path=top.file,
-            line=top.line,
-        )
-    if bodies["markdown"] and (bodies["text"] or bodies["html"]):
-        raise top.error(
-            "markdown",
-            "renders both the text and the HTML part; "
-            "use it instead of 'text'/'html', not with them",
-        )
+    bodies = _bodies(top, folder, required=not steps)
+    if steps:
+        _check_steps(top, steps, subject, bodies)
 
     unsubscribe_url, unsubscribe_mailto = _unsubscribe(top)
     endpoint, secret_env = _unsubscribe_endpoint(top)
@@ -310,7 +334,7 @@ def _build(top: Section, file: Path) -> Campaign:
         name=name,
         sender=sender,
         reply_to=reply_to,
-        subject=subject,
+        subject=subject or "",
         text=bodies["text"],
         html=bodies["html"],
         markdown=bodies["markdown"],
@@ -334,7 +358,159 @@ def _build(top: Section, file: Path) -> Campaign:
         state_path=_state(top, folder, name),
         state_url=_state_url(top),
         connections=read_connections(top),
+        steps=steps,
+        start=_sequence_text(top, "start", steps),
+        timezone=_timezone(top, steps),
+        window=_window(top, steps),
     )
+
+
+def _bodies(section: Section, folder: Path, *, required: bool) -> dict[str, Path | None]:
+    """`text`, `html` and `markdown` of the top level or of a step."""
+    bodies = {key: _file(section, key, folder) for key in ("text", "html", "markdown")}
+    if required and not any(bodies.values()):
+        raise ConfigError(
+            "a campaign needs at least one of 'text', 'html' or 'markdown'",
+            path=section.file,
+            line=section.line,
+        )
+    if bodies["markdown"] and (bodies["text"] or bodies["html"]):
+        raise section.error(
+            "markdown",
+            "renders both the text and the HTML part; "
+            "use it instead of 'text'/'html', not with them",
+        )
+    return bodies
+
+
+def _steps(top: Section, folder: Path) -> tuple[Step, ...]:
+    """`steps:` a list of mappings, each a message of the sequence (see mailcli.sequence)."""
+    if not top.has("steps"):
+        return ()
+    node = top.node("steps")
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise top.error("steps", "must be a list of steps, each with a 'name' and an 'after'")
+    steps: list[Step] = []
+    for item in node.value:
+        line = item.start_mark.line + 1
+        if not isinstance(item, yaml.MappingNode):
+            raise ConfigError(
+                "'steps': every step must be a mapping with a 'name' and an 'after'",
+                path=top.file,
+                line=line,
+            )
+        sec = Section(item, top.file, f"{top.where}steps.")
+        sec.reject_unknown(STEP_KEYS)
+        name = sec.text("name", required=True)
+        assert name is not None
+        if not STEP_NAME_RE.match(name):
+            raise sec.error(
+                "name", "use letters, digits, '_' and '-' only, up to 64 (it names the step)"
+            )
+        if any(s.name == name for s in steps):
+            raise sec.error("name", f"step {name!r} is given twice; each step needs its own name")
+        if not sec.has("after"):
+            raise ConfigError(
+                f"step {name!r} needs 'after' (e.g. '0d', '2d'): when it goes, from the start",
+                path=top.file,
+                line=line,
+            )
+        try:
+            after = parse_after(sec.value("after"))
+        except ValueError as exc:
+            raise sec.error("after", str(exc)) from None
+        if steps and after.total_s <= steps[-1].after.total_s:
+            raise sec.error(
+                "after",
+                f"steps out of order: {name!r} comes {after} after the start, not later than "
+                f"{steps[-1].name!r} ({steps[-1].after}); 'after' must grow from step to step",
+            )
+        condition = sec.text("if")
+        if condition is not None:
+            _check_condition(sec, condition)
+        subject = sec.text("subject")
+        if subject is not None:
+            _no_newlines(sec, "subject", subject)
+        bodies = _bodies(sec, folder, required=False)
+        steps.append(
+            Step(
+                name=name,
+                after=after,
+                line=line,
+                condition=condition,
+                subject=subject,
+                text=bodies["text"],
+                html=bodies["html"],
+                markdown=bodies["markdown"],
+                attachments=_attachments(sec, folder) if sec.has("attachments") else None,
+                headers=MappingProxyType(_headers(sec)) if sec.has("headers") else None,
+            )
+        )
+    return tuple(steps)
+
+
+def _check_condition(sec: Section, condition: str) -> None:
+    """An `if:` must be one Jinja expression (a syntax error is the file's, not a row's)."""
+    from jinja2.sandbox import SandboxedEnvironment  # the syntax check only
+
+    if is_template(condition):
+        raise sec.error("if", "give the expression itself, without '{{ }}': plan == 'free'")
+    try:
+        SandboxedEnvironment().compile_expression(condition)
+    except Exception as exc:  # jinja2's syntax errors, whatever their class
+        raise sec.error("if", f"not a Jinja expression: {exc}") from None
+
+
+def _check_steps(
+    top: Section, steps: tuple[Step, ...], subject: str | None, bodies: Mapping[str, Path | None]
+) -> None:
+    """Every step ends up with a subject and a body, its own or the top level's."""
+    for step in steps:
+        if step.subject is None and subject is None:
+            raise ConfigError(
+                f"step {step.name!r} has no 'subject', and the campaign has none to give it",
+                path=top.file,
+                line=step.line,
+            )
+        if not step.sets_body and not any(bodies.values()):
+            raise ConfigError(
+                f"step {step.name!r} needs one of 'text', 'html' or 'markdown' (its own, or "
+                "the campaign's)",
+                path=top.file,
+                line=step.line,
+            )
+
+
+def _sequence_text(top: Section, key: str, steps: tuple[Step, ...]) -> str | None:
+    """`start:` (a template per row): only with `steps:`."""
+    value = top.text(key)
+    if value is not None and not steps:
+        raise top.error(key, "goes with 'steps:' (a sequence)")
+    if value is not None and not value.strip():
+        raise top.error(key, "is empty")
+    return value
+
+
+def _timezone(top: Section, steps: tuple[Step, ...]) -> str | None:
+    """`timezone:` one IANA zone for all (checked now) or a template per row."""
+    value = _sequence_text(top, "timezone", steps)
+    if value is not None and not is_template(value):
+        try:
+            load_zone(value)
+        except ValueError as exc:
+            raise top.error("timezone", str(exc)) from None
+    return value
+
+
+def _window(top: Section, steps: tuple[Step, ...]) -> Window | None:
+    if not top.has("window"):
+        return None
+    if not steps:
+        raise top.error("window", "goes with 'steps:' (a sequence)")
+    try:
+        return parse_window(top.value("window"))
+    except ValueError as exc:
+        raise top.error("window", str(exc)) from None
 
 
 def _address(top: Section, key: str) -> str | None:

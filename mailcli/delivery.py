@@ -33,6 +33,8 @@ class DeliveryStatus(StrEnum):
     # A message not sent at all: every recipient is on the suppression list (never a
     # recipient's state in a campaign, where a suppressed row stays pending).
     SUPPRESSED = "suppressed"
+    # A sequence step whose `if:` was false for the recipient when it came due: never sent.
+    SKIPPED = "skipped"
 
 
 # The statuses a recipient can have in a campaign's state (`suppressed` is only a message's).

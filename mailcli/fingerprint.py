@@ -86,6 +86,9 @@ class Fingerprint:
     host: str  # the machine that read it
     parts: Mapping[str, str | None] = field(hash=False)  # part -> SHA-256 of its text; None: none
     attachments: tuple[str, ...] = ()  # the names as the campaign file writes them
+    # A sequence's steps: name -> SHA-256 of what the step is (its offset, condition, subject,
+    # templates and attachments), in the campaign's order.
+    steps: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def digest(self) -> str:
@@ -94,10 +97,13 @@ class Fingerprint:
 
     def content(self) -> dict[str, Any]:
         """The content as a JSON object: what a store keeps beside the file and the host."""
-        return {
+        content: dict[str, Any] = {
             "parts": {k: self.parts.get(k) for k in PARTS},
             "attachments": sorted(self.attachments),
         }
+        if self.steps:  # (absent for a one-message campaign: its digest is what it was)
+            content["steps"] = dict(self.steps)
+        return content
 
     @classmethod
     def stored(cls, file: str, host: str, content: Mapping[str, Any] | str) -> Fingerprint:
@@ -109,6 +115,7 @@ class Fingerprint:
             host,
             {k: parts.get(k) for k in PARTS},
             tuple(sorted(data.get("attachments") or ())),
+            dict(data.get("steps") or {}),
         )
 
 
@@ -184,7 +191,24 @@ def compute(
         host if host is not None else socket.gethostname(),
         parts,
         tuple(sorted({a.source for a in campaign.attachments})),
+        {step.name: _step_hash(step) for step in campaign.steps},
     )
+
+
+def _step_hash(step: Any) -> str:
+    """One hash of everything a step of a sequence is made of."""
+    what = {
+        "after": str(step.after),
+        "if": step.condition,
+        "subject": step.subject,
+        "bodies": {
+            key: None if path is None else _hash(_read(path))
+            for key, path in (("text", step.text), ("html", step.html), ("md", step.markdown))
+        },
+        "attachments": sorted(a.source for a in step.attachments or ()),
+        "headers": dict(step.headers) if step.headers is not None else None,
+    }
+    return _hash(json.dumps(what, sort_keys=True).encode("utf-8"))
 
 
 def _read(path: Path) -> bytes:
@@ -208,6 +232,12 @@ def describe(before: Fingerprint, after: Fingerprint) -> list[str]:
         added = [f"+{name}" for name in after.attachments if name not in before.attachments]
         gone = [f"-{name}" for name in before.attachments if name not in after.attachments]
         what.append("attachments changed: " + " ".join(added + gone))
+    for name in after.steps:
+        if name not in before.steps:
+            what.append(f"step {name!r} added")
+        elif before.steps[name] != after.steps[name]:
+            what.append(f"step {name!r} changed")
+    what.extend(f"step {name!r} removed" for name in before.steps if name not in after.steps)
     return what
 
 

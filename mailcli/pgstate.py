@@ -38,10 +38,12 @@ from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
 from mailcli.errors import ConfigError, InputFileError, TempFailError
 from mailcli.fingerprint import Fingerprint, Recorded
 from mailcli.recipients import Recipient
+from mailcli.sequence import unit_key
 from mailcli.state import (
     PROBLEM_STATUSES,
     Attempt,
     Entry,
+    Flight,
     Outcome,
     RecipientRecord,
     RecipientState,
@@ -529,24 +531,24 @@ class PgState:
         ).fetchone()
         return bool(row and row[0])
 
-    def lookup(self, email: str) -> Entry | None:
+    def lookup(self, email: str, step: str | None = None) -> Entry | None:
         """The recorded state of an address, or None if it was never tried."""
         row = self.conn.execute(
             f"SELECT {_ENTRY} FROM mailcli_recipients WHERE campaign = %s AND key = %s",
-            (self.campaign_id, address_key(email)),
+            (self.campaign_id, unit_key(address_key(email), step)),
         ).fetchone()
         if row is None or (row[0] == "pending" and row[1] == 0):
             return None
         return Entry(DeliveryStatus(row[0]), *row[1:])
 
-    def begin_flight(self, group: Iterable[tuple[str, int, Entry | None]]) -> None:
+    def begin_flight(self, group: Iterable[tuple[str, int, Entry | None] | Flight]) -> None:
         """Commit buffered outcomes and mark a claimed group `unknown`, durably.
 
         Only rows this run still holds the lease of are marked: if another run took any of
         them (this one could not renew for a whole lease: a frozen process or VM), nothing of
         the group is marked and TempFailError is raised, so none of it is sent twice.
         """
-        keys = [address_key(email) for email, _row, _entry in group]
+        keys = [unit_key(address_key(f[0]), f[3] if len(f) > 3 else None) for f in group]
         with self.conn.transaction():
             cur = self.conn.execute(
                 "UPDATE mailcli_recipients SET status = 'unknown', attempts = attempts + 1, "
@@ -569,15 +571,14 @@ class PgState:
         """Buffer an outcome; it is committed with the next group (or by flush)."""
         self._pending.append(outcome)
 
-    def record_invalid(self, email: str, row: int, problem: str) -> None:
+    def record_invalid(self, email: str, row: int, problem: str, step: str | None = None) -> None:
         """A claimed row that cannot be built: `failed`, with the problem as the reply."""
-        self._pending.append(
-            Outcome(address_key(email), DeliveryStatus.FAILED, None, f"invalid: {problem}")
-        )
+        key = unit_key(address_key(email), step)
+        self._pending.append(Outcome(key, DeliveryStatus.FAILED, None, f"invalid: {problem}"))
 
-    def revert(self, email: str, entry: Entry | None) -> None:
+    def revert(self, email: str, entry: Entry | None, step: str | None = None) -> None:
         """Undo the flight mark of a message that was never handed over."""
-        self._reverts.append((address_key(email), entry))
+        self._reverts.append((unit_key(address_key(email), step), entry))
 
     def flush(self) -> None:
         """Commit buffered outcomes now."""

@@ -18,6 +18,7 @@ from mailcli.errors import ConfigError
 from mailcli.message import BuildError, MessageBuilder
 from mailcli.recipients import Recipient, RecipientReader, RowProblem, SeenAddresses
 from mailcli.render import Content, Rendered, Renderer, RenderError
+from mailcli.sequence import Step
 from mailcli.unsubscribe import campaign_signer
 
 if TYPE_CHECKING:
@@ -43,18 +44,27 @@ class Duplicate:
 Item = Ready | Duplicate | RowProblem
 
 
-def campaign_content(campaign: Campaign) -> Content:
-    """The templates of a campaign, in the form the renderer takes."""
+def campaign_content(campaign: Campaign, step: Step | None = None) -> Content:
+    """The templates of a campaign (or of one step of a sequence: what the step does not set
+    comes from the campaign; its bodies, when it has any, replace all three of the
+    campaign's), in the form the renderer takes."""
+    bodies = step if step is not None and step.sets_body else campaign
+    attachments = campaign.attachments
+    if step is not None and step.attachments is not None:
+        attachments = step.attachments
+    headers = campaign.headers
+    if step is not None and step.headers is not None:
+        headers = step.headers
     return Content(
         folder=campaign.folder,
-        subject=campaign.subject,
-        text=campaign.text,
-        html=campaign.html,
-        markdown=campaign.markdown,
-        headers=campaign.headers,
+        subject=step.subject if step is not None and step.subject else campaign.subject,
+        text=bodies.text,
+        html=bodies.html,
+        markdown=bodies.markdown,
+        headers=headers,
         unsubscribe=campaign.unsubscribe,
         unsubscribe_mailto=campaign.unsubscribe_mailto,
-        attachments=tuple((a.source, a.path) for a in campaign.attachments),
+        attachments=tuple((a.source, a.path) for a in attachments),
         inline_css=campaign.inline_css,
     )
 
@@ -86,7 +96,15 @@ class Pipeline:
             self.sender: Mailbox = parse_mailbox(text)
         except AddressError as exc:
             raise ConfigError(f"'from': {exc}", path=campaign.path) from None
-        self.renderer = Renderer(campaign_content(campaign))
+        if campaign.steps:
+            # One renderer per step of a sequence (the first is also `renderer`).
+            self.renderers = {
+                s.name: Renderer(campaign_content(campaign, s)) for s in campaign.steps
+            }
+            self.renderer = self.renderers[campaign.steps[0].name]
+        else:
+            self.renderer = Renderer(campaign_content(campaign))
+            self.renderers = {}
         # `unsubscribe: {endpoint: ...}`: the secret is resolved here, once per run and before
         # any connection (a missing one is exit 78); each row gets its own signed URL.
         self.unsubscribe_signer = campaign_signer(campaign)
@@ -97,7 +115,10 @@ class Pipeline:
             inline_images=dict(campaign.inline_images),
             signer=_signer(campaign),
         )
-        self.builder.preload([a.path for a in campaign.attachments if a.path is not None])
+        attachments = [*campaign.attachments]
+        for step in campaign.steps:
+            attachments.extend(step.attachments or ())
+        self.builder.preload([a.path for a in attachments if a.path is not None])
         self.reader = RecipientReader(campaign.recipients)
 
     def context(self, recipient: Recipient) -> dict[str, Any]:
@@ -116,10 +137,11 @@ class Pipeline:
             )
         return context
 
-    def render(self, recipient: Recipient) -> Rendered:
-        """Render one row's message (raises RenderError)."""
+    def render(self, recipient: Recipient, step: str | None = None) -> Rendered:
+        """Render one row's message, or one step's of a sequence (raises RenderError)."""
         context = self.context(recipient)
-        rendered = self.renderer.render(context)
+        renderer = self.renderers[step] if step is not None else self.renderer
+        rendered = renderer.render(context)
         if self.unsubscribe_signer is None:
             return rendered
         return rendered._replace(unsubscribe=context["unsubscribe_url"])
@@ -147,10 +169,10 @@ class Pipeline:
                 except RenderError as exc:
                     yield RowProblem(entry.row, entry.line, str(exc), entry.email)
 
-    def check_recipient(self, recipient: Recipient) -> Built | RowProblem:
+    def check_recipient(self, recipient: Recipient, step: str | None = None) -> Built | RowProblem:
         """Render and build one row (as a dry run does), any per-row failure as a RowProblem."""
         try:
-            rendered = self.render(recipient)
+            rendered = self.render(recipient, step)
         except RenderError as exc:
             return RowProblem(recipient.row, recipient.line, str(exc), recipient.email)
         return self.check(Ready(recipient, rendered))

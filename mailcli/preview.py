@@ -26,6 +26,7 @@ class Preview:
     row: int
     email: str
     built: Built
+    step: str | None = None  # the step of a sequence (None: a one-message campaign)
 
     @property
     def parsed(self) -> EmailMessage:
@@ -59,6 +60,7 @@ class Preview:
         return {
             "row": self.row,
             "email": self.email,
+            **({"step": self.step} if self.step is not None else {}),
             "message_id": self.built.message_id,
             "size": len(self.built.data),
             "envelope": {"mail_from": self.built.mail_from, "rcpt_to": list(self.built.rcpt_to)},

@@ -19,6 +19,7 @@ from mailcli.envelope import Built
 from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
 from mailcli.recipients import Recipient, RowProblem
 from mailcli.render import Rendered, RenderError
+from mailcli.sequence import unit_key
 from mailcli.state import Entry, Outcome, StateStore
 from mailcli.suppression import SuppressionList, key_of, screened
 
@@ -40,6 +41,12 @@ class Queued:
     entry: Entry | None
     # Its status as this run counted it before (None: not yet; `deferred` in a retry round).
     counted: DeliveryStatus | None = None
+    step: str | None = None  # the step of a sequence it is (None: a one-message campaign)
+
+    @property
+    def key(self) -> str:
+        """The state's key of what it is: the recipient's, or the recipient's step."""
+        return unit_key(self.ready.recipient.key, self.step)
 
 
 class RenderCache:
@@ -219,12 +226,12 @@ class DueRows:
         *,
         counted: DeliveryStatus | None,
     ) -> Queued | None:
-        return _queue_row(
+        return queue_row(
             self.pipeline, self.state, self.summary, r, entry, rendered, counted, self.smtputf8()
         )
 
 
-def _queue_row(
+def queue_row(
     pipeline: Pipeline,
     state: StateStore,
     summary: Summary,
@@ -233,22 +240,26 @@ def _queue_row(
     rendered: Rendered | None,
     counted: DeliveryStatus | None,
     smtputf8: bool,
+    *,
+    step: str | None = None,
 ) -> Queued | None:
-    """A due row rendered (unless it already was) and built; None, counted and recorded as
-    `failed`, when it cannot be."""
+    """A due row (or a row's due step) rendered (unless it already was) and built; None,
+    counted and recorded as `failed`, when it cannot be."""
     problem: str
     try:
-        rendered = rendered or pipeline.render(r)
+        rendered = rendered or pipeline.render(r, step)
     except RenderError as exc:
         problem = str(exc)
     else:
         ready = Ready(r, rendered)
         built = pipeline.check(ready, smtputf8=smtputf8)
         if not isinstance(built, RowProblem):
-            return Queued(ready, built, entry, counted)
+            return Queued(ready, built, entry, counted, step)
         problem = built.problem
+    if step is not None:
+        problem = f"step {step!r}: {problem}"
     summary.problem(RowProblem(r.row, r.line, problem, r.email))
-    state.record_invalid(r.email, r.row, problem)
+    state.record_invalid(r.email, r.row, problem, step)
     return None
 
 
@@ -366,7 +377,7 @@ class ClaimedRows:
         return blocked
 
     def _queued(self, claimed: Claimed, counted: DeliveryStatus | None = None) -> Queued | None:
-        return _queue_row(
+        return queue_row(
             self.pipeline,
             self.state,
             self.summary,

@@ -32,7 +32,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, NamedTuple, Protocol, TypeVar
 
 from mailcli.addresses import address_key
 from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
@@ -44,19 +44,20 @@ from mailcli.errors import (
     TempFailError,
 )
 from mailcli.fingerprint import Fingerprint, Recorded
+from mailcli.sequence import UNIT_SEP, Clock, Timing, system_clock, unit_key
 
 # 2: recipients.first_at and the attempts table (a file of version 1 is upgraded on open).
 SCHEMA_VERSION = 2
 STATUSES = tuple(s.value for s in RECIPIENT_STATUSES)
 PROBLEM_STATUSES = (DeliveryStatus.FAILED, DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+RECIPIENTS_TABLE = """
 CREATE TABLE IF NOT EXISTS recipients (
     key TEXT PRIMARY KEY,
     email TEXT NOT NULL,
     row INTEGER,
-    status TEXT NOT NULL CHECK (status IN ('pending','sent','failed','deferred','unknown')),
+    status TEXT NOT NULL
+        CHECK (status IN ('pending','sent','failed','deferred','unknown','skipped')),
     attempts INTEGER NOT NULL DEFAULT 0,
     run INTEGER,
     run_tries INTEGER NOT NULL DEFAULT 0,
@@ -69,7 +70,13 @@ CREATE TABLE IF NOT EXISTS recipients (
     first_at TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recipients_status ON recipients (status);
-CREATE TABLE IF NOT EXISTS runs (
+"""
+SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+    + RECIPIENTS_TABLE
+    + """CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     started TEXT NOT NULL,
     finished TEXT,
@@ -90,6 +97,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     reply TEXT,
     message_id TEXT
 );
+-- When a run first met each row of a sequence's list (a step's default start).
+CREATE TABLE IF NOT EXISTS members (
+    key TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    row INTEGER,
+    met TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS fingerprints (
     id INTEGER PRIMARY KEY,
     recorded TEXT NOT NULL,
@@ -100,6 +114,7 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     changes TEXT NOT NULL
 );
 """
+)
 # A RecipientRecord: the last try's time is `updated`, which only a try (or its outcome) sets.
 RECORD_COLUMNS = (
     "email, row, status, code, reply, message_id, first_at, "
@@ -190,6 +205,16 @@ class Entry:
         return self.status == "failed" and self.code is not None
 
 
+class Flight(NamedTuple):
+    """One message about to be handed over: its recipient's address and row, what the state
+    said of it before, and the step of a sequence it is (None: a one-message campaign)."""
+
+    email: str
+    row: int
+    entry: Entry | None
+    step: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The status to record for one recipient after the server's answer."""
@@ -275,8 +300,9 @@ class StateStore(Protocol):
         """No recipient recorded yet (a campaign's first run)."""
         ...
 
-    def lookup(self, email: str) -> Entry | None:
-        """The recorded state of an address, or None if no run has met it yet."""
+    def lookup(self, email: str, step: str | None = None) -> Entry | None:
+        """The recorded state of an address (or of one step of it), or None if no run has
+        met it yet."""
         ...
 
     def start_run(self) -> int:
@@ -287,19 +313,20 @@ class StateStore(Protocol):
         """Record the end of the run and its summary."""
         ...
 
-    def begin_flight(self, group: Iterable[tuple[str, int, Entry | None]]) -> None:
-        """Commit buffered outcomes and mark (email, row, previous entry) `unknown`, durably."""
+    def begin_flight(self, group: Iterable[tuple[str, int, Entry | None] | Flight]) -> None:
+        """Commit buffered outcomes and mark (email, row, previous entry[, step]) `unknown`,
+        durably."""
         ...
 
     def record(self, outcome: Outcome) -> None:
         """Buffer an outcome for a recipient of the group in flight."""
         ...
 
-    def record_invalid(self, email: str, row: int, problem: str) -> None:
+    def record_invalid(self, email: str, row: int, problem: str, step: str | None = None) -> None:
         """An invalid row skipped with --skip-invalid: `failed`, with the problem as reply."""
         ...
 
-    def revert(self, email: str, entry: Entry | None) -> None:
+    def revert(self, email: str, entry: Entry | None, step: str | None = None) -> None:
         """Undo the flight mark of a message that was never handed over."""
         ...
 
@@ -518,6 +545,10 @@ def _translating(method: Any) -> Any:
     return call
 
 
+def _flight(item: tuple[str, int, Entry | None] | Flight) -> Flight:
+    return item if isinstance(item, Flight) else Flight(*item)
+
+
 @_sqlite_reported
 class SqliteState:
     """The SQLite state database of one campaign (WAL, synchronous=FULL)."""
@@ -529,7 +560,14 @@ class SqliteState:
         self.run_id: int | None = None
         self._pending: list[Outcome] = []
         self._reverts: list[tuple[str, Entry | None]] = []
+        self._skips: list[tuple[str, str, int]] = []  # (key, email, row) of skipped steps
         self._identity: tuple[int, int] | None = None  # the file's (device, inode) at open
+        # The clock of the times it records (a sequence's steps are timed by them): the
+        # system's, or the one a library caller gives the run.
+        self.clock: Clock = system_clock
+
+    def _stamp(self) -> str:
+        return self.clock().astimezone(UTC).isoformat(timespec="seconds")
 
     @classmethod
     def open(cls, path: Path, campaign: str, *, create: bool = True) -> SqliteState:
@@ -582,6 +620,21 @@ class SqliteState:
         state._identity = _identity(path)
         return state
 
+    @classmethod
+    def read_only(cls, path: Path) -> SqliteState | None:
+        """The state file opened for reading only (a dry run writes nothing); None when
+        there is none yet."""
+        if not path.is_file():
+            return None
+        try:
+            db = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+            )
+            db.execute("SELECT 1 FROM recipients LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"cannot read the state file: {exc}", path=path) from None
+        return cls(db, path)
+
     def close(self) -> None:
         """Commit what is buffered, close, and release the lock if this store holds it.
 
@@ -616,7 +669,7 @@ class SqliteState:
         """
         cur = self.db.execute(
             "INSERT INTO runs (started, pid, host, summary) VALUES (?, ?, ?, ?)",
-            (_now(), os.getpid(), socket.gethostname(), UNFINISHED),
+            (self._stamp(), os.getpid(), socket.gethostname(), UNFINISHED),
         )
         self.run_id = int(cur.lastrowid or 0)
         return self.run_id
@@ -628,7 +681,7 @@ class SqliteState:
         self.flush()
         self.db.execute(
             "UPDATE runs SET finished=?, summary=? WHERE id=?",
-            (_now(), json.dumps(summary), self.run_id),
+            (self._stamp(), json.dumps(summary), self.run_id),
         )
 
     # -- recipients -----------------------------------------------------------------------
@@ -638,34 +691,132 @@ class SqliteState:
         """No recipient recorded yet (a campaign's first run)."""
         return self.db.execute("SELECT 1 FROM recipients LIMIT 1").fetchone() is None
 
-    def lookup(self, email: str) -> Entry | None:
-        """The recorded state of an address, or None if no run has met it yet."""
+    def lookup(self, email: str, step: str | None = None) -> Entry | None:
+        """The recorded state of an address (or of one step of it), or None if no run has
+        met it yet."""
         row = self.db.execute(
             "SELECT status, attempts, run, run_tries, next_at, code FROM recipients WHERE key=?",
-            (address_key(email),),
+            (unit_key(address_key(email), step),),
         ).fetchone()
         if row is None:
             return None
         return Entry(DeliveryStatus(row[0]), *row[1:])
 
-    def begin_flight(self, group: Iterable[tuple[str, int, Entry | None]]) -> None:
+    def step_records(self, email: str) -> dict[str, Timing]:
+        """What the state holds of each step of a sequence for one address, by step name,
+        with the time each went out (or was last tried): one range read of the key index."""
+        key = address_key(email)
+        rows = self.db.execute(
+            "SELECT key, status, attempts, run, run_tries, next_at, code, "
+            "COALESCE(sent_at, updated) FROM recipients WHERE key > ? AND key < ?",
+            (key + UNIT_SEP, key + chr(ord(UNIT_SEP) + 1)),
+        )
+        records = {}
+        for r in rows:
+            entry = Entry(DeliveryStatus(r[1]), *r[2:7])
+            at = datetime.fromisoformat(r[7]) if r[7] else None
+            records[r[0][len(key) + 1 :]] = Timing(entry, at)
+        return records
+
+    def met(self, emails: Collection[str]) -> dict[str, datetime]:
+        """When a run first met each of these addresses (by key; those never met are absent):
+        the start of a sequence without `start:`."""
+        keys = list({address_key(e) for e in emails})
+        found: dict[str, datetime] = {}
+        for first in range(0, len(keys), 500):
+            part = keys[first : first + 500]
+            marks = ",".join("?" * len(part))
+            for key, met in self.db.execute(
+                f"SELECT key, met FROM members WHERE key IN ({marks})", part
+            ):
+                found[key] = datetime.fromisoformat(met)
+        return found
+
+    def meet(self, rows: Collection[tuple[str, int]], *, at: datetime) -> None:
+        """Record that a run met these (address, row) at `at`, for those never met before."""
+        if not rows:
+            return
+        now = at.astimezone(UTC).isoformat(timespec="seconds")
+        with self._transaction():
+            self.db.executemany(
+                "INSERT INTO members (key, email, row, met) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO NOTHING",
+                [(address_key(email), email, row, now) for email, row in rows],
+            )
+
+    def record_skip(self, email: str, row: int, step: str) -> None:
+        """A step whose `if:` was false for this recipient: `skipped`, never sent (committed
+        with the next group, or by flush)."""
+        self._skips.append((unit_key(address_key(email), step), email, row))
+
+    def step_counts(self) -> dict[str, dict[DeliveryStatus, int]]:
+        """Recipients per status of each step of a sequence."""
+        counts: dict[str, dict[DeliveryStatus, int]] = {}
+        for step, status, n in self.db.execute(
+            "SELECT substr(key, instr(key, char(31)) + 1), status, COUNT(*) FROM recipients "
+            "WHERE instr(key, char(31)) > 0 GROUP BY 1, 2"
+        ):
+            counts.setdefault(step, {})[DeliveryStatus(status)] = n
+        return counts
+
+    def check_kind(self, sequence: bool, *, write: bool = True) -> None:
+        """A state file holds the progress of one kind of campaign: a sequence's records are
+        per (recipient, step), a one-message campaign's per recipient. A campaign that turned
+        from one kind to the other under the same name is refused (exit 78): each needs its
+        own state."""
+        found = self.db.execute("SELECT value FROM meta WHERE key='kind'").fetchone()
+        kind = found[0] if found else None
+        if kind is None and not self.empty:
+            seq = self.db.execute(
+                "SELECT 1 FROM recipients WHERE instr(key, char(31)) > 0 LIMIT 1"
+            ).fetchone()
+            kind = "sequence" if seq else "message"
+        wanted = "sequence" if sequence else "message"
+        if kind is not None and kind != wanted:
+            what = {"sequence": "a sequence (steps:)", "message": "a one-message campaign"}
+            raise ConfigError(
+                f"the state file holds the progress of {what[kind]}, and the campaign is now "
+                f"{what[wanted]}",
+                path=self.path,
+                hint="give the campaign a new `name` (or its own `state:`): its progress "
+                "cannot carry over",
+            )
+        if not write:
+            return
+        if sequence:
+            table = self.db.execute(
+                "SELECT sql FROM sqlite_master WHERE type='table' AND name='recipients'"
+            ).fetchone()
+            if "'skipped'" not in table[0]:
+                # A file made before sequences existed, still empty: its table is made again
+                # with the statuses a sequence records.
+                with self._transaction():
+                    self.db.execute("DROP TABLE recipients")
+                    for statement in RECIPIENTS_TABLE.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
+        if found is None:
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('kind', ?)", (wanted,))
+
+    def begin_flight(self, group: Iterable[tuple[str, int, Entry | None] | Flight]) -> None:
         """Commit buffered outcomes and mark a group `unknown`, durably, before it is sent.
 
-        `group` holds (email, row, previous entry) for each message about to be handed over.
+        `group` holds (email, row, previous entry[, step]) for each message about to be
+        handed over.
         """
         self._check_file()
-        now = _now()
+        now = self._stamp()
         run = self.run_id
         rows = [
             (
-                address_key(email),
-                email,
-                row,
+                unit_key(address_key(f.email), f.step),
+                f.email,
+                f.row,
                 run,
-                entry.run_tries + 1 if entry is not None and entry.run == run else 1,
+                f.entry.run_tries + 1 if f.entry is not None and f.entry.run == run else 1,
                 now,
             )
-            for email, row, entry in group
+            for f in map(_flight, group)
         ]
         with self._transaction():
             self._write_outcomes()
@@ -685,29 +836,40 @@ class SqliteState:
         """Buffer an outcome; it is committed with the next group (or by flush)."""
         self._pending.append(outcome)
 
-    def record_invalid(self, email: str, row: int, problem: str) -> None:
+    def record_invalid(self, email: str, row: int, problem: str, step: str | None = None) -> None:
         """An invalid row sent with --skip-invalid: `failed`, with the problem as the reply."""
-        self._pending.append(
-            Outcome(address_key(email), DeliveryStatus.FAILED, None, f"invalid: {problem}")
-        )
+        key = unit_key(address_key(email), step)
+        self._pending.append(Outcome(key, DeliveryStatus.FAILED, None, f"invalid: {problem}"))
         self.db.execute(
             "INSERT INTO recipients (key, email, row, status, updated) "
             "VALUES (?, ?, ?, 'pending', ?) ON CONFLICT (key) DO NOTHING",
-            (address_key(email), email, row, _now()),
+            (key, email, row, self._stamp()),
         )
 
-    def revert(self, email: str, entry: Entry | None) -> None:
+    def revert(self, email: str, entry: Entry | None, step: str | None = None) -> None:
         """Undo a flight mark for a message that was never handed over."""
-        self._reverts.append((address_key(email), entry))
+        self._reverts.append((unit_key(address_key(email), step), entry))
 
     def flush(self) -> None:
         """Commit buffered outcomes now."""
-        if self._pending or self._reverts:
+        if self._pending or self._reverts or self._skips:
             with self._transaction():
                 self._write_outcomes()
 
     def _write_outcomes(self) -> None:
-        now = _now()
+        now = self._stamp()
+        if self._skips:
+            self.db.executemany(
+                "INSERT INTO recipients (key, email, row, status, run, updated) "
+                "VALUES (?, ?, ?, 'skipped', ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "status='skipped', run=excluded.run, updated=excluded.updated",
+                [(key, email, row, self.run_id, now) for key, email, row in self._skips],
+            )
+            self.db.executemany(
+                "INSERT INTO attempts (key, run, at, status) VALUES (?, ?, ?, 'skipped')",
+                [(key, self.run_id, now) for key, _email, _row in self._skips],
+            )
+            self._skips.clear()
         self.db.executemany(
             "UPDATE recipients SET status=?, code=?, reply=?, message_id=COALESCE(?, "
             "message_id), next_at=?, updated=?, sent_at=CASE WHEN ?='sent' THEN ? ELSE "

@@ -9,7 +9,7 @@ the run meets them (they are why it exits 75).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,17 @@ from mailcli.recipients import RowProblem
 
 # Problems kept for the report; beyond this only the count grows, so memory stays bounded.
 MAX_PROBLEMS = 1000
+# The counts of each step of a sequence, in a real run and in a dry run. `skipped`: its `if:`
+# was false; `waiting`: recipients whose next step it is, not due yet; `held`: due, outside
+# the recipient's window.
+STEP_KEYS = ("sent", "failed", "deferred", "unknown", "skipped", "suppressed", "waiting", "held")
+STEP_DRY_KEYS = ("would_send", "skipped", "suppressed", "waiting", "held")
+_COUNTED = (
+    DeliveryStatus.SENT,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.DEFERRED,
+    DeliveryStatus.UNKNOWN,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,18 @@ class Summary:
     phase: str = "checking"
     problems: list[RowProblem] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    # A sequence's counts per step, by step name (None: a one-message campaign).
+    steps: dict[str, dict[str, int]] | None = None
+
+    def for_steps(self, names: Sequence[str]) -> None:
+        """Count per step too (a sequence): every step is reported, with zeros."""
+        keys = STEP_DRY_KEYS if self.dry_run else STEP_KEYS
+        self.steps = {name: dict.fromkeys(keys, 0) for name in names}
+
+    def step_count(self, name: str, key: str, n: int = 1) -> None:
+        """Add to one count of one step (of a step still in the campaign)."""
+        if self.steps is not None and name in self.steps:
+            self.steps[name][key] = self.steps[name].get(key, 0) + n
 
     @property
     def rate_per_s(self) -> float:
@@ -68,11 +91,26 @@ class Summary:
         done = self.would_send if self.dry_run else self.sent + self.failed + self.deferred
         return done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def moved(self, previous: DeliveryStatus | None, new: DeliveryStatus) -> None:
-        """A recipient went from `previous` (None: not counted in this run yet) to `new`."""
+    def step_lines(self) -> list[tuple[str, str]]:
+        """Each step of a sequence with its non-zero counts, for the human report."""
+        lines = []
+        for name, counts in (self.steps or {}).items():
+            words = [f"{n:,} {key.replace('_', ' ')}" for key, n in counts.items() if n]
+            lines.append((name, ", ".join(words) or "nothing"))
+        return lines
+
+    def moved(
+        self, previous: DeliveryStatus | None, new: DeliveryStatus, step: str | None = None
+    ) -> None:
+        """A recipient (or its `step`) went from `previous` (None: not counted in this run
+        yet) to `new`."""
         if previous is not None:
             self._add(previous, -1)
+            if step is not None and previous in _COUNTED:
+                self.step_count(step, previous.value, -1)
         self._add(new, 1)
+        if step is not None and new in _COUNTED:
+            self.step_count(step, new.value)
 
     def _add(self, status: DeliveryStatus, n: int) -> None:
         if status is DeliveryStatus.SENT:
@@ -134,7 +172,7 @@ class Summary:
                 }
                 for f in self.failures
             ],
-        }
+        } | ({"steps": self.steps} if self.steps is not None else {})
 
 
 Progress = Callable[[Summary], None]

@@ -675,6 +675,7 @@ def test_the_public_names_are_all_exported_and_typed() -> None:
         "deferred",
         "unknown",
         "suppressed",
+        "skipped",
     ]
     assert (Path(mailcli.__file__).parent / "py.typed").exists()
 

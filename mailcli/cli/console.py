@@ -274,11 +274,15 @@ def summary_table(summary: Summary) -> Table:
             ("[red]failed[/]", f"{s.failed:,}"),
             ("[yellow]deferred[/]", f"{s.deferred:,}"),
             ("unknown", f"{s.unknown:,}"),
-            ("done in earlier runs", f"{s.skipped:,}"),
+            (
+                "nothing due now" if s.steps is not None else "done in earlier runs",
+                f"{s.skipped:,}",
+            ),
             ("suppressed", f"{s.suppressed:,}"),
             ("left for the next run", f"{s.pending:,}"),
             ("connections", f"{s.connections:,}"),
         ]
+    rows += [(f"step {name}", text) for name, text in s.step_lines()]
     rows += [
         ("invalid rows", f"{s.invalid:,}"),
         ("duplicates", f"{s.duplicates:,}"),

@@ -1,0 +1,344 @@
+"""The rows of a sequence's run: for each recipient of the list, the one step due now.
+
+The same two passes as a one-message campaign (`mailcli.selection`): the check before
+connecting renders the step due for each row, then the sending pass streams the list again
+and yields each due step's message. Both ask `Sequencer.plan`, which reads each row's clock
+(`start:`, `timezone:`) and its steps' records and applies the due rule of
+`mailcli.sequence.decide` at the run's one moment `now`, so the check validates exactly what
+is then sent, and a dry run `--at` a moment predicts exactly what a run then would send.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+import jinja2
+
+from mailcli import retry as policy
+from mailcli.campaign import Campaign, Retry, is_template
+from mailcli.delivery import DeliveryStatus
+from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
+from mailcli.recipients import Recipient, RowProblem
+from mailcli.render import RenderError
+from mailcli.selection import Queued, RenderCache, queue_row
+from mailcli.sequence import (
+    Action,
+    Decision,
+    Step,
+    decide,
+    load_zone,
+    parse_start,
+    unit_key,
+)
+from mailcli.state import Outcome, SqliteState
+from mailcli.summary import Progress, Summary
+from mailcli.suppression import SuppressionList, screened
+
+log = logging.getLogger(__name__)
+
+Planned = tuple[Item, bool, Decision | RowProblem | None]
+CHUNK = 500  # rows whose first-met times are read (and written) at once
+
+
+class RowClock:
+    """Each row's zone and start, and its steps' conditions, from the campaign's templates
+    (compiled once, in the sandbox the messages are rendered in)."""
+
+    def __init__(self, campaign: Campaign, env: jinja2.Environment) -> None:
+        self.env = env
+        zone = campaign.timezone
+        self.fixed: tzinfo | None = UTC
+        self.zone_t: jinja2.Template | None = None
+        if zone is not None and is_template(zone):
+            self.fixed, self.zone_t = None, env.from_string(zone)
+        elif zone is not None:
+            self.fixed = load_zone(zone)
+        self.start_t = env.from_string(campaign.start) if campaign.start else None
+        self.conditions = {
+            s.name: env.compile_expression(s.condition, undefined_to_none=False)
+            for s in campaign.steps
+            if s.condition is not None
+        }
+
+    def zone(self, context: dict[str, Any]) -> tzinfo:
+        """The row's zone (RenderError: unknown, or the template fails)."""
+        if self.fixed is not None:
+            return self.fixed
+        assert self.zone_t is not None
+        name = _evaluate(lambda: self.zone_t.render(context), "timezone")  # type: ignore[union-attr]
+        try:
+            return load_zone(str(name))
+        except ValueError as exc:
+            raise RenderError(f"timezone: {exc}") from None
+
+    def start(self, context: dict[str, Any], zone: tzinfo, met: datetime) -> datetime:
+        """When the row's sequence starts: its `start:`, else when a run first met it."""
+        if self.start_t is None:
+            return met
+        text = _evaluate(lambda: self.start_t.render(context), "start")  # type: ignore[union-attr]
+        try:
+            return parse_start(str(text), zone)
+        except ValueError as exc:
+            raise RenderError(f"start: {exc}") from None
+
+    def condition(self, step: Step, context: dict[str, Any]) -> bool:
+        """Whether a step's `if:` holds for the row (RenderError: the expression fails)."""
+        expression = self.conditions[step.name]
+        return bool(_evaluate(lambda: expression(**context), f"step {step.name!r} 'if'"))
+
+
+def _evaluate(call: Callable[[], Any], what: str) -> Any:
+    try:
+        return call()
+    except jinja2.UndefinedError as exc:
+        raise RenderError(f"{what}: {exc.message}") from None
+    except Exception as exc:  # the expression is user code: any failure belongs to the row
+        raise RenderError(f"{what}: {exc.__class__.__name__}: {exc}") from None
+
+
+class Sequencer:
+    """The due rule applied to every row of a run at one moment.
+
+    `state` None: no state yet (a dry run of a new campaign); `write`: a real run, which
+    records when it first met each row (the default start).
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        state: SqliteState | None,
+        *,
+        now: datetime,
+        write: bool,
+        fresh: bool = False,
+        retry_unknown: bool = False,
+        resend_failed: bool = False,
+    ) -> None:
+        self.pipeline, self.state, self.now = pipeline, state, now
+        self.campaign = pipeline.campaign
+        self.write, self.fresh = write, fresh
+        self.retry_unknown, self.resend_failed = retry_unknown, resend_failed
+        self.clock = RowClock(self.campaign, pipeline.renderer.text_env)
+
+    def plan(self, rows: Iterable[tuple[Item, bool]]) -> Iterator[Planned]:
+        """Each row with whether it is suppressed and what is due for it now (None for a
+        duplicate or an invalid row)."""
+        source = iter(rows)
+        while chunk := list(itertools.islice(source, CHUNK)):
+            met = self._met([item for item, _ in chunk if isinstance(item, Ready)])
+            for item, blocked in chunk:
+                if not isinstance(item, Ready):
+                    yield item, blocked, None
+                    continue
+                yield item, blocked, self.decide(item.recipient, met.get(item.recipient.key))
+
+    def decide(self, r: Recipient, met: datetime | None) -> Decision | RowProblem:
+        """What is due for one row now, or the row's problem (its start or zone)."""
+        context = self.pipeline.context(r)
+        try:
+            zone = self.clock.zone(context)
+            start = self.clock.start(context, zone, met or self.now)
+            records = {} if self.fresh or self.state is None else self.state.step_records(r.email)
+            return decide(
+                self.campaign.steps,
+                records,
+                start=start,
+                zone=zone,
+                now=self.now,
+                run_id=self.state.run_id if self.state is not None else None,
+                window=self.campaign.window,
+                condition=lambda step: self.clock.condition(step, context),
+                retry_unknown=self.retry_unknown,
+                resend_failed=self.resend_failed,
+            )
+        except RenderError as exc:
+            return RowProblem(r.row, r.line, str(exc), r.email)
+
+    def _met(self, ready: list[Ready]) -> dict[str, datetime]:
+        """When a run first met each row (without `start:` only); a real run records now for
+        the rows it meets for the first time."""
+        if self.campaign.start is not None or self.state is None:
+            return {}
+        emails = [item.recipient.email for item in ready]
+        met = self.state.met(emails)
+        if self.write:
+            new = [(r.email, r.row) for r in (i.recipient for i in ready) if r.key not in met]
+            self.state.meet(new, at=self.now)
+        return met
+
+
+def count_decision(summary: Summary, decision: Decision) -> None:
+    """A row's skipped steps, and the step it waits for (or is held from by its window)."""
+    for step in decision.skips:
+        summary.step_count(step.name, "skipped")
+    if decision.action is Action.WAITING and decision.step is not None:
+        summary.step_count(decision.step.name, "waiting")
+    elif decision.action is Action.HELD and decision.step is not None:
+        summary.step_count(decision.step.name, "held")
+
+
+def check_sequence_rows(
+    seq: Sequencer,
+    summary: Summary,
+    *,
+    cache: RenderCache,
+    progress: Progress | None = None,
+    suppression: SuppressionList | None = None,
+) -> bool:
+    """Pass 1 of a sequence's run: read every row, work out its due step, render it; True
+    when no row is invalid (a start or zone that does not work counts, due or not)."""
+    pipeline = seq.pipeline
+    rows = screened(pipeline.items(render=False), _address, suppression)
+    for item, blocked, decision in seq.plan(rows):
+        summary.total += 1
+        if progress is not None:
+            progress(summary)
+        if isinstance(item, RowProblem):
+            summary.problem(item)
+        elif isinstance(item, Duplicate):
+            summary.duplicates += 1
+        elif isinstance(decision, RowProblem):
+            summary.problem(decision)
+        elif blocked or decision is None or decision.action is not Action.SEND:
+            continue
+        else:
+            assert decision.step is not None
+            r = item.recipient
+            try:
+                cache.put(r.row, r.email, pipeline.render(r, decision.step.name))
+                summary.would_send += 1
+            except RenderError as exc:
+                summary.problem(RowProblem(r.row, r.line, f"step {decision.step.name!r}: {exc}"))
+    return summary.invalid == 0
+
+
+def _address(item: Item) -> str | None:
+    return item.recipient.email if isinstance(item, Ready) else None
+
+
+class SequenceRows:
+    """The messages of a sequence due in each pass of a run, in list order: at most one step
+    per recipient, at most `limit` in the run (the interface of `selection.DueRows`)."""
+
+    def __init__(
+        self,
+        seq: Sequencer,
+        state: SqliteState,
+        summary: Summary,
+        *,
+        retry: Retry,
+        limit: int | None,
+        cache: RenderCache,
+        smtputf8: Callable[[], bool],
+        suppression: SuppressionList | None = None,
+    ) -> None:
+        self.seq, self.pipeline, self.state, self.summary = seq, seq.pipeline, state, summary
+        self.retry, self.limit, self.cache, self.smtputf8 = retry, limit, cache, smtputf8
+        self.suppression = suppression
+        self.produced = 0
+
+    def _rows(self) -> Iterator[tuple[Item, bool]]:
+        return screened(self.pipeline.items(render=False), _address, self.suppression)
+
+    def first_pass(self) -> Iterator[Queued]:
+        """Each recipient's due step once; skipped steps are recorded as they come due."""
+        for item, blocked, decision in self.seq.plan(self._rows()):
+            if isinstance(item, RowProblem):
+                self.summary.problem(item)  # reached only with --skip-invalid
+                continue
+            if not isinstance(item, Ready) or decision is None:
+                continue
+            if isinstance(decision, RowProblem):
+                self.summary.problem(decision)
+                continue
+            if self.limit is not None and self.produced >= self.limit:
+                continue  # the rest is left for the next run
+            r = item.recipient
+            for step in decision.skips:
+                self.state.record_skip(r.email, r.row, step.name)
+            count_decision(self.summary, decision)
+            if decision.action is not Action.SEND:
+                self.summary.skipped += 1
+                continue
+            assert decision.step is not None
+            name = decision.step.name
+            if blocked:
+                self.summary.suppressed += 1
+                self.summary.step_count(name, "suppressed")
+                continue
+            rendered = self.cache.take(r.row, r.email)
+            queued = queue_row(
+                self.pipeline,
+                self.state,
+                self.summary,
+                r,
+                decision.entry,
+                rendered,
+                None,
+                self.smtputf8(),
+                step=name,
+            )
+            if queued is not None:
+                self.produced += 1
+                yield queued
+
+    def retry_round(self, now: float) -> Iterator[Queued]:
+        """The steps deferred earlier in this run whose backoff has passed."""
+        run_id = self.state.run_id
+        for item, blocked in self._rows():
+            if not isinstance(item, Ready):
+                continue
+            r = item.recipient
+            for name, record in self.state.step_records(r.email).items():
+                if not policy.due_again(record.entry, run_id, self.retry, now):
+                    continue
+                if blocked:  # suppressed while this run waited: never sent, pending again
+                    key = unit_key(r.key, name)
+                    self.state.record(Outcome(key, DeliveryStatus.PENDING))
+                    self.summary.deferred -= 1
+                    self.summary.suppressed += 1
+                    self.summary.step_count(name, "deferred", -1)
+                    self.summary.step_count(name, "suppressed")
+                    continue
+                queued = queue_row(
+                    self.pipeline,
+                    self.state,
+                    self.summary,
+                    r,
+                    record.entry,
+                    None,
+                    DeliveryStatus.DEFERRED,
+                    self.smtputf8(),
+                    step=name,
+                )
+                if queued is not None:
+                    yield queued
+
+    def others_hold(self) -> bool:
+        """Another run holds some of the list: never, with SQLite's one run at a time."""
+        return False
+
+    def count_left(self) -> int:
+        """Steps due now that nobody has tried yet (left by --limit or a stop)."""
+        left = 0
+        counting = Sequencer(
+            self.pipeline,
+            self.state,
+            now=self.seq.now,
+            write=False,
+            retry_unknown=self.seq.retry_unknown,
+            resend_failed=self.seq.resend_failed,
+        )
+        for _item, blocked, decision in counting.plan(self._rows()):
+            if (
+                isinstance(decision, Decision)
+                and decision.action is Action.SEND
+                and not blocked
+                and (decision.entry is None or decision.entry.status is DeliveryStatus.PENDING)
+            ):
+                left += 1
+        return left
