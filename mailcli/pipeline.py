@@ -81,6 +81,17 @@ def _signer(campaign: Campaign) -> DkimSigner | None:
     return load_signer(campaign.dkim_keys)
 
 
+def row_context(campaign: Campaign, recipient: Recipient) -> dict[str, Any]:
+    """The variables of one row: `row` (its columns), `vars`, then the columns by name, then
+    `email` (what a sequence's `start`, `timezone` and `if:` see, and the templates too)."""
+    return {
+        "row": recipient.fields,
+        **campaign.vars,
+        **recipient.fields,
+        "email": recipient.email,
+    }
+
+
 class Pipeline:
     """Turns a campaign's rows into rendered and built messages."""
 
@@ -124,12 +135,7 @@ class Pipeline:
     def context(self, recipient: Recipient) -> dict[str, Any]:
         """Template variables for one row: `vars`, then the row's columns, then `email`, then
         `unsubscribe_url` when the campaign has an unsubscribe endpoint."""
-        context = {
-            "row": recipient.fields,
-            **self.campaign.vars,
-            **recipient.fields,
-            "email": recipient.email,
-        }
+        context = row_context(self.campaign, recipient)
         if self.unsubscribe_signer is not None and self.campaign.unsubscribe_endpoint:
             # Last, so the visible link is always the signed URL of the header.
             context["unsubscribe_url"] = self.unsubscribe_signer.url(

@@ -112,25 +112,42 @@ def find_recipient(
 
 
 def preview_one(
-    campaign: Campaign, *, row: int | None = None, to: str | None = None, sender: str | None = None
+    campaign: Campaign,
+    *,
+    row: int | None = None,
+    to: str | None = None,
+    sender: str | None = None,
+    step: str | None = None,
 ) -> Preview:
-    """Render and build one recipient's message exactly as `batch` would."""
+    """Render and build one recipient's message exactly as `batch` would (of a sequence: the
+    message of `step`, by default its first step's)."""
+    if step is not None and not campaign.is_sequence:
+        raise UsageError("--step is for a sequence (a campaign with steps:)")
+    if campaign.is_sequence:
+        names = [s.name for s in campaign.steps]
+        if step is None:
+            step = names[0]
+        elif step not in names:
+            raise UsageError(f"the campaign has no step {step!r}: its steps are {', '.join(names)}")
     pipeline = Pipeline(campaign, sender=sender)
     recipient = find_recipient(pipeline, row=row, to=to)
+    where = f"row {recipient.row}" + (f", step {step!r}" if step is not None else "")
     try:
-        ready = Ready(recipient, pipeline.render(recipient))
+        ready = Ready(recipient, pipeline.render(recipient, step))
     except RenderError as exc:
-        raise DataError(f"row {recipient.row}: {exc}", path=campaign.recipients.path) from None
+        raise DataError(f"{where}: {exc}", path=campaign.recipients.path) from None
     built = pipeline.check(ready)
     if isinstance(built, RowProblem):
-        raise DataError(str(built), path=campaign.recipients.path)
-    return Preview(recipient.row, recipient.email, built)
+        raise DataError(f"{where}: {built.problem}", path=campaign.recipients.path)
+    return Preview(recipient.row, recipient.email, built, step)
 
 
 def write_files(preview: Preview, folder: Path) -> list[Path]:
     """Write `<row>-<address>.eml` (and `.html` for the HTML part) into a folder."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{preview.row:06d}-{re.sub(r'[^A-Za-z0-9@._+-]', '_', preview.email)[:80]}"
+    if preview.step is not None:
+        stem += f"-{preview.step}"
     eml = folder / f"{stem}.eml"
     eml.write_bytes(preview.built.data)
     written = [eml]

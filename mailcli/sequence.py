@@ -83,7 +83,8 @@ class After:
         if self.days:
             # Wall-clock arithmetic: the same local time of day, whatever the UTC offset does.
             local = _resolve(local.replace(tzinfo=None) + timedelta(days=self.days), zone)
-        return (local + timedelta(seconds=self.seconds)).astimezone(UTC)
+        # Hours and minutes are elapsed time, across a daylight saving change too.
+        return local.astimezone(UTC) + timedelta(seconds=self.seconds)
 
 
 def parse_after(value: object) -> After:
@@ -315,7 +316,10 @@ def decide(
                     # One step per recipient per run: the next waits for the next run.
                     return Decision(Action.WAITING, _next(steps, index), None, None, tuple(skips))
                 if record.at is not None:
-                    last = (step, record.at)
+                    # Spacing counts from the minute it went out: a run that cron starts at
+                    # the same minute two days later finds the step due, though the previous
+                    # one left a few seconds into its run.
+                    last = (step, record.at.replace(second=0, microsecond=0))
                 continue
             if status == DeliveryStatus.FAILED and entry.rejected and not resend_failed:
                 return Decision(Action.DONE, None, None, None, tuple(skips))

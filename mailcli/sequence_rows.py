@@ -212,7 +212,8 @@ def check_sequence_rows(
                 cache.put(r.row, r.email, pipeline.render(r, decision.step.name))
                 summary.would_send += 1
             except RenderError as exc:
-                summary.problem(RowProblem(r.row, r.line, f"step {decision.step.name!r}: {exc}"))
+                problem = f"step {decision.step.name!r}: {exc}"
+                summary.problem(RowProblem(r.row, r.line, problem, r.email))
     return summary.invalid == 0
 
 

@@ -44,7 +44,7 @@ from mailcli.errors import (
     TempFailError,
 )
 from mailcli.fingerprint import Fingerprint, Recorded
-from mailcli.sequence import UNIT_SEP, Clock, Timing, system_clock, unit_key
+from mailcli.sequence import UNIT_SEP, Clock, Timing, step_of, system_clock, unit_key
 
 # 2: recipients.first_at and the attempts table (a file of version 1 is upgraded on open).
 SCHEMA_VERSION = 2
@@ -238,6 +238,7 @@ class RecipientState:
     reply: str | None
     attempts: int
     updated: str
+    step: str | None = None  # the step of a sequence (None: a one-message campaign)
 
 
 @dataclass(frozen=True, slots=True)
@@ -993,11 +994,14 @@ class SqliteState:
         """Recipients in the given statuses, in list order."""
         marks = ",".join("?" * len(statuses))
         rows = self.db.execute(
-            f"SELECT email, row, status, code, reply, attempts, updated FROM recipients "
-            f"WHERE status IN ({marks}) ORDER BY row, email",
+            f"SELECT email, row, status, code, reply, attempts, updated, key FROM recipients "
+            f"WHERE status IN ({marks}) ORDER BY row, email, key",
             [s.value for s in statuses],
         )
-        return [RecipientState(r[0], r[1], DeliveryStatus(r[2]), *r[3:]) for r in rows]
+        return [
+            RecipientState(r[0], r[1], DeliveryStatus(r[2]), r[3], r[4], r[5], r[6], step_of(r[7]))
+            for r in rows
+        ]
 
     def export_rows(
         self, statuses: Collection[DeliveryStatus] | None = None
@@ -1026,19 +1030,22 @@ class SqliteState:
             found.update(key for (key,) in rows)
         return found
 
-    def recipient(self, email: str) -> RecipientRecord | None:
-        """What the state knows of one address, or None if no run has met it."""
+    def recipient(self, email: str, step: str | None = None) -> RecipientRecord | None:
+        """What the state knows of one address (or one step of it), or None if no run has
+        met it."""
         r = self.db.execute(
-            f"SELECT {RECORD_COLUMNS} FROM recipients WHERE key=?", (address_key(email),)
+            f"SELECT {RECORD_COLUMNS} FROM recipients WHERE key=?",
+            (unit_key(address_key(email), step),),
         ).fetchone()
         return None if r is None else RecipientRecord(r[0], r[1], DeliveryStatus(r[2]), *r[3:])
 
-    def history(self, email: str) -> list[Attempt]:
-        """Every recorded outcome of an address, oldest first (a scan of the log: see SCHEMA)."""
+    def history(self, email: str, step: str | None = None) -> list[Attempt]:
+        """Every recorded outcome of an address (or one step of it), oldest first (a scan of
+        the log: see SCHEMA)."""
         rows = self.db.execute(
             "SELECT run, at, status, code, reply, message_id FROM attempts WHERE key=? "
             "ORDER BY rowid",
-            (address_key(email),),
+            (unit_key(address_key(email), step),),
         )
         return [Attempt(r[0], r[1], DeliveryStatus(r[2]), *r[3:]) for r in rows]
 

@@ -24,6 +24,7 @@ from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
 from mailcli.errors import CantCreateError, DataError, InputFileError, MailcliError, UsageError
 from mailcli.fingerprint import Recorded
 from mailcli.recipients import RecipientReader, RowProblem, SeenAddresses
+from mailcli.sequence_status import step_counts, totals
 from mailcli.state import (
     Attempt,
     Entry,
@@ -65,6 +66,8 @@ class Status:
     live_runs: list[RunRecord] = field(default_factory=list)
     # The campaign's fingerprint history, oldest first: when, which file, what changed.
     fingerprints: list[Recorded] = field(default_factory=list)
+    # A sequence: messages per status of each step (the counts above are of every step).
+    steps: dict[str, dict[str, int]] | None = None
 
     @property
     def total(self) -> int:
@@ -133,6 +136,9 @@ class Status:
                 for f in self.fingerprints
             ],
         }
+        if self.steps is not None:
+            obj["skipped"] = self.counts.get(DeliveryStatus.SKIPPED, 0)
+            obj["steps"] = self.steps
         if self.hosts is not None:
             obj["hosts"] = [
                 {
@@ -153,6 +159,7 @@ class Status:
                 {
                     "email": r.email,
                     "row": r.row,
+                    **({"step": r.step} if r.step is not None else {}),
                     "status": r.status.value,
                     "code": r.code,
                     "reply": r.reply,
@@ -198,7 +205,15 @@ def _status(campaign: Campaign, blocklist: SuppressionList | None) -> Status:
             report.recipients = state.problems()
             report.last_run = state.last_run()
             report.fingerprints = state.fingerprints()
-        _count_list(campaign, state.lookup if state else None, report, blocklist)
+        if campaign.is_sequence:
+            # Every valid row of the list is a recipient of each step: those without a record
+            # of a step are pending for it.
+            _count_list(campaign, None, report, None)
+            assert state is None or isinstance(state, SqliteState)
+            report.steps = step_counts(campaign, state, report.new_rows)
+            report.counts, report.new_rows = totals(report.steps), 0
+        else:
+            _count_list(campaign, state.lookup if state else None, report, blocklist)
     finally:
         if state is not None:
             state.close()

@@ -7,6 +7,7 @@ import asyncio
 import csv
 import email.policy
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -494,3 +495,18 @@ def imap_server(ca: trustme.CA, trust_ca: Path) -> Iterator[ImapServer]:
         pytest.skip("needs Dovecot's dovecot binary (Debian package dovecot-imapd)")
     with ImapServer(ca, binary) as server:
         yield server
+
+
+# --- faketime -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def faketime() -> str:
+    """libfaketime's `faketime` (it runs a command with the system clock moved to a chosen
+    moment, for the sequence tests' real mailcli processes)."""
+    binary = shutil.which("faketime")
+    if binary is None:
+        if os.environ.get("MAILCLI_REQUIRE_FAKETIME"):
+            pytest.fail("faketime is required here (MAILCLI_REQUIRE_FAKETIME) but not installed")
+        pytest.skip("needs libfaketime's faketime (Debian package faketime)")
+    return binary

@@ -230,6 +230,51 @@ def test_init_makes_a_campaign_that_runs_as_it_is(tmp_path: Path) -> None:
     assert len(list((tmp_path / "out").glob("*.eml"))) == 3
 
 
+def test_init_sequence_makes_a_sequence_that_runs_as_it_is(tmp_path: Path) -> None:
+    """`init --sequence`: every key is there, three steps (text, Markdown, HTML), and a dry run
+    at a fixed moment shows the start, the zones and the window at work: at 10:00 UTC on
+    3 March 2026 the two rows in Paris (11:00) get welcome, Bob in New York (05:00) is held,
+    and Dan, who signs up on 4 March, is waiting."""
+    from mailcli.campaign import TOP_KEYS, load_campaign
+
+    folder = tmp_path / "onboarding"
+    made = runner.invoke(app, ["init", str(folder), "--sequence"])
+    assert made.exit_code == 0, made.output
+    assert "--dry-run --at" in made.stdout and "--step tips" in made.stdout
+    yaml = (folder / "campaign.yaml").read_text()
+    for key in TOP_KEYS:  # every key is there, set or commented with what it does
+        assert re.search(rf"^#? ?{key}:", yaml, re.M), key
+    campaign = load_campaign(folder / "campaign.yaml")
+    assert [(s.name, str(s.after)) for s in campaign.steps] == [
+        ("welcome", "0d"),
+        ("tips", "2d"),
+        ("offer", "7d"),
+    ]
+    assert [bool(s.text) for s in campaign.steps] == [True, False, False]
+    assert campaign.steps[1].markdown and campaign.steps[2].html
+    assert campaign.steps[2].condition == "plan == 'free'"
+    assert campaign.window is not None and campaign.window.text == "09:00-18:00"
+    yaml_file = str(folder / "campaign.yaml")
+    dry = runner.invoke(
+        app, ["batch", yaml_file, "--dry-run", "--at", "2026-03-03T10:00Z", "--json"]
+    )
+    assert dry.exit_code == 0, dry.output
+    report = json.loads(dry.stdout)
+    assert report["would_send"] == 2 and report["problems"] == []
+    assert report["steps"]["welcome"] == {
+        "would_send": 2,
+        "skipped": 0,
+        "suppressed": 0,
+        "waiting": 1,
+        "held": 1,
+    }
+    for step in ("welcome", "tips", "offer"):  # every step renders for a row
+        shown = runner.invoke(app, ["preview", yaml_file, "--step", step, "--row", "1"])
+        assert shown.exit_code == 0, shown.output
+    checked = runner.invoke(app, ["preview", yaml_file, "--all"])
+    assert checked.exit_code == 0, checked.output
+
+
 @pytest.mark.parametrize(
     ("target", "code", "message"),
     [

@@ -18,6 +18,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zoneinfo
+from datetime import UTC, datetime, time
 from pathlib import Path
 
 import pytest
@@ -65,8 +67,8 @@ def environment(tmp_path: Path, server: SmtpServer, **extra: str) -> dict[str, s
     }
 
 
-def crontab() -> tuple[dict[str, str], str]:
-    """The crontab's variables and its one job's command."""
+def crontab(campaign: str) -> tuple[dict[str, str], str]:
+    """The crontab's variables and the command of its one job that runs `campaign`."""
     variables: dict[str, str] = {}
     jobs: list[str] = []
     for line in (EXAMPLES / "cron" / "crontab").read_text().splitlines():
@@ -77,15 +79,15 @@ def crontab() -> tuple[dict[str, str], str]:
             variables[name.strip()] = value.strip()
         else:
             jobs.append(line.split(None, 5)[5])
-    assert len(jobs) == 1
-    return variables, jobs[0]
+    (job,) = [job for job in jobs if f" {campaign} " in job]
+    return variables, job
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock (util-linux)")
 def test_the_cron_job_sends_resumes_and_never_overlaps(
     tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
 ) -> None:
-    variables, command = crontab()
+    variables, command = crontab("campaigns/welcome/campaign.yaml")
     home = install(tmp_path, rows=520)
     command = command.replace("/srv/mailcli", str(home))
     env = environment(tmp_path, smtp_server, **variables)
@@ -107,6 +109,58 @@ def test_the_cron_job_sends_resumes_and_never_overlaps(
     assert len(set(recorder.recipients())) == 520  # nobody twice
     log = (home / "drip.log").read_text()
     assert "500 sent" in log and "20 sent" in log and "500 done in earlier runs" in log
+
+
+def in_window(listing: Path) -> set[str]:
+    """The addresses of `listing` whose local time (its `tz` column) is inside 09:00-18:00 now."""
+    now = datetime.now(UTC)
+    with listing.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        row["email"]
+        for row in rows
+        if time(9) <= now.astimezone(zoneinfo.ZoneInfo(row["tz"])).time() < time(18)
+    }
+
+
+def test_the_cron_sequence_job_sends_what_is_due_and_is_refused_while_one_runs(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """The crontab's sequence job, on the sequence `mailcli init --sequence` writes: every
+    row signed up in the past, so each one's first step is due and goes out where the
+    recipient's local time is inside the window (09:00-18:00); the next run, ten minutes
+    later or at once, sends nothing more; a run while another holds the lock is refused."""
+    variables, command = crontab("campaigns/onboarding/campaign.yaml")
+    home = tmp_path / "srv-mailcli"
+    folder = home / "campaigns" / "onboarding"
+    made = subprocess.run(
+        [str(BIN / "mailcli"), "init", str(folder), "--sequence"], capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    command = command.replace("/srv/mailcli", str(home))
+    env = environment(tmp_path, smtp_server, **variables)
+
+    due = in_window(folder / "recipients.csv")
+    first = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+    if in_window(folder / "recipients.csv") != due:
+        pytest.skip("a recipient's window opened or closed during the run")
+    assert first.returncode == 0, first.stderr  # a step held by the window is not a failure
+    assert first.stdout == "" and first.stderr == ""  # --quiet: cron mails nothing
+    assert set(recorder.recipients()) == due
+    assert all(m.message["Subject"].startswith("Welcome") for m in recorder.messages)
+
+    # One step per run, and the next comes two days after the first went out.
+    second = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert len(recorder.messages) == len(due)
+
+    # A run still going holds the campaign's lock: the next one is refused at once.
+    with (folder / ".mailcli" / "onboarding.sqlite.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        refused = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+    assert refused.returncode == 75 and "already being sent" in refused.stderr
+    assert len(recorder.messages) == len(due)
+    assert (home / "onboarding.log").exists()
 
 
 def unit(name: str) -> configparser.ConfigParser:

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -34,6 +35,7 @@ from mailcli.cli.console import (
     history_view,
     is_terminal,
     preview_view,
+    sequence_view,
     setup_logging,
     status_view,
     summary_table,
@@ -43,6 +45,8 @@ from mailcli.mailer import debug_transcript, sandbox_mailer
 from mailcli.preview import Preview, preview_one, write_files
 from mailcli.secrets import keyring_delete, keyring_key, keyring_set, keyring_write
 from mailcli.sending import OneOff, one_off_message
+from mailcli.sequence import parse_moment
+from mailcli.sequence_status import sequence_place
 from mailcli.settings import resolve_smtp
 from mailcli.status import campaign_status, export_status, recipient_history
 from mailcli.transport import SmtpSettings
@@ -404,9 +408,20 @@ def batch(
             rich_help_panel="SMTP",
         ),
     ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            metavar="TIME",
+            help="With --dry-run, for a sequence: what a run at TIME would send (ISO 8601, "
+            "e.g. 2026-03-04T09:30; without an offset, this machine's local time). -v lists "
+            "each message.",
+        ),
+    ] = None,
 ) -> None:
     """Send a campaign to every recipient of its list, over one SMTP connection (or an HTTP
-    API provider's batch calls), or several with --connections.
+    API provider's batch calls), or several with --connections. A sequence (steps:) sends
+    each recipient the step that is due now.
 
     Example: mailcli batch campaigns/welcome/campaign.yaml --dry-run
     """
@@ -414,7 +429,10 @@ def batch(
     setup_logging(verbose=verbose, debug=debug, log_file=log_file)
     parsed_rate = _rate(rate)
     flags = _smtp_flags(profile, host, port, security, username, timeout, insecure, debug, api)
+    moment = _moment(at, dry_run_)
     campaign = load_campaign(campaign_file)
+    if moment is not None and not campaign.is_sequence:
+        raise UsageError("--at is for a sequence (a campaign with steps:)")
     if not quiet:
         _warn(campaign)
     display = BatchProgress(
@@ -424,7 +442,7 @@ def batch(
     )
     if dry_run_:
         with display.running():
-            summary = dry_run(campaign, limit=limit, progress=display, jobs=jobs)
+            summary = dry_run(campaign, limit=limit, progress=display, jobs=jobs, at=moment)
         _report(summary, json_=json_, quiet=quiet)
         raise typer.Exit(summary.exit_code)
     mailer = None
@@ -514,8 +532,10 @@ def summary_line(summary: Summary) -> str:
             f"{_n(s.duplicates, 'duplicate')}"
             + (f", {s.suppressed} suppressed" if s.suppressed else "")
             + "; nothing sent."
+            + _steps_text(s)
         )
-    earlier = f", {s.skipped} done in earlier runs" if s.skipped else ""
+    done = "with nothing due now" if s.steps is not None else "done in earlier runs"
+    earlier = f", {s.skipped} {done}" if s.skipped else ""
     earlier += f", {s.suppressed} suppressed" if s.suppressed else ""
     left = f", {s.pending} left for the next run" if s.pending else ""
     requests = f", {_n(s.requests, 'request')} to {s.transport}" if s.requests else ""
@@ -524,8 +544,14 @@ def summary_line(summary: Summary) -> str:
         f"{s.unknown} unknown{earlier}{left}, {s.invalid} invalid, "
         f"{_n(s.duplicates, 'duplicate')} of {_n(s.total, 'row')} "
         f"({_n(s.connections, 'connection')}{requests}, {s.elapsed_s:.2f} s, "
-        f"{s.rate_per_s:.1f} msg/s)."
+        f"{s.rate_per_s:.1f} msg/s)." + _steps_text(s)
     )
+
+
+def _steps_text(s: Summary) -> str:
+    """A sequence's counts per step: ' Steps: welcome: 3 sent; tips: 2 waiting.'"""
+    lines = s.step_lines()
+    return " Steps: " + "; ".join(f"{n}: {t}" for n, t in lines) + "." if lines else ""
 
 
 def _n(count: int, noun: str) -> str:
@@ -538,6 +564,18 @@ def _size(n: int) -> str:
             return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return f"{n} bytes"
+
+
+def _moment(at: str | None, dry: bool) -> datetime | None:
+    """`--at TIME` of a dry run (a real run sends what is due now)."""
+    if at is None:
+        return None
+    if not dry:
+        raise UsageError("--at goes with --dry-run: a real run sends what is due now")
+    try:
+        return parse_moment(at)
+    except ValueError as exc:
+        raise UsageError(f"--at: {exc}") from None
 
 
 def _report(summary: Summary, *, json_: bool, quiet: bool) -> None:
@@ -588,6 +626,15 @@ def preview(
         Path | None,
         typer.Option("--out", metavar="DIR", help="Write .eml (and .html) files to DIR."),
     ] = None,
+    step: Annotated[
+        str | None,
+        typer.Option(
+            "--step",
+            metavar="NAME",
+            help="For a sequence: show this step's message (default: the first step). "
+            "--all checks every step.",
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Show a message as it will be sent, without sending anything.
@@ -599,6 +646,8 @@ def preview(
         raise UsageError(f"--format must be text, html or raw, not {fmt!r}")
     if sum(x is not None for x in (row, to)) + all_ > 1:
         raise UsageError("use one of --row, --to and --all")
+    if all_ and step is not None:
+        raise UsageError("--all checks every step of a sequence: leave out --step")
     campaign = load_campaign(campaign_file)
     _warn(campaign)
     if all_:
@@ -607,12 +656,12 @@ def preview(
         def save(p: Preview) -> None:
             written[0] += len(write_files(p, out)) if out is not None else 0
 
-        summary = dry_run(campaign, on_message=save if out is not None else None)
+        summary = dry_run(campaign, on_message=save if out is not None else None, every_step=True)
         _report(summary, json_=json_, quiet=False)
         if out is not None and not json_:
             typer.echo(f"wrote {written[0]} files to {out}/")
         raise typer.Exit(summary.exit_code)
-    shown = preview_one(campaign, row=row, to=to)
+    shown = preview_one(campaign, row=row, to=to, step=step)
     if out is not None:
         for path in write_files(shown, out):
             typer.echo(f"wrote {path}", err=True)
@@ -632,7 +681,7 @@ def preview(
 
 def _text_view(shown: Preview) -> str:
     parsed = shown.parsed
-    lines = [f"Row {shown.row}: {shown.email}"]
+    lines = [f"Row {shown.row}: {shown.email}" + (f", step {shown.step}" if shown.step else "")]
     for name in ("From", "To", "Cc", "Reply-To", "Subject", "Date", "Message-ID"):
         if parsed[name] is not None:
             lines.append(f"{name}: {parsed[name]}")
@@ -889,6 +938,13 @@ def status(
         from mailcli.sandbox import sandboxed
 
         campaign = sandboxed(campaign, sandbox_dir)
+    if recipient is not None and campaign.is_sequence:
+        place = sequence_place(campaign, recipient)
+        if json_:
+            _emit(place.to_json())
+        else:
+            console().print(sequence_view(place, terminal=is_terminal(sys.stdout)))
+        return
     if recipient is not None:
         history = recipient_history(campaign, recipient)
         if json_:
@@ -1090,19 +1146,38 @@ def init(
             help="The folder to create; its name is the campaign's name.",
         ),
     ],
+    sequence: Annotated[
+        bool,
+        typer.Option(
+            "--sequence",
+            help="Write a three-step onboarding sequence (steps:, start:, timezone:, window:) "
+            "instead of one message.",
+        ),
+    ] = False,
 ) -> None:
     """Create a campaign folder: a commented campaign.yaml, text and HTML templates, a sample
-    list; it runs as it is (--dry-run, --sandbox).
+    list; it runs as it is (--dry-run, --sandbox). --sequence makes a three-step sequence.
 
     Example: mailcli init spring-news && mailcli batch spring-news/campaign.yaml --sandbox
     """
     from mailcli.scaffold import create_campaign
 
-    written = create_campaign(folder)
+    written = create_campaign(folder, sequence=sequence)
     typer.echo(f"Created campaign '{folder.resolve().name}' in {folder}/:")
     for path in written:
         typer.echo(f"  {path.relative_to(folder).as_posix()}")
     yaml = (folder / "campaign.yaml").as_posix()
+    if sequence:
+        typer.echo(
+            "Next:\n"
+            f"  mailcli batch {yaml} --dry-run --at 2026-03-03T10:00Z -v"
+            "   # what a run then would send\n"
+            f"  mailcli preview {yaml} --step tips --row 1   # one step's message\n"
+            f"  mailcli batch {yaml} --sandbox      # send what is due now to ./outbox\n"
+            f"  mailcli status {yaml} --sandbox     # where each step stands\n"
+            "Then run it from cron every 10 minutes: each run sends what has come due."
+        )
+        return
     typer.echo(
         "Next:\n"
         f"  mailcli preview {yaml} --row 1      # one message, as it will arrive\n"

@@ -36,6 +36,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from mailcli.batch import Summary
     from mailcli.preview import Preview
+    from mailcli.sequence_status import SequencePlace
     from mailcli.status import RecipientHistory, Status
 
 PLAIN_PROGRESS_EVERY_S = 5.0
@@ -317,7 +318,12 @@ def preview_view(shown: Preview) -> Group:
     parts = ", ".join(p.get_content_type() for p in parsed.walk())
     headers.add_row("Parts:", parts)
     blocks: list[Any] = [
-        Panel(headers, title=f"row {shown.row}: {shown.email}", title_align="left"),
+        Panel(
+            headers,
+            title=f"row {shown.row}: {shown.email}"
+            + (f", step {shown.step}" if shown.step else ""),
+            title_align="left",
+        ),
         Panel(
             Text(shown.text() or "(no text part)"),
             title="text/plain",
@@ -420,6 +426,54 @@ def history_view(history: RecipientHistory, *, terminal: bool) -> Group:
     return Group(*blocks)
 
 
+def sequence_view(place: SequencePlace, *, terminal: bool) -> Group:
+    """One recipient of a sequence (`status --recipient`): each step, then what comes next."""
+    where = f", row {place.row}" if place.row is not None else ""
+    blocks: list[Any] = [Text(f"{place.email} in sequence '{place.campaign}'{where}")]
+    table = Table(box=box.HEAVY_HEAD if terminal else box.ASCII)
+    for column in ("step", "status", "time", "code"):
+        table.add_column(column, justify="right" if column == "code" else "left", no_wrap=True)
+    table.add_column("reply", overflow="fold")
+    for p in place.steps:
+        r = p.record
+        table.add_row(
+            p.step,
+            Text(p.status, style=STATUS_STYLES.get(p.status, "")),
+            (r.last_at or "") if r is not None else "",
+            str(r.code or "") if r is not None else "",
+            (r.reply or "") if r is not None else "",
+        )
+    blocks.append(table)
+    if not place.in_list:
+        blocks.append(Text("No longer in the list: gets no further step."))
+    elif place.suppressed:
+        blocks.append(Text("On the suppression list: gets no further step while it stays there."))
+    elif place.problem is not None:
+        blocks.append(Text(f"Its row cannot be scheduled: {place.problem}"))
+    elif place.next_action == "done":
+        blocks.append(Text("Done: no step is left for this recipient."))
+    elif place.next_step is not None:
+        when = place.next_at.isoformat(timespec="minutes") if place.next_at else ""
+        text = {
+            "due": f"Next: step '{place.next_step}', due now (the next run sends it)",
+            "waiting": f"Next: step '{place.next_step}', due at {when}",
+            "held": f"Next: step '{place.next_step}', due, waiting for the window at {when}",
+        }[place.next_action or "due"]
+        blocks.append(Text(text))
+    return Group(*blocks)
+
+
+def _steps_table(report: Status, frame: box.Box) -> Table:
+    table = Table(title="By step", title_justify="left", box=frame)
+    table.add_column("step")
+    keys = ("sent", "pending", "skipped", "failed", "deferred", "unknown")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name, counts in (report.steps or {}).items():
+        table.add_row(name, *(f"{counts.get(k, 0):,}" for k in keys))
+    return table
+
+
 def status_view(report: Status, *, with_recipients: bool, terminal: bool) -> Group:
     """Counts per status as a table, the last run, and the recipients not delivered.
 
@@ -429,7 +483,8 @@ def status_view(report: Status, *, with_recipients: bool, terminal: bool) -> Gro
     counts = report.to_json(with_recipients=False)
     table = Table(title=f"Campaign '{report.campaign}'", title_justify="left", box=frame)
     table.add_column("status")
-    table.add_column("recipients", justify="right")
+    # A sequence counts messages: one per recipient and step.
+    table.add_column("messages" if report.steps is not None else "recipients", justify="right")
     table.add_column("share", justify="right")
     total = counts["total"] or 1
     shown = ("sent", "pending", "failed", "deferred", "unknown")
@@ -440,7 +495,10 @@ def status_view(report: Status, *, with_recipients: bool, terminal: bool) -> Gro
     table.add_row(Text("total", style="bold"), f"{counts['total']:,}", "")
     if report.invalid_rows:
         table.add_row("invalid rows", f"{report.invalid_rows:,}", "not counted")
-    blocks: list[Any] = [table, Text(f"state: {report.state_file}", style="dim")]
+    blocks: list[Any] = [table]
+    if report.steps is not None:
+        blocks.append(_steps_table(report, frame))
+    blocks.append(Text(f"state: {report.state_file}", style="dim"))
     run = report.last_run
     if run:
         ended = (
@@ -468,12 +526,16 @@ def status_view(report: Status, *, with_recipients: bool, terminal: bool) -> Gro
         failures = Table(
             title=f"Not delivered: {len(report.recipients)}", title_justify="left", box=frame
         )
-        for column in ("row", "email", "status", "code", "reply"):
+        steps = report.steps is not None
+        columns = ("row", "email", "step", "status", "code", "reply")
+        for column in columns if steps else [c for c in columns if c != "step"]:
             failures.add_column(column, justify="right" if column in ("row", "code") else "left")
         for r in report.recipients:
+            cells: list[Any] = (
+                [str(r.row), r.email, r.step or ""] if steps else [str(r.row), r.email]
+            )
             failures.add_row(
-                str(r.row),
-                r.email,
+                *cells,
                 Text(r.status.value, style=STATUS_STYLES.get(r.status.value, "")),
                 str(r.code or ""),
                 r.reply or "",
