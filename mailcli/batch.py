@@ -37,7 +37,7 @@ from mailcli.recipients import RowProblem
 from mailcli.render import RenderError
 from mailcli.selection import ClaimedRows, DueRows, Queued, RenderCache, check_due_rows
 from mailcli.sender import GroupSender, Stopped
-from mailcli.sequence import Action, Clock, system_clock
+from mailcli.sequence import Action, Clock, aware, system_clock
 from mailcli.sequence_rows import Sequencer, SequenceRows, check_sequence_rows, count_decision
 from mailcli.state import (
     BYTES_PER_RECIPIENT,
@@ -111,7 +111,7 @@ def dry_run(
             if every_step:
                 _dry_every_step(pipeline, summary, blocklist, on_message, progress)
             else:
-                moment = at if at is not None else system_clock()
+                moment = aware(at) if at is not None else system_clock()
                 _dry_sequence(pipeline, summary, blocklist, moment, limit, on_message, progress)
         summary.elapsed_s = time.monotonic() - started
         summary.exit_code = ExitCode.DATAERR if summary.invalid else ExitCode.OK
@@ -341,8 +341,8 @@ def send_batch(
                 seq = Sequencer(
                     pipeline,
                     state,
-                    now=clock(),
-                    write=True,
+                    now=aware(clock()),
+                    write=False,  # rows met for the first time are recorded once valid
                     fresh=fresh,
                     retry_unknown=retry_unknown,
                     resend_failed=resend_failed,
@@ -399,6 +399,7 @@ def send_batch(
             if seq is not None:
                 assert isinstance(state, SqliteState)
                 seq.fresh = False  # the run's own records count from now on
+                seq.write = True
                 rows = SequenceRows(
                     seq,
                     state,

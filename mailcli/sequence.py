@@ -201,6 +201,11 @@ def parse_start(text: str, zone: tzinfo) -> datetime:
     return moment.astimezone(UTC)
 
 
+def aware(moment: datetime) -> datetime:
+    """A moment in UTC; one without a zone is this machine's local time (as cron's are)."""
+    return moment.astimezone(UTC)
+
+
 def parse_moment(text: str) -> datetime:
     """`--at TIME`: an ISO 8601 date-time (naive: this machine's local time); raise
     ValueError."""
@@ -326,7 +331,10 @@ def decide(
             # pending, deferred, an invalid row's failure, or asked to be sent again
         due = step.after.after(start, zone)
         if last is not None:
-            due = max(due, (step.after - last[0].after).after(last[1], zone))
+            spaced = (step.after - last[0].after).after(last[1], zone)
+            # Never less than a minute after the step before, whatever a daylight saving
+            # change makes of a mix of day and hour units (1d, then 24h30m).
+            due = max(due, spaced, last[1] + timedelta(minutes=1))
         if now < due:
             return Decision(Action.WAITING, step, _entry(record), due, tuple(skips))
         # `if:` is asked when the step comes due (not again for one tried already), so the
