@@ -25,7 +25,7 @@ from mailcli.campaign import MAX_CONNECTIONS, Campaign, Rate, as_campaign, parse
 from mailcli.compose import address_text
 from mailcli.delivery import WINDOW, Delivery, DeliveryStatus, Transport
 from mailcli.envelope import Built
-from mailcli.errors import ConfigError, ExitCode, MailcliError
+from mailcli.errors import ConfigError, ExitCode, InputFileError, MailcliError, TempFailError
 from mailcli.mailer import Mailer, sandbox_mailer
 from mailcli.outbox import recording, suppressed_by_env
 from mailcli.pgstate import PgState
@@ -38,7 +38,14 @@ from mailcli.render import RenderError
 from mailcli.selection import ClaimedRows, DueRows, Queued, RenderCache, check_due_rows
 from mailcli.sender import GroupSender, Stopped
 from mailcli.sequence import Action, Clock, aware, system_clock
-from mailcli.sequence_rows import Sequencer, SequenceRows, check_sequence_rows, count_decision
+from mailcli.sequence_rows import (
+    SequenceClaims,
+    Sequencer,
+    SequenceRows,
+    check_sequence_rows,
+    count_decision,
+    schedule_digest,
+)
 from mailcli.state import (
     BYTES_PER_RECIPIENT,
     Flight,
@@ -183,10 +190,12 @@ def _dry_sequence(
     """A sequence's dry run: the step each row would get from a run at `at`."""
     campaign = pipeline.campaign
     summary.for_steps([s.name for s in campaign.steps])
-    state = None if campaign.state_url is not None else SqliteState.read_only(campaign.state_path)
+    state = _read_store(campaign)
     try:
-        if state is not None:
+        if isinstance(state, SqliteState):
             state.check_kind(True, write=False)
+        elif state is not None:
+            state.check_kind(True)
         seq = Sequencer(pipeline, state, now=at, write=False)
         rows = screened(pipeline.items(render=False), _email_of, blocklist)
         for item, blocked, decision in seq.plan(rows):
@@ -213,6 +222,23 @@ def _dry_sequence(
     finally:
         if state is not None:
             state.close()
+
+
+def _read_store(campaign: Campaign) -> SqliteState | PgState | None:
+    """A sequence's store opened for reading only (None: no run has written it yet): what
+    has gone out decides what a run would send."""
+    if campaign.state_url is None:
+        return SqliteState.read_only(campaign.state_path)
+    try:
+        return PgState.open(campaign.state_url, campaign.name, create=False)
+    except InputFileError:
+        return None
+    except TempFailError as exc:
+        log.warning(
+            "cannot read the shared state (%s): the dry run takes it that no step has gone out",
+            exc.message,
+        )
+        return None
 
 
 def _dry_every_step(
@@ -323,33 +349,31 @@ def send_batch(
     try:
         with _open_store(campaign) as state, _closing(blocklist):
             _check_fingerprint(campaign, state, sender)
-            rows: DueRows | ClaimedRows | SequenceRows
+            rows: DueRows | ClaimedRows | SequenceRows | SequenceClaims
             seq: Sequencer | None = None
             if campaign.is_sequence:
-                if not isinstance(state, SqliteState):
-                    raise ConfigError(
-                        "a sequence (steps:) keeps its progress in a SQLite state file for "
-                        "now, not in PostgreSQL",
-                        path=campaign.path,
-                        hint="remove `state: postgresql://...` from the campaign",
-                    )
                 state.check_kind(True)
-                state.clock = clock
                 summary.for_steps([s.name for s in campaign.steps])
-                fresh = state.empty
                 cache = RenderCache()
                 seq = Sequencer(
                     pipeline,
                     state,
                     now=aware(clock()),
                     write=False,  # rows met for the first time are recorded once valid
-                    fresh=fresh,
+                    fresh=isinstance(state, SqliteState) and state.empty,
                     retry_unknown=retry_unknown,
                     resend_failed=resend_failed,
                 )
-                valid = check_sequence_rows(
-                    seq, summary, cache=cache, progress=progress, suppression=blocklist
-                )
+                if isinstance(state, SqliteState):
+                    state.clock = clock
+                    valid = check_sequence_rows(
+                        seq, summary, cache=cache, progress=progress, suppression=blocklist
+                    )
+                else:
+                    state.clock = None if clock is system_clock else clock
+                    valid = _check_and_import_members(
+                        seq, state, summary, progress, skip=skip_invalid, suppression=blocklist
+                    )
             elif isinstance(state, SqliteState):
                 state.check_kind(False)
                 # On a first run no row has a record: the per-row lookups of the first pass are
@@ -396,7 +420,21 @@ def send_batch(
             if progress is not None:
                 progress(summary)
             state.start_run()
-            if seq is not None:
+            if seq is not None and isinstance(state, PgState):
+                seq.fresh = False
+                rows = SequenceClaims(
+                    seq,
+                    state,
+                    summary,
+                    retry=campaign.retry,
+                    limit=limit,
+                    group_size=size,
+                    smtputf8=lambda: first.smtputf8,
+                    stop=stopping,
+                    sleep=sleep,
+                    suppression=blocklist,
+                )
+            elif seq is not None:
                 assert isinstance(state, SqliteState)
                 seq.fresh = False  # the run's own records count from now on
                 seq.write = True
@@ -469,7 +507,7 @@ def send_batch(
                     first.close()
                 summary.connections = sum(t.connections for t in transports)
                 summary.requests = sum(t.requests for t in transports)
-                if isinstance(state, PgState):
+                if isinstance(state, PgState) and seq is None:
                     _count_shared(state, summary, rows.count_left())
                 summary.elapsed_s = time.monotonic() - started
                 # The run record tells how the run ended, an error's own exit code included.
@@ -616,6 +654,44 @@ def _check_and_import(
     return valid
 
 
+def _check_and_import_members(
+    seq: Sequencer,
+    state: PgState,
+    summary: Summary,
+    progress: Progress | None,
+    *,
+    skip: bool,
+    suppression: SuppressionList | None,
+) -> bool:
+    """Pass 1 of a sequence on a shared store: check the due step of every row of the list
+    (if this host has it), then import the list as the sequence's members; a host without the
+    list sends what the store holds. False, with nothing imported, when a row is invalid."""
+    pipeline = seq.pipeline
+    path = pipeline.campaign.recipients.path
+    if path.is_file():
+        valid = check_sequence_rows(
+            seq, summary, cache=RenderCache(), progress=progress, suppression=suppression
+        )
+        if not valid and not skip:
+            return False
+        items = pipeline.items(render=False)
+        added = state.import_rows(
+            (item.recipient for item in items if isinstance(item, Ready)),
+            members=True,
+            met=seq.now,
+        )
+        log.info(
+            "campaign %r: %d new members imported into the shared state", summary.campaign, added
+        )
+    else:
+        valid = True
+        log.info("no recipient list on this host (%s): sending what the shared state holds", path)
+        summary.would_send = state.members_due(seq.now.timestamp())
+    state.check_schedule(schedule_digest(pipeline.campaign))
+    summary.total = state.members()
+    return valid
+
+
 def _count_shared(state: PgState, summary: Summary, left: int) -> None:
     """The end of a run on a shared store: what the other runs did counts as skipped, and
     `unknown` or refused recipients of any run are reported as SQLite's are. `left`: the
@@ -733,7 +809,7 @@ class _Run:
 
     def __init__(
         self,
-        rows: DueRows | ClaimedRows | SequenceRows,
+        rows: DueRows | ClaimedRows | SequenceRows | SequenceClaims,
         state: StateStore,
         sender: GroupSender,
         summary: Summary,

@@ -326,12 +326,6 @@ def _build(top: Section, file: Path) -> Campaign:
     bodies = _bodies(top, folder, required=not steps)
     if steps:
         _check_steps(top, steps, subject, bodies)
-        if (top.text("state") or "").startswith(STATE_SCHEMES):
-            raise top.error(
-                "state",
-                "a sequence (steps:) keeps its progress in a SQLite state file for now: "
-                "leave out the postgresql:// state",
-            )
 
     unsubscribe_url, unsubscribe_mailto = _unsubscribe(top)
     endpoint, secret_env = _unsubscribe_endpoint(top)

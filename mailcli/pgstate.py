@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailcli.addresses import Mailbox, address_key
@@ -38,7 +39,7 @@ from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
 from mailcli.errors import ConfigError, InputFileError, TempFailError
 from mailcli.fingerprint import Fingerprint, Recorded
 from mailcli.recipients import Recipient
-from mailcli.sequence import unit_key
+from mailcli.sequence import UNIT_SEP, Clock, Timing, step_of, unit_key
 from mailcli.state import (
     PROBLEM_STATUSES,
     Attempt,
@@ -58,9 +59,10 @@ _T = TypeVar("_T")
 
 # 2: mailcli_recipients.first_at and mailcli_attempts (a store of version 1 is upgraded by the
 # first run that opens it).
-SCHEMA_VERSION = 2
+# 3: the columns of a sequence's members (listed, met, seq_run, seq_due), and `skipped`.
+SCHEMA_VERSION = 3
 LEASE_S = 60.0  # the longest a dead host's claimed rows wait for another host
-STATUS_CHECK = "status IN ('pending','sent','failed','deferred','unknown')"
+STATUS_CHECK = "status IN ('pending','sent','failed','deferred','unknown','skipped')"
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS mailcli_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,6 +103,10 @@ CREATE TABLE IF NOT EXISTS mailcli_recipients (
     updated TIMESTAMPTZ NOT NULL DEFAULT now(),
     sent_at TIMESTAMPTZ,
     first_at TIMESTAMPTZ,
+    listed BOOLEAN NOT NULL DEFAULT true,
+    met TIMESTAMPTZ,
+    seq_run BIGINT,
+    seq_due DOUBLE PRECISION,
     PRIMARY KEY (campaign, key)
 );
 CREATE INDEX IF NOT EXISTS mailcli_recipients_due ON mailcli_recipients (campaign, status, row);
@@ -121,13 +127,36 @@ CREATE TABLE IF NOT EXISTS mailcli_attempts (
 );
 CREATE INDEX IF NOT EXISTS mailcli_attempts_key ON mailcli_attempts (campaign, key);
 """
-# What a store of schema 1 lacks (ADD COLUMN without a default only changes the catalogue).
-UPGRADE = "ALTER TABLE mailcli_recipients ADD COLUMN IF NOT EXISTS first_at TIMESTAMPTZ;" + ATTEMPTS
+# What a store of schema 1 or 2 lacks (ADD COLUMN without a volatile default only changes the
+# catalogue). A sequence's (recipient, step) records are rows keyed `address key, \x1f, step`;
+# its list's rows (the members) carry whether the list still has them, when a run first met
+# them, and when they are next worth a look.
+UPGRADE = (
+    "ALTER TABLE mailcli_recipients ADD COLUMN IF NOT EXISTS first_at TIMESTAMPTZ, "
+    "ADD COLUMN IF NOT EXISTS listed BOOLEAN NOT NULL DEFAULT true, "
+    "ADD COLUMN IF NOT EXISTS met TIMESTAMPTZ, ADD COLUMN IF NOT EXISTS seq_run BIGINT, "
+    "ADD COLUMN IF NOT EXISTS seq_due DOUBLE PRECISION, "
+    "DROP CONSTRAINT IF EXISTS mailcli_recipients_status_check, "
+    f"ADD CONSTRAINT mailcli_recipients_status_check CHECK ({STATUS_CHECK});" + ATTEMPTS
+)
+# Schema 2 at least (what a reader needs to know), and schema 3.
 _UPGRADED = (
     "SELECT to_regclass('mailcli_attempts') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_attribute"
     " WHERE attrelid = 'mailcli_recipients'::regclass AND attname = 'first_at'"
     " AND NOT attisdropped)"
 )
+_CURRENT = (
+    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'mailcli_recipients'::regclass"
+    " AND attname = 'seq_due' AND NOT attisdropped)"
+)
+# The members of a sequence worth a look by this run now: listed, not looked at by this run, due
+# for a look, and held by no live run.
+_MEMBER_DUE = """
+    campaign = %(campaign)s AND strpos(key, chr(31)) = 0 AND listed
+    AND (lease_until IS NULL OR lease_until < now())
+    AND seq_run IS DISTINCT FROM %(run)s
+    AND (seq_due IS NULL OR seq_due <= %(now)s)
+"""
 
 # A recipient is due for a run's first pass when it was never tried, is deferred and its backoff
 # has passed (or its run gave up on it), was an invalid row, is unknown and the user asked, or
@@ -196,10 +225,13 @@ def lease_seconds() -> float:
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A recipient this run holds the lease of, and what the store said of it."""
+    """A recipient (or a recipient's step) this run holds the lease of, and what the store said
+    of it."""
 
     recipient: Recipient
     entry: Entry | None  # None: never tried
+    step: str | None = None  # a sequence's step (None: a one-message campaign's recipient)
+    met: datetime | None = None  # a sequence's member: when a run first met it
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +325,13 @@ class PgState:
         self._heartbeat: _Heartbeat | None = None
         # False: a schema-1 store opened by a reader (no first_at, no send log to read yet).
         self.upgraded = True
+        self._skips: list[tuple[str, str]] = []  # (member key, step) of skipped steps
+        # The clock of the times it records: the database's (None), or one a library caller
+        # gives the run (a sequence's steps are timed by them).
+        self.clock: Clock | None = None
+
+    def _ts(self) -> datetime | None:
+        return self.clock() if self.clock is not None else None
 
     @classmethod
     def open(cls, url: str, campaign: str, *, create: bool = True) -> PgState:
@@ -314,7 +353,8 @@ class PgState:
                         (str(SCHEMA_VERSION),),
                     )
                 upgraded = bool((conn.execute(_UPGRADED).fetchone() or (False,))[0])
-                if create and not upgraded:
+                current = upgraded and bool((conn.execute(_CURRENT).fetchone() or (False,))[0])
+                if create and not current:
                     # A store of an older mailcli: upgraded by the first run that opens it (a
                     # reader such as `status` never writes; it reads what there is).
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailcli schema'))")
@@ -399,11 +439,17 @@ class PgState:
 
     # -- the list -------------------------------------------------------------------------
 
-    def import_rows(self, recipients: Iterable[Recipient]) -> int:
+    def import_rows(
+        self, recipients: Iterable[Recipient], *, members: bool = False, met: datetime | None = None
+    ) -> int:
         """Add the list's rows to the store; returns how many were new.
 
         Idempotent, and safe while other hosts import or send: a row already in the store is
         kept, its data refreshed only while it is still pending.
+
+        `members`: the list of a sequence, whose rows are its members: a new one is met now
+        (`met`, else the database's clock), and a member the list no longer has is marked
+        unlisted (it gets no further step) until the list has it again.
         """
         with self.conn.transaction():
             self.conn.execute(
@@ -420,13 +466,16 @@ class PgState:
             # New rows only: DO NOTHING takes no lock on a row already there, so an import never
             # waits on (or deadlocks with) a host that is sending those rows.
             cur = self.conn.execute(
-                "INSERT INTO mailcli_recipients (campaign, key, email, name, row, line, fields) "
-                "SELECT DISTINCT ON (key) %s, key, email, name, row, line, fields "
+                "INSERT INTO mailcli_recipients (campaign, key, email, name, row, line, fields, "
+                "met) SELECT DISTINCT ON (key) %s, key, email, name, row, line, fields, "
+                "CASE WHEN %s THEN COALESCE(%s, now()) END "
                 "FROM mailcli_import ORDER BY key, row "
                 "ON CONFLICT (campaign, key) DO NOTHING RETURNING 1",
-                (self.campaign_id,),
+                (self.campaign_id, members, met),
             )
             added = len(cur.fetchall())
+            if members:
+                self._relist()
             # Rows still pending take the list's new data; a row another run holds or is
             # refreshing (locked) is skipped, never waited for.
             self.conn.execute(
@@ -437,7 +486,7 @@ class PgState:
                 "IS DISTINCT FROM (i.fields, i.row, i.line, i.name, i.email) "
                 "FOR UPDATE OF t SKIP LOCKED) "
                 "UPDATE mailcli_recipients AS t SET email = i.email, name = i.name, "
-                "row = i.row, line = i.line, fields = i.fields "
+                "row = i.row, line = i.line, fields = i.fields, seq_due = NULL "
                 "FROM stale, (SELECT DISTINCT ON (key) * FROM mailcli_import ORDER BY key, row)"
                 " AS i WHERE t.campaign = %(campaign)s AND t.key = stale.key AND i.key = t.key",
                 {"campaign": self.campaign_id},
@@ -464,7 +513,7 @@ class PgState:
             "UPDATE mailcli_recipients AS t SET lease_run = %(run)s, "
             "lease_until = now() + make_interval(secs => %(lease)s) "
             "FROM due WHERE t.campaign = %(campaign)s AND t.key = due.key "
-            f"RETURNING t.row, t.line, t.name, t.email, t.fields, {_ENTRY}",
+            f"RETURNING t.row, t.line, t.name, t.email, t.fields, t.key, {_ENTRY}",
             {
                 "campaign": self.campaign_id,
                 "run": self.run_id,
@@ -478,13 +527,207 @@ class PgState:
         ).fetchall()
         rows.sort(key=lambda r: r[0])
         claimed = []
-        for row, line, name, email, fields, status, *entry in rows:
+        for row, line, name, email, fields, key, status, *entry in rows:
             recipient = Recipient(row, line, Mailbox(name, email), fields)
             tried = status != DeliveryStatus.PENDING or entry[0] > 0
             claimed.append(
-                Claimed(recipient, Entry(DeliveryStatus(status), *entry) if tried else None)
+                Claimed(
+                    recipient,
+                    Entry(DeliveryStatus(status), *entry) if tried else None,
+                    step_of(key),
+                )
             )
         return claimed
+
+    # -- a sequence's members and steps ---------------------------------------------------
+
+    def _relist(self) -> None:
+        """Inside an import: members the imported list has are listed, the others not (a
+        member that left the list gets no further step)."""
+        self.conn.execute(
+            "UPDATE mailcli_recipients AS t SET listed = false WHERE t.campaign = %(c)s "
+            "AND t.listed AND strpos(t.key, chr(31)) = 0 "
+            "AND NOT EXISTS (SELECT 1 FROM mailcli_import AS i WHERE i.key = t.key)",
+            {"c": self.campaign_id},
+        )
+        self.conn.execute(
+            "UPDATE mailcli_recipients AS t SET listed = true WHERE t.campaign = %(c)s "
+            "AND NOT t.listed AND strpos(t.key, chr(31)) = 0 "
+            "AND EXISTS (SELECT 1 FROM mailcli_import AS i WHERE i.key = t.key)",
+            {"c": self.campaign_id},
+        )
+
+    def check_schedule(self, digest: str) -> None:
+        """A sequence's schedule (see `sequence_rows.schedule_digest`) other than the one the
+        members' next looks were worked out under: every member is looked at again."""
+        with self.conn.transaction():
+            key = f"schedule:{self.campaign_id}"
+            found = self.conn.execute(
+                "SELECT value FROM mailcli_meta WHERE key = %s FOR UPDATE", (key,)
+            ).fetchone()
+            if found is not None and found[0] == digest:
+                return
+            self.conn.execute(
+                "UPDATE mailcli_recipients SET seq_due = NULL WHERE campaign = %s "
+                "AND seq_due IS NOT NULL",
+                (self.campaign_id,),
+            )
+            self.conn.execute(
+                "INSERT INTO mailcli_meta VALUES (%s, %s) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value",
+                (key, digest),
+            )
+
+    def claim_members(self, count: int, now: float) -> list[Claimed]:
+        """Take the lease of up to `count` members of a sequence worth a look now, in list
+        order, marked as looked at by this run (it takes each at most once)."""
+        rows = self.conn.execute(
+            "WITH due AS MATERIALIZED (SELECT key FROM mailcli_recipients WHERE "
+            + _MEMBER_DUE
+            + " ORDER BY row LIMIT %(count)s FOR UPDATE SKIP LOCKED) "
+            "UPDATE mailcli_recipients AS t SET lease_run = %(run)s, seq_run = %(run)s, "
+            "lease_until = now() + make_interval(secs => %(lease)s) "
+            "FROM due WHERE t.campaign = %(campaign)s AND t.key = due.key "
+            "RETURNING t.row, t.line, t.name, t.email, t.fields, t.met",
+            {
+                "campaign": self.campaign_id,
+                "run": self.run_id,
+                "now": now,
+                "count": count,
+                "lease": self.lease_s,
+            },
+        ).fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [
+            Claimed(Recipient(row, line, Mailbox(name, email), fields), None, None, met)
+            for row, line, name, email, fields, met in rows
+        ]
+
+    def members_due(self, now: float) -> int:
+        """Members of a sequence a run would look at now (leases ignored)."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %(campaign)s "
+            "AND strpos(key, chr(31)) = 0 AND listed AND seq_run IS DISTINCT FROM %(run)s "
+            "AND (seq_due IS NULL OR seq_due <= %(now)s)",
+            {"campaign": self.campaign_id, "run": self.run_id, "now": now},
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def member(self, email: str) -> Recipient | None:
+        """A listed member of a sequence as the store holds it (None: not there)."""
+        row = self.conn.execute(
+            "SELECT row, line, name, email, fields FROM mailcli_recipients WHERE campaign = %s "
+            "AND key = %s AND listed",
+            (self.campaign_id, address_key(email)),
+        ).fetchone()
+        if row is None:
+            return None
+        return Recipient(row[0], row[1], Mailbox(row[2], row[3]), row[4])
+
+    def members(self) -> int:
+        """The members a sequence's list has (listed)."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %s "
+            "AND strpos(key, chr(31)) = 0 AND listed",
+            (self.campaign_id,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def lease_unit(self, email: str, step: str) -> bool:
+        """Take the lease of one step of a member this run holds, making its record if it
+        has none; False when another live run holds that step (it is sending it)."""
+        member = address_key(email)
+        row = self.conn.execute(
+            "INSERT INTO mailcli_recipients (campaign, key, email, name, row, line, fields, "
+            "listed, lease_run, lease_until) SELECT campaign, %(unit)s, email, name, row, line, "
+            "fields, false, %(run)s, now() + make_interval(secs => %(lease)s) "
+            "FROM mailcli_recipients WHERE campaign = %(campaign)s AND key = %(member)s "
+            "ON CONFLICT (campaign, key) DO UPDATE SET lease_run = excluded.lease_run, "
+            "lease_until = excluded.lease_until WHERE mailcli_recipients.lease_until IS NULL "
+            "OR mailcli_recipients.lease_until < now() RETURNING 1",
+            {
+                "unit": unit_key(member, step),
+                "member": member,
+                "run": self.run_id,
+                "lease": self.lease_s,
+                "campaign": self.campaign_id,
+            },
+        ).fetchone()
+        return row is not None
+
+    def settle_member(self, email: str, look_again: float | None) -> None:
+        """Give back a member this run has looked at: the next look is at `look_again` (an
+        epoch; None: by the next run; inf: never, its sequence is over)."""
+        self.conn.execute(
+            "UPDATE mailcli_recipients SET lease_run = NULL, lease_until = NULL, seq_due = %s "
+            "WHERE campaign = %s AND key = %s AND lease_run = %s",
+            (look_again, self.campaign_id, address_key(email), self.run_id),
+        )
+
+    def step_records(self, email: str) -> dict[str, Timing]:
+        """What the store holds of each step of a sequence for one member, by step name."""
+        key = address_key(email)
+        rows = self.conn.execute(
+            f"SELECT key, {_ENTRY}, COALESCE(sent_at, updated) FROM mailcli_recipients "
+            "WHERE campaign = %s AND key > %s AND key < %s",
+            (self.campaign_id, key + UNIT_SEP, key + chr(ord(UNIT_SEP) + 1)),
+        )
+        records = {}
+        for r in rows:
+            if r[1] == "pending" and r[2] == 0:
+                continue  # leased, never tried
+            records[r[0][len(key) + 1 :]] = Timing(Entry(DeliveryStatus(r[1]), *r[2:7]), r[7])
+        return records
+
+    def met(self, emails: Collection[str]) -> dict[str, datetime]:
+        """When the store first had each of these members (by key)."""
+        rows = self.conn.execute(
+            "SELECT key, met FROM mailcli_recipients WHERE campaign = %s AND key = ANY(%s) "
+            "AND met IS NOT NULL",
+            (self.campaign_id, list({address_key(e) for e in emails})),
+        )
+        return {key: met for key, met in rows}
+
+    def record_skip(self, email: str, row: int, step: str) -> None:
+        """A step whose `if:` was false for this member: `skipped`, never sent (committed
+        with the next group, or by flush)."""
+        self._skips.append((address_key(email), step))
+
+    def step_counts(self) -> dict[str, dict[DeliveryStatus, int]]:
+        """Records per status of each step of a sequence, over every host."""
+        counts: dict[str, dict[DeliveryStatus, int]] = {}
+        for step, status, n in self.conn.execute(
+            "SELECT substr(key, strpos(key, chr(31)) + 1), status, COUNT(*) "
+            "FROM mailcli_recipients WHERE campaign = %s AND strpos(key, chr(31)) > 0 "
+            "AND NOT (status = 'pending' AND attempts = 0) GROUP BY 1, 2",
+            (self.campaign_id,),
+        ):
+            counts.setdefault(step, {})[DeliveryStatus(status)] = n
+        return counts
+
+    def check_kind(self, sequence: bool) -> None:
+        """A store holds one kind of campaign under a name: a sequence's steps, or a
+        one-message campaign's recipients (see SqliteState.check_kind)."""
+        if sequence:
+            found = self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM mailcli_recipients WHERE campaign = %s "
+                "AND strpos(key, chr(31)) = 0 AND attempts > 0)",
+                (self.campaign_id,),
+            ).fetchone()
+        else:
+            found = self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM mailcli_recipients WHERE campaign = %s "
+                "AND strpos(key, chr(31)) > 0)",
+                (self.campaign_id,),
+            ).fetchone()
+        if found and found[0]:
+            what = ("a one-message campaign", "a sequence (steps:)")
+            raise ConfigError(
+                f"the state holds the progress of {what[not sequence]}, and the campaign is now "
+                f"{what[sequence]}",
+                path=self.url,
+                hint="give the campaign a new `name`: its progress cannot carry over",
+            )
 
     def claimable(self, *, retry_unknown: bool, resend_failed: bool = False) -> bool:
         """Some recipient a `claim` of this run would take now."""
@@ -553,11 +796,17 @@ class PgState:
             cur = self.conn.execute(
                 "UPDATE mailcli_recipients SET status = 'unknown', attempts = attempts + 1, "
                 "run_tries = CASE WHEN run = %(run)s THEN run_tries + 1 ELSE 1 END, "
-                "run = %(run)s, host = %(host)s, updated = now(), "
+                "run = %(run)s, host = %(host)s, updated = COALESCE(%(ts)s, now()), "
                 # The first try only: a row tried before the column existed keeps NULL.
-                "first_at = CASE WHEN attempts = 0 THEN now() ELSE first_at END "
+                "first_at = CASE WHEN attempts = 0 THEN COALESCE(%(ts)s, now()) ELSE first_at END "
                 "WHERE campaign = %(campaign)s AND key = ANY(%(keys)s) AND lease_run = %(run)s",
-                {"run": self.run_id, "host": self.host, "campaign": self.campaign_id, "keys": keys},
+                {
+                    "run": self.run_id,
+                    "host": self.host,
+                    "campaign": self.campaign_id,
+                    "keys": keys,
+                    "ts": self._ts(),
+                },
             )
             if cur.rowcount != len(keys):
                 raise TempFailError(
@@ -582,17 +831,49 @@ class PgState:
 
     def flush(self) -> None:
         """Commit buffered outcomes now."""
-        if self._pending or self._reverts:
+        if self._pending or self._reverts or self._skips:
             with self.conn.transaction():
                 self._write_outcomes()
 
     def _write_outcomes(self) -> None:
+        ts = self._ts()
         with self.conn.cursor() as cur:
+            if self._skips:
+                cur.executemany(
+                    "INSERT INTO mailcli_recipients (campaign, key, email, name, row, line, "
+                    "fields, status, run, host, updated, listed) "
+                    "SELECT campaign, %(unit)s, email, name, row, line, fields, 'skipped', "
+                    "%(run)s, %(host)s, COALESCE(%(ts)s, now()), false FROM mailcli_recipients "
+                    "WHERE campaign = %(campaign)s AND key = %(member)s "
+                    "ON CONFLICT (campaign, key) DO UPDATE SET status = 'skipped', "
+                    "run = excluded.run, updated = excluded.updated",
+                    [
+                        {
+                            "unit": unit_key(member, step),
+                            "member": member,
+                            "run": self.run_id,
+                            "host": self.host,
+                            "ts": ts,
+                            "campaign": self.campaign_id,
+                        }
+                        for member, step in self._skips
+                    ],
+                )
+                cur.executemany(
+                    "INSERT INTO mailcli_attempts (campaign, key, run, at, status) "
+                    "VALUES (%s, %s, %s, COALESCE(%s, now()), 'skipped')",
+                    [
+                        (self.campaign_id, unit_key(member, step), self.run_id, ts)
+                        for member, step in self._skips
+                    ],
+                )
+                self._skips.clear()
             if self._pending:
                 cur.executemany(
                     "UPDATE mailcli_recipients SET status = %s, code = %s, reply = %s, "
-                    "message_id = COALESCE(%s, message_id), next_at = %s, updated = now(), "
-                    "sent_at = CASE WHEN %s = 'sent' THEN now() ELSE sent_at END, "
+                    "message_id = COALESCE(%s, message_id), next_at = %s, "
+                    "updated = COALESCE(%s, now()), "
+                    "sent_at = CASE WHEN %s = 'sent' THEN COALESCE(%s, now()) ELSE sent_at END, "
                     "lease_run = NULL, lease_until = NULL WHERE campaign = %s AND key = %s",
                     [
                         (
@@ -601,7 +882,9 @@ class PgState:
                             o.reply,
                             o.message_id,
                             o.next_at,
+                            ts,
                             str(o.status),
+                            ts,
                             self.campaign_id,
                             o.key,
                         )
@@ -610,13 +893,14 @@ class PgState:
                 )
                 # The send log (`status --recipient`), in the same transaction.
                 cur.executemany(
-                    "INSERT INTO mailcli_attempts (campaign, key, run, status, code, reply, "
-                    "message_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    "INSERT INTO mailcli_attempts (campaign, key, run, at, status, code, reply, "
+                    "message_id) VALUES (%s, %s, %s, COALESCE(%s, now()), %s, %s, %s, %s)",
                     [
                         (
                             self.campaign_id,
                             o.key,
                             self.run_id,
+                            ts,
                             str(o.status),
                             o.code,
                             o.reply,
@@ -725,23 +1009,25 @@ class PgState:
         )
         return {key for (key,) in rows}
 
-    def recipient(self, email: str) -> RecipientRecord | None:
-        """What the store holds of one address (imported, tried or not), or None."""
+    def recipient(self, email: str, step: str | None = None) -> RecipientRecord | None:
+        """What the store holds of one address (imported, tried or not; or of one step of
+        it), or None."""
         r = self.conn.execute(
             f"SELECT {self._record_columns()} FROM mailcli_recipients "
             "WHERE campaign = %s AND key = %s",
-            (self.campaign_id, address_key(email)),
+            (self.campaign_id, unit_key(address_key(email), step)),
         ).fetchone()
         return None if r is None else RecipientRecord(r[0], r[1], DeliveryStatus(r[2]), *r[3:])
 
-    def history(self, email: str) -> list[Attempt]:
-        """Every recorded outcome of an address, oldest first, from any host."""
+    def history(self, email: str, step: str | None = None) -> list[Attempt]:
+        """Every recorded outcome of an address (or one step of it), oldest first, from any
+        host."""
         if not self.upgraded:
             return []
         rows = self.conn.execute(
             f"SELECT run, {_utc('at')}, status, code, reply, message_id FROM mailcli_attempts "
             "WHERE campaign = %s AND key = %s ORDER BY at",
-            (self.campaign_id, address_key(email)),
+            (self.campaign_id, unit_key(address_key(email), step)),
         )
         return [Attempt(r[0], r[1], DeliveryStatus(r[2]), *r[3:]) for r in rows]
 
@@ -833,12 +1119,15 @@ class PgState:
         """Recipients in the given statuses, in list order."""
         rows = self.conn.execute(
             "SELECT email, row, status, code, reply, attempts, "
-            "to_char(updated AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"') "
+            "to_char(updated AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"'), key "
             "FROM mailcli_recipients WHERE campaign = %s AND status = ANY(%s) "
-            "ORDER BY row, email",
+            "ORDER BY row, email, key",
             (self.campaign_id, [s.value for s in statuses]),
         )
-        return [RecipientState(r[0], r[1], DeliveryStatus(r[2]), *r[3:]) for r in rows]
+        return [
+            RecipientState(r[0], r[1], DeliveryStatus(r[2]), r[3], r[4], r[5], r[6], step_of(r[7]))
+            for r in rows
+        ]
 
     def hosts(self) -> list[HostShare]:
         """Per host, the recipients it handled (`status` shows who sent what)."""

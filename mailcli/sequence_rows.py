@@ -10,11 +10,13 @@ is then sent, and a dry run `--at` a moment predicts exactly what a run then wou
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
@@ -35,6 +37,9 @@ from mailcli.sequence import (
     unit_key,
 )
 from mailcli.state import Outcome, SqliteState
+
+if TYPE_CHECKING:
+    from mailcli.pgstate import Claimed, PgState
 from mailcli.summary import Progress, Summary
 from mailcli.suppression import SuppressionList, screened
 
@@ -110,7 +115,7 @@ class Sequencer:
     def __init__(
         self,
         pipeline: Pipeline,
-        state: SqliteState | None,
+        state: SqliteState | PgState | None,
         *,
         now: datetime,
         write: bool,
@@ -165,10 +170,23 @@ class Sequencer:
             return {}
         emails = [item.recipient.email for item in ready]
         met = self.state.met(emails)
-        if self.write:
+        if self.write and isinstance(self.state, SqliteState):
             new = [(r.email, r.row) for r in (i.recipient for i in ready) if r.key not in met]
             self.state.meet(new, at=self.now)
         return met
+
+
+def schedule_digest(campaign: Campaign) -> str:
+    """A hash of what decides when steps are due (the steps' names, offsets and conditions,
+    `start`, `timezone`, `window`): a shared store looks again at every member once it
+    changes."""
+    what = [
+        [(s.name, s.after.days, s.after.seconds, s.condition) for s in campaign.steps],
+        campaign.start,
+        campaign.timezone,
+        campaign.window.text if campaign.window is not None else None,
+    ]
+    return hashlib.sha256(json.dumps(what).encode("utf-8")).hexdigest()
 
 
 def count_decision(summary: Summary, decision: Decision) -> None:
@@ -343,3 +361,148 @@ class SequenceRows:
             ):
                 left += 1
         return left
+
+
+class SequenceClaims:
+    """The messages of a sequence whose state is shared by several hosts (PostgreSQL): the
+    interface of `SequenceRows`, but the rows come from the store, a group of members at a
+    time.
+
+    Each member is claimed (leased, and marked as looked at by this run) before its due step
+    is worked out; the step then gets a lease of its own before it is rendered, so no other
+    host sends it, and the member goes back at once with when it is next worth a look (its
+    next step's due time, or the next run after a send). When nothing is left to claim but
+    another live run holds members or steps, the engine waits for them, as for a one-message
+    campaign (`selection.ClaimedRows`).
+    """
+
+    WAIT_S = 0.25
+
+    def __init__(
+        self,
+        seq: Sequencer,
+        state: PgState,
+        summary: Summary,
+        *,
+        retry: Retry,
+        limit: int | None,
+        group_size: int,
+        smtputf8: Callable[[], bool],
+        stop: Callable[[], bool],
+        sleep: Callable[[float], None],
+        suppression: SuppressionList | None = None,
+    ) -> None:
+        self.seq, self.pipeline, self.state, self.summary = seq, seq.pipeline, state, summary
+        self.retry, self.limit, self.group_size = retry, limit, group_size
+        self.smtputf8, self.stop, self.sleep = smtputf8, stop, sleep
+        self.suppression = suppression
+        self.produced = 0
+
+    def first_pass(self) -> Iterator[Queued]:
+        """Each member's due step once, the members shared with the other hosts."""
+        now = self.seq.now.timestamp()
+        while self.limit is None or self.produced < self.limit:
+            claimed = self.state.claim_members(self.group_size, now)
+            if not claimed:
+                return
+            blocked = self._blocked(claimed)
+            for c in claimed:
+                yield from self._look_at(c, c.recipient.key in blocked)
+
+    def _look_at(self, c: Claimed, blocked: bool) -> Iterator[Queued]:
+        r = c.recipient
+        if self.limit is not None and self.produced >= self.limit:
+            self.state.settle_member(r.email, None)  # left for the next run
+            return
+        decision = self.seq.decide(r, c.met)
+        if isinstance(decision, RowProblem):
+            # The row as the store has it cannot be scheduled (imported with --skip-invalid):
+            # counted, looked at again by the next run.
+            self.summary.problem(decision)
+            self.state.settle_member(r.email, None)
+            return
+        for step in decision.skips:
+            self.state.record_skip(r.email, r.row, step.name)
+        count_decision(self.summary, decision)
+        if decision.action is not Action.SEND:
+            self.summary.skipped += 1
+            # Not before its next step's due time (a finished member: by every run, which
+            # finds a step added since). Edits of the schedule clear these (see PgState).
+            later = decision.due_at if decision.action is not Action.DONE else None
+            self.state.settle_member(r.email, later.timestamp() if later is not None else None)
+            return
+        assert decision.step is not None
+        name = decision.step.name
+        if blocked:
+            self.summary.suppressed += 1
+            self.summary.step_count(name, "suppressed")
+            self.state.settle_member(r.email, None)
+            return
+        if not self.state.lease_unit(r.email, name):
+            self.state.settle_member(r.email, None)  # another run is sending it
+            return
+        self.state.settle_member(r.email, None)
+        queued = queue_row(
+            self.pipeline,
+            self.state,
+            self.summary,
+            r,
+            decision.entry,
+            None,
+            None,
+            self.smtputf8(),
+            step=name,
+        )
+        if queued is not None:
+            self.produced += 1
+            yield queued
+
+    def retry_round(self, now: float) -> Iterator[Queued]:
+        """This run's deferred steps whose backoff has passed."""
+        while claimed := self.state.claim(
+            self.group_size, retry_unknown=False, retry_round=True, attempts=self.retry.attempts
+        ):
+            blocked = self._blocked(claimed)
+            for c in claimed:
+                if c.step is None:
+                    continue
+                if c.recipient.key in blocked:
+                    key = unit_key(c.recipient.key, c.step)
+                    self.state.record(Outcome(key, DeliveryStatus.PENDING))
+                    self.summary.deferred -= 1
+                    self.summary.suppressed += 1
+                    self.summary.step_count(c.step, "deferred", -1)
+                    self.summary.step_count(c.step, "suppressed")
+                    continue
+                queued = queue_row(
+                    self.pipeline,
+                    self.state,
+                    self.summary,
+                    c.recipient,
+                    c.entry,
+                    None,
+                    DeliveryStatus.DEFERRED,
+                    self.smtputf8(),
+                    step=c.step,
+                )
+                if queued is not None:
+                    yield queued
+
+    def others_hold(self) -> bool:
+        """Between passes: another live run holds members or steps (wait and look again), or
+        some came free since this pass ended (one more pass takes them)."""
+        if self.limit is not None and self.produced >= self.limit:
+            return False
+        if self.state.held_by_others():
+            self.sleep(self.WAIT_S)
+            return not self.stop()
+        return self.state.members_due(self.seq.now.timestamp()) > 0 and not self.stop()
+
+    def count_left(self) -> int:
+        """Members this run has not looked at yet that are worth a look now."""
+        return self.state.members_due(self.seq.now.timestamp())
+
+    def _blocked(self, claimed: list[Claimed]) -> set[str]:
+        if self.suppression is None:
+            return set()
+        return self.suppression.suppressed([c.recipient.email for c in claimed])

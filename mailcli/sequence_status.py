@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
 from mailcli.addresses import AddressError, address_key, parse_mailbox
 from mailcli.campaign import Campaign
 from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
-from mailcli.errors import DataError, MailcliError
+from mailcli.errors import DataError, InputFileError, MailcliError
 from mailcli.pipeline import row_context
 from mailcli.recipients import Recipient, RecipientReader, RowProblem
 from mailcli.render import BoundedSandbox, RenderError
@@ -27,12 +27,15 @@ from mailcli.sequence_rows import RowClock
 from mailcli.state import Attempt, RecipientRecord, SqliteState
 from mailcli.suppression import Location, for_campaign, open_for_reading
 
+if TYPE_CHECKING:
+    from mailcli.pgstate import PgState
+
 # The counts of each step in `status --json`.
 STEP_STATUS_KEYS = ("sent", "pending", "skipped", "failed", "deferred", "unknown")
 
 
 def step_counts(
-    campaign: Campaign, state: SqliteState | None, in_list: int
+    campaign: Campaign, state: SqliteState | PgState | None, in_list: int
 ) -> dict[str, dict[str, int]]:
     """Messages per status of each step; `in_list`: the valid recipients of the list (those
     without a record of a step are pending for it)."""
@@ -144,7 +147,9 @@ def sequence_place(
     except AddressError:
         email = address.strip()
     recipient = _find(campaign, email)
-    state = SqliteState.read_only(campaign.state_path) if campaign.state_url is None else None
+    state = _reader(campaign)
+    if recipient is None and isinstance(state, PgState):
+        recipient = state.member(email)  # the store is the list of a shared sequence
     try:
         records = state.step_records(email) if state is not None else {}
         if recipient is None and not records:
@@ -207,6 +212,18 @@ def _with_next(
     action = "due" if decision.action is Action.SEND else decision.action.value
     step = decision.step.name if decision.step is not None else None
     return replace(place, next_step=step, next_action=action, next_at=decision.due_at)
+
+
+def _reader(campaign: Campaign) -> SqliteState | PgState | None:
+    """The sequence's store, read only (None: no run has written it yet)."""
+    if campaign.state_url is None:
+        return SqliteState.read_only(campaign.state_path)
+    from mailcli.pgstate import PgState
+
+    try:
+        return PgState.open(campaign.state_url, campaign.name, create=False)
+    except InputFileError:
+        return None
 
 
 def _find(campaign: Campaign, email: str) -> Recipient | None:

@@ -240,6 +240,11 @@ def _shared_status(campaign: Campaign, url: str, blocklist: SuppressionList | No
         report.hosts = state.hosts()
         report.live_runs = state.live_runs()
         report.fingerprints = state.fingerprints()
+        if campaign.is_sequence:
+            # The store is the list: its members are the recipients of each step.
+            report.steps = step_counts(campaign, state, state.members())
+            report.counts = totals(report.steps)
+            return report
         if blocklist is not None:
             rows = screened(state.left_emails(), lambda e: e, blocklist)
             report.suppressed = sum(blocked for _, blocked in rows)
