@@ -91,6 +91,8 @@ def dry_run(
     suppression: Location | bool = True,
     at: datetime | None = None,
     every_step: bool = False,
+    retry_unknown: bool = False,
+    resend_failed: bool = False,
 ) -> Summary:
     """Read, validate, render and build every row; open no connection, write no state.
 
@@ -100,6 +102,8 @@ def dry_run(
     A sequence (`steps:`): what a run at `at` (default now) would send, one step per
     recipient, read from the campaign's state without writing to it; `every_step` builds
     every step of every row instead (the step's `if:` aside), whenever it is due.
+    `retry_unknown` and `resend_failed` predict a run with `--retry-unknown` and
+    `--resend-failed` (a one-message campaign's dry run builds every row anyway).
 
     `jobs` worker processes render and build (None: every core for a big list, see
     `workers.default_jobs`); the outcome is the same for any number. `on_message` needs the
@@ -119,7 +123,10 @@ def dry_run(
                 _dry_every_step(pipeline, summary, blocklist, on_message, progress)
             else:
                 moment = aware(at) if at is not None else system_clock()
-                _dry_sequence(pipeline, summary, blocklist, moment, limit, on_message, progress)
+                flags = (retry_unknown, resend_failed)
+                _dry_sequence(
+                    pipeline, summary, blocklist, moment, limit, on_message, progress, flags
+                )
         summary.elapsed_s = time.monotonic() - started
         summary.exit_code = ExitCode.DATAERR if summary.invalid else ExitCode.OK
         return summary
@@ -186,8 +193,10 @@ def _dry_sequence(
     limit: int | None,
     on_message: Callable[[Preview], None] | None,
     progress: Progress | None,
+    flags: tuple[bool, bool] = (False, False),
 ) -> None:
-    """A sequence's dry run: the step each row would get from a run at `at`."""
+    """A sequence's dry run: the step each row would get from a run at `at` (`flags`:
+    --retry-unknown and --resend-failed)."""
     campaign = pipeline.campaign
     summary.for_steps([s.name for s in campaign.steps])
     state = _read_store(campaign)
@@ -196,7 +205,9 @@ def _dry_sequence(
             state.check_kind(True, write=False)
         elif state is not None:
             state.check_kind(True)
-        seq = Sequencer(pipeline, state, now=at, write=False)
+        seq = Sequencer(
+            pipeline, state, now=at, write=False, retry_unknown=flags[0], resend_failed=flags[1]
+        )
         rows = screened(pipeline.items(render=False), _email_of, blocklist)
         for item, blocked, decision in seq.plan(rows):
             summary.total += 1
@@ -348,11 +359,13 @@ def send_batch(
     blocklist = _blocklist(campaign, suppression)
     try:
         with _open_store(campaign) as state, _closing(blocklist):
+            # A campaign that changed kind (one message, a sequence) under its name is refused
+            # before anything is written.
+            state.check_kind(campaign.is_sequence)
             _check_fingerprint(campaign, state, sender)
             rows: DueRows | ClaimedRows | SequenceRows | SequenceClaims
             seq: Sequencer | None = None
             if campaign.is_sequence:
-                state.check_kind(True)
                 summary.for_steps([s.name for s in campaign.steps])
                 cache = RenderCache()
                 seq = Sequencer(
@@ -375,7 +388,6 @@ def send_batch(
                         seq, state, summary, progress, skip=skip_invalid, suppression=blocklist
                     )
             elif isinstance(state, SqliteState):
-                state.check_kind(False)
                 # On a first run no row has a record: the per-row lookups of the first pass are
                 # skipped.
                 fresh = state.empty

@@ -705,6 +705,18 @@ class PgState:
             counts.setdefault(step, {})[DeliveryStatus(status)] = n
         return counts
 
+    def steps_had(self) -> dict[str, int]:
+        """How many listed members of a sequence have had each step (a record other than
+        pending)."""
+        rows = self.conn.execute(
+            "SELECT substr(u.key, strpos(u.key, chr(31)) + 1), COUNT(*) "
+            "FROM mailcli_recipients AS u JOIN mailcli_recipients AS m ON m.campaign = u.campaign"
+            " AND m.key = split_part(u.key, chr(31), 1) WHERE u.campaign = %s "
+            "AND strpos(u.key, chr(31)) > 0 AND u.status <> 'pending' AND m.listed GROUP BY 1",
+            (self.campaign_id,),
+        )
+        return {step: n for step, n in rows}
+
     def check_kind(self, sequence: bool) -> None:
         """A store holds one kind of campaign under a name: a sequence's steps, or a
         one-message campaign's recipients (see SqliteState.check_kind)."""
@@ -983,11 +995,13 @@ class PgState:
                 yield email
 
     def export_rows(
-        self, statuses: Collection[DeliveryStatus] | None = None
+        self, statuses: Collection[DeliveryStatus] | None = None, *, steps: bool = False
     ) -> Iterator[RecipientRecord]:
         """Every recipient of the campaign (or those in `statuses`) in list order, streamed
         (a server-side cursor): memory stays flat whatever the size of the campaign."""
         where = "campaign = %s"
+        if steps:  # a sequence: its steps' records, not its members (the list's rows)
+            where += " AND strpos(key, chr(31)) > 0"
         values: list[object] = [self.campaign_id]
         if statuses is not None:
             where += " AND status = ANY(%s)"
@@ -995,11 +1009,11 @@ class PgState:
         with self.conn.transaction(), self.conn.cursor(name="mailcli_export") as cursor:
             cursor.execute(
                 f"SELECT {self._record_columns()} FROM mailcli_recipients WHERE {where} "
-                "ORDER BY row, email",
+                "ORDER BY row, email, key",
                 values,
             )
             for r in cursor:
-                yield RecipientRecord(r[0], r[1], DeliveryStatus(r[2]), *r[3:])
+                yield RecipientRecord.of(r)
 
     def known(self, emails: Collection[str]) -> set[str]:
         """Which of these addresses the store holds (their keys), in one round trip."""
@@ -1017,7 +1031,7 @@ class PgState:
             "WHERE campaign = %s AND key = %s",
             (self.campaign_id, unit_key(address_key(email), step)),
         ).fetchone()
-        return None if r is None else RecipientRecord(r[0], r[1], DeliveryStatus(r[2]), *r[3:])
+        return None if r is None else RecipientRecord.of(r)
 
     def history(self, email: str, step: str | None = None) -> list[Attempt]:
         """Every recorded outcome of an address (or one step of it), oldest first, from any
@@ -1044,7 +1058,7 @@ class PgState:
         first = _utc("first_at") if self.upgraded else "NULL::text"
         return (
             f"email, row, status, code, reply, message_id, {first}, "
-            f"CASE WHEN attempts > 0 THEN {_utc('updated')} END, attempts, run"
+            f"CASE WHEN attempts > 0 THEN {_utc('updated')} END, attempts, run, key"
         )
 
     def due(self, *, retry_unknown: bool, resend_failed: bool = False) -> int:

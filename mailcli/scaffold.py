@@ -210,7 +210,7 @@ retry: {{attempts: 3, delay: 30s}} # a 4xx reply is tried again after 30 s, then
 # suppression: false               # only for transactional mail: skip the suppression list
 #                                  # (default: the list every campaign shares; `mailcli suppress`)
 # state: .mailcli/{name}.sqlite    # where progress is kept (this is the default): one
-#   record per recipient and step; a postgresql:// state does not run sequences yet (exit 78)
+#   record per recipient and step; or postgresql://... for several hosts
 """
 
 SEQUENCE_WELCOME = (

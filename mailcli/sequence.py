@@ -39,6 +39,10 @@ _AFTER_RE = re.compile(r"(\d+)\s*(w|d|h|m)", re.IGNORECASE)
 _WINDOW_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 Clock = Callable[[], datetime]
+# The moments a sequence works with: far from the ends of what datetime can hold, so that a
+# start plus a hundred years of steps always fits.
+MIN_START = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_START = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def system_clock() -> datetime:
@@ -110,7 +114,7 @@ def parse_after(value: object) -> After:
             days += n
         else:
             seconds += n * (3600 if unit == "h" else 60)
-    if days > 36600:
+    if days * 86400 + seconds > 36600 * 86400:
         raise ValueError(f"invalid 'after' {text!r}: more than a hundred years")
     return After(days, seconds, text)
 
@@ -189,16 +193,22 @@ def parse_start(text: str, zone: tzinfo) -> datetime:
     try:
         if len(value) <= 10:
             day = date.fromisoformat(value)
-            return _resolve(datetime.combine(day, time(0, 0)), zone).astimezone(UTC)
-        moment = datetime.fromisoformat(value)
+            moment = _resolve(datetime.combine(day, time(0, 0)), zone)
+        else:
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                moment = _resolve(moment, zone)
+        moment = moment.astimezone(UTC)
     except ValueError:
         raise ValueError(
             f"the start {value!r} is not an ISO 8601 date or date-time "
             "(e.g. 2026-03-01 or 2026-03-01T14:30)"
         ) from None
-    if moment.tzinfo is None:
-        moment = _resolve(moment, zone)
-    return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"the start {value!r} is out of range") from None
+    if not MIN_START <= moment <= MAX_START:
+        raise ValueError(f"the start {value!r} is out of range (years 1900 to 9000)")
+    return moment
 
 
 def aware(moment: datetime) -> datetime:
@@ -211,14 +221,19 @@ def parse_moment(text: str) -> datetime:
     ValueError."""
     try:
         moment = datetime.fromisoformat(text.strip())
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # the machine's zone, as cron's times are
+        moment = moment.astimezone(UTC)
     except ValueError:
         raise ValueError(
             f"{text!r} is not an ISO 8601 date-time (e.g. 2026-03-04T09:30 or "
             "2026-03-04T09:30:00+01:00)"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # the machine's zone, as cron's times are
-    return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range") from None
+    if not MIN_START <= moment <= MAX_START:
+        raise ValueError(f"{text!r} is out of range (years 1900 to 9000)")
+    return moment
 
 
 @dataclass(frozen=True)
@@ -265,6 +280,9 @@ class Decision:
     entry: Entry | None = None
     due_at: datetime | None = None
     skips: tuple[Step, ...] = ()
+    # The last step that went out, if it is `unknown` (its answer lost in an earlier run): a
+    # run reports it (exit 75) until the recipient's next step goes out.
+    unknown: Step | None = None
 
 
 class Timing:
@@ -307,6 +325,14 @@ def decide(
             reached = index
     last: tuple[Step, datetime] | None = None
     skips: list[Step] = []
+    # The last step that went out, when its answer was lost in an earlier run (reported).
+    lost: Step | None = None
+
+    def decision(
+        action: Action, step: Step | None, entry: Entry | None = None, due: datetime | None = None
+    ) -> Decision:
+        return Decision(action, step, entry, due, tuple(skips), lost)
+
     for index, step in enumerate(steps):
         record = records.get(step.name)
         if record is None and index < reached:
@@ -316,10 +342,13 @@ def decide(
             status = entry.status
             if status is DeliveryStatus.SKIPPED:
                 continue
-            if status in _WENT_OUT and not (status == DeliveryStatus.UNKNOWN and retry_unknown):
+            # --retry-unknown sends an unknown step again, unless a later one went out since.
+            again = status == DeliveryStatus.UNKNOWN and retry_unknown and index >= reached
+            if status in _WENT_OUT and not again:
                 if entry.run == run_id and run_id is not None:
                     # One step per recipient per run: the next waits for the next run.
-                    return Decision(Action.WAITING, _next(steps, index), None, None, tuple(skips))
+                    return decision(Action.WAITING, _next(steps, index))
+                lost = step if status == DeliveryStatus.UNKNOWN else None
                 if record.at is not None:
                     # Spacing counts from the minute it went out: a run that cron starts at
                     # the same minute two days later finds the step due, though the previous
@@ -327,7 +356,7 @@ def decide(
                     last = (step, record.at.replace(second=0, microsecond=0))
                 continue
             if status == DeliveryStatus.FAILED and entry.rejected and not resend_failed:
-                return Decision(Action.DONE, None, None, None, tuple(skips))
+                return decision(Action.DONE, None)
             # pending, deferred, an invalid row's failure, or asked to be sent again
         due = step.after.after(start, zone)
         if last is not None:
@@ -336,7 +365,7 @@ def decide(
             # change makes of a mix of day and hour units (1d, then 24h30m).
             due = max(due, spaced, last[1] + timedelta(minutes=1))
         if now < due:
-            return Decision(Action.WAITING, step, _entry(record), due, tuple(skips))
+            return decision(Action.WAITING, step, _entry(record), due)
         # `if:` is asked when the step comes due (not again for one tried already), so the
         # row's data of that day decides.
         untried = record is None or record.entry.attempts == 0
@@ -346,11 +375,9 @@ def decide(
         if window is not None:
             local = now.astimezone(zone).timetz().replace(tzinfo=None)
             if local not in window:
-                return Decision(
-                    Action.HELD, step, _entry(record), window.opens(now, zone), tuple(skips)
-                )
-        return Decision(Action.SEND, step, _entry(record), due, tuple(skips))
-    return Decision(Action.DONE, None, None, None, tuple(skips))
+                return decision(Action.HELD, step, _entry(record), window.opens(now, zone))
+        return decision(Action.SEND, step, _entry(record), due)
+    return decision(Action.DONE, None)
 
 
 def _entry(record: Timing | None) -> Entry | None:

@@ -199,6 +199,15 @@ def count_decision(summary: Summary, decision: Decision) -> None:
         summary.step_count(decision.step.name, "held")
 
 
+def count_lost(summary: Summary, decision: Decision) -> None:
+    """A real run reports a recipient whose last step is `unknown` (its answer lost in an
+    earlier run: the message may or may not have arrived), exit 75, until the recipient's next
+    step goes out."""
+    if decision.unknown is not None and decision.action is not Action.SEND:
+        summary.unknown += 1
+        summary.step_count(decision.unknown.name, "unknown")
+
+
 def check_sequence_rows(
     seq: Sequencer,
     summary: Summary,
@@ -280,6 +289,7 @@ class SequenceRows:
             for step in decision.skips:
                 self.state.record_skip(r.email, r.row, step.name)
             count_decision(self.summary, decision)
+            count_lost(self.summary, decision)
             if decision.action is not Action.SEND:
                 self.summary.skipped += 1
                 continue
@@ -424,6 +434,7 @@ class SequenceClaims:
         for step in decision.skips:
             self.state.record_skip(r.email, r.row, step.name)
         count_decision(self.summary, decision)
+        count_lost(self.summary, decision)
         if decision.action is not Action.SEND:
             self.summary.skipped += 1
             # Not before its next step's due time (a finished member: by every run, which

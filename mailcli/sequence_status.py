@@ -9,6 +9,7 @@ system's present moment.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from mailcli.campaign import Campaign
 from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
 from mailcli.errors import DataError, InputFileError, MailcliError
 from mailcli.pipeline import row_context
-from mailcli.recipients import Recipient, RecipientReader, RowProblem
+from mailcli.recipients import Recipient, RecipientReader, RowProblem, SeenAddresses
 from mailcli.render import BoundedSandbox, RenderError
 from mailcli.sequence import Action, decide, system_clock
 from mailcli.sequence_rows import RowClock
@@ -35,19 +36,39 @@ STEP_STATUS_KEYS = ("sent", "pending", "skipped", "failed", "deferred", "unknown
 
 
 def step_counts(
-    campaign: Campaign, state: SqliteState | PgState | None, in_list: int
+    campaign: Campaign,
+    state: SqliteState | PgState | None,
+    in_list: int,
+    had: Mapping[str, int],
 ) -> dict[str, dict[str, int]]:
-    """Messages per status of each step; `in_list`: the valid recipients of the list (those
-    without a record of a step are pending for it)."""
+    """Messages per status of each step (of every recipient the state has met, in the list
+    or not); `pending`: recipients of the list now (`in_list`) who have not had the step
+    (`had`: how many of them have)."""
     recorded = state.step_counts() if state is not None else {}
     steps: dict[str, dict[str, int]] = {}
     for step in campaign.steps:
         counts = recorded.get(step.name, {})
         row = {key: counts.get(DeliveryStatus(key), 0) for key in STEP_STATUS_KEYS}
-        done = sum(n for status, n in counts.items() if status is not DeliveryStatus.PENDING)
-        row["pending"] = max(0, in_list - done)
+        row["pending"] = max(0, in_list - had.get(step.name, 0))
         steps[step.name] = row
     return steps
+
+
+def list_steps(campaign: Campaign, state: SqliteState | None) -> tuple[int, dict[str, int]]:
+    """The valid, unique recipients of the list, and how many of them have had each step
+    (a record other than pending): one read of each recipient's steps."""
+    in_list, had = 0, dict.fromkeys((s.name for s in campaign.steps), 0)
+    with SeenAddresses() as seen:
+        for entry in RecipientReader(campaign.recipients):
+            if isinstance(entry, RowProblem) or seen.add(entry.email, entry.row) is not None:
+                continue
+            in_list += 1
+            if state is None:
+                continue
+            for name, record in state.step_records(entry.email).items():
+                if name in had and record.entry.status is not DeliveryStatus.PENDING:
+                    had[name] += 1
+    return in_list, had
 
 
 def totals(steps: dict[str, dict[str, int]]) -> dict[DeliveryStatus, int]:
@@ -217,13 +238,27 @@ def _with_next(
 def _reader(campaign: Campaign) -> SqliteState | PgState | None:
     """The sequence's store, read only (None: no run has written it yet)."""
     if campaign.state_url is None:
-        return SqliteState.read_only(campaign.state_path)
+        state = SqliteState.read_only(campaign.state_path)
+        if state is not None:
+            _checked(state, lambda: state.check_kind(True, write=False))
+        return state
     from mailcli.pgstate import PgState
 
     try:
-        return PgState.open(campaign.state_url, campaign.name, create=False)
+        shared = PgState.open(campaign.state_url, campaign.name, create=False)
     except InputFileError:
         return None
+    _checked(shared, lambda: shared.check_kind(True))
+    return shared
+
+
+def _checked(state: SqliteState | PgState, check: Callable[[], None]) -> None:
+    """A state of another kind of campaign is refused (closed, then the error raised)."""
+    try:
+        check()
+    except MailcliError:
+        state.close()
+        raise
 
 
 def _find(campaign: Campaign, email: str) -> Recipient | None:

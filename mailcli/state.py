@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS fingerprints (
 # A RecipientRecord: the last try's time is `updated`, which only a try (or its outcome) sets.
 RECORD_COLUMNS = (
     "email, row, status, code, reply, message_id, first_at, "
-    "CASE WHEN attempts > 0 THEN updated END, attempts, run"
+    "CASE WHEN attempts > 0 THEN updated END, attempts, run, key"
 )
 
 
@@ -272,6 +272,24 @@ class RecipientRecord:
     last_at: str | None
     tries: int
     run: int | None
+    step: str | None = None  # the step of a sequence (None: a one-message campaign)
+
+    @classmethod
+    def of(cls, r: Sequence[Any]) -> RecipientRecord:
+        """A record from a row of RECORD_COLUMNS (the state's key last)."""
+        return cls(
+            r[0],
+            r[1],
+            DeliveryStatus(r[2]),
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            step_of(r[10]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1004,19 +1022,20 @@ class SqliteState:
         ]
 
     def export_rows(
-        self, statuses: Collection[DeliveryStatus] | None = None
+        self, statuses: Collection[DeliveryStatus] | None = None, *, steps: bool = False
     ) -> Iterator[RecipientRecord]:
-        """Every recipient (or those in `statuses`) in list order, read from the cursor as it
-        goes: memory stays flat whatever the size of the campaign."""
+        """Every recipient (or those in `statuses`; of a sequence: every recipient's step) in
+        list order, read from the cursor as it goes: memory stays flat whatever the size of
+        the campaign."""
         where, values = "", []
         if statuses is not None:
             where = f"WHERE status IN ({','.join('?' * len(statuses))})"
             values = [DeliveryStatus(s).value for s in statuses]
         rows = self.db.execute(
-            f"SELECT {RECORD_COLUMNS} FROM recipients {where} ORDER BY row, email", values
+            f"SELECT {RECORD_COLUMNS} FROM recipients {where} ORDER BY row, email, key", values
         )
         for r in rows:
-            yield RecipientRecord(r[0], r[1], DeliveryStatus(r[2]), *r[3:])
+            yield RecipientRecord.of(r)
 
     def known(self, emails: Collection[str]) -> set[str]:
         """Which of these addresses the state has a record of (their keys): one query per
@@ -1037,7 +1056,7 @@ class SqliteState:
             f"SELECT {RECORD_COLUMNS} FROM recipients WHERE key=?",
             (unit_key(address_key(email), step),),
         ).fetchone()
-        return None if r is None else RecipientRecord(r[0], r[1], DeliveryStatus(r[2]), *r[3:])
+        return None if r is None else RecipientRecord.of(r)
 
     def history(self, email: str, step: str | None = None) -> list[Attempt]:
         """Every recorded outcome of an address (or one step of it), oldest first (a scan of

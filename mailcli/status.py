@@ -24,7 +24,7 @@ from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
 from mailcli.errors import CantCreateError, DataError, InputFileError, MailcliError, UsageError
 from mailcli.fingerprint import Recorded
 from mailcli.recipients import RecipientReader, RowProblem, SeenAddresses
-from mailcli.sequence_status import step_counts, totals
+from mailcli.sequence_status import list_steps, step_counts, totals
 from mailcli.state import (
     Attempt,
     Entry,
@@ -32,7 +32,6 @@ from mailcli.state import (
     RecipientState,
     RunRecord,
     SqliteState,
-    StateStore,
     open_state,
 )
 from mailcli.suppression import (
@@ -196,11 +195,13 @@ def _status(campaign: Campaign, blocklist: SuppressionList | None) -> Status:
     if campaign.state_url is not None:
         return _shared_status(campaign, campaign.state_url, blocklist)
     report = Status(campaign.name, str(campaign.state_path), dict.fromkeys(RECIPIENT_STATUSES, 0))
-    state: StateStore | None = None
+    state: SqliteState | None = None
     if campaign.state_path.exists():
         state = open_state(campaign.state_path, campaign.name, create=False)
     try:
         if state is not None:
+            # Counts of another kind of campaign's state would be wrong: refused, as a run is.
+            state.check_kind(campaign.is_sequence, write=False)
             report.counts = state.counts()
             report.recipients = state.problems()
             report.last_run = state.last_run()
@@ -209,8 +210,8 @@ def _status(campaign: Campaign, blocklist: SuppressionList | None) -> Status:
             # Every valid row of the list is a recipient of each step: those without a record
             # of a step are pending for it.
             _count_list(campaign, None, report, None)
-            assert state is None or isinstance(state, SqliteState)
-            report.steps = step_counts(campaign, state, report.new_rows)
+            in_list, had = list_steps(campaign, state) if not report.list_error else (0, {})
+            report.steps = step_counts(campaign, state, in_list, had)
             report.counts, report.new_rows = totals(report.steps), 0
         else:
             _count_list(campaign, state.lookup if state else None, report, blocklist)
@@ -234,6 +235,7 @@ def _shared_status(campaign: Campaign, url: str, blocklist: SuppressionList | No
         _count_list(campaign, None, report, blocklist)
         return report
     with state:
+        state.check_kind(campaign.is_sequence)
         report.counts = state.counts()
         report.recipients = state.problems()
         report.last_run = state.last_run()
@@ -242,7 +244,7 @@ def _shared_status(campaign: Campaign, url: str, blocklist: SuppressionList | No
         report.fingerprints = state.fingerprints()
         if campaign.is_sequence:
             # The store is the list: its members are the recipients of each step.
-            report.steps = step_counts(campaign, state, state.members())
+            report.steps = step_counts(campaign, state, state.members(), state.steps_had())
             report.counts = totals(report.steps)
             return report
         if blocklist is not None:
@@ -300,6 +302,8 @@ EXPORT_COLUMNS = (
     "tries",
     "run",
 )
+# A sequence's export: a row per recipient and step.
+SEQUENCE_EXPORT_COLUMNS = (EXPORT_COLUMNS[0], "step", *EXPORT_COLUMNS[1:])
 ExportFormat = Literal["csv", "jsonl"]
 CHUNK = 1000  # list rows matched against the state per query
 # The mark of a try whose outcome the state never got (a stop between hand-over and reply).
@@ -462,9 +466,11 @@ def _reader(campaign: Campaign) -> Iterator[SqliteState | PgState | None]:
             yield None
             return
         with shared:
+            shared.check_kind(campaign.is_sequence)
             yield shared
     elif campaign.state_path.exists():
         with open_state(campaign.state_path, campaign.name, create=False) as state:
+            state.check_kind(campaign.is_sequence, write=False)
             yield state
     else:
         yield None
@@ -506,18 +512,22 @@ def _export(
     wanted: frozenset[DeliveryStatus] | None,
     format: ExportFormat,
 ) -> StatusExport:
-    write = _writer(handle, format)
+    write = _writer(handle, format, steps=campaign.is_sequence)
     rows = not_tried = 0
     list_error = None
     with contextlib.ExitStack() as stack:
         state = stack.enter_context(_reader(campaign))
         if state is not None:
             stack.enter_context(state.snapshot())
-            for record in state.export_rows(wanted):
+            for record in state.export_rows(wanted, steps=campaign.is_sequence):
                 write(record)
                 rows += 1
         if wanted is None or DeliveryStatus.PENDING in wanted:
-            new = _not_met(campaign, state)
+            new = (
+                _steps_not_had(campaign, state)
+                if campaign.is_sequence
+                else _not_met(campaign, state)
+            )
             while True:
                 try:
                     record = next(new)
@@ -533,21 +543,49 @@ def _export(
     return StatusExport(rows, not_tried, list_error)
 
 
-def _writer(handle: IO[str], format: ExportFormat) -> Callable[[RecipientRecord], None]:
+def _writer(
+    handle: IO[str], format: ExportFormat, *, steps: bool = False
+) -> Callable[[RecipientRecord], None]:
+    """Writes one record a line; `steps`: a sequence's, with the step after the address."""
+    columns = SEQUENCE_EXPORT_COLUMNS if steps else EXPORT_COLUMNS
+
+    def values(r: RecipientRecord) -> tuple[object, ...]:
+        found = _values(r)
+        return (found[0], r.step, *found[1:]) if steps else found
+
     if format == "jsonl":
 
         def line(r: RecipientRecord) -> None:
-            obj = dict(zip(EXPORT_COLUMNS, _values(r), strict=True))
+            obj = dict(zip(columns, values(r), strict=True))
             handle.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
         return line
     table = csv.writer(handle)
-    table.writerow(EXPORT_COLUMNS)
+    table.writerow(columns)
 
     def row(r: RecipientRecord) -> None:
-        table.writerow(["" if v is None else v for v in _values(r)])
+        table.writerow(["" if v is None else v for v in values(r)])
 
     return row
+
+
+def _steps_not_had(
+    campaign: Campaign, state: SqliteState | PgState | None
+) -> Iterator[RecipientRecord]:
+    """Each step of each valid, unique row of the list that the state has no record of:
+    pending (one read of the recipient's steps per row)."""
+    shared = state is not None and not isinstance(state, SqliteState)
+    if shared and not campaign.recipients.path.is_file():
+        return  # a host of a shared campaign without the list
+    with SeenAddresses() as seen:
+        for entry in RecipientReader(campaign.recipients):
+            if isinstance(entry, RowProblem) or seen.add(entry.email, entry.row) is not None:
+                continue
+            had = state.step_records(entry.email) if state is not None else {}
+            for step in campaign.steps:
+                if step.name not in had:
+                    record = _never_tried(entry.email, entry.row)
+                    yield dataclasses.replace(record, step=step.name)
 
 
 def _not_met(campaign: Campaign, state: SqliteState | PgState | None) -> Iterator[RecipientRecord]:

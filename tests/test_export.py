@@ -26,6 +26,7 @@ from conftest import (
 from typer.testing import CliRunner
 
 import mailcli
+from mailcli import pgstate
 from mailcli.addresses import address_key
 from mailcli.campaign import load_campaign
 from mailcli.cli import app
@@ -563,7 +564,7 @@ def test_a_postgresql_store_of_the_old_schema_is_read_then_upgraded_by_a_run(
     assert cli("batch", files.yaml, *server_args(smtp_server)).exit_code == 0
     with psycopg.connect(pg_url, autocommit=True) as conn:
         assert conn.execute("SELECT value FROM mailcli_meta WHERE key = 'schema'").fetchone() == (
-            "2",
+            str(pgstate.SCHEMA_VERSION),
         )
     after = json.loads(
         cli("status", files.yaml, "--recipient", "user00004@example.com", "--json").stdout

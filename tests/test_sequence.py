@@ -711,13 +711,161 @@ def test_an_unknown_step_is_never_resent_and_the_sequence_goes_on_after_it(
     assert records(yaml, "bob@example.com") == {"welcome": DeliveryStatus.UNKNOWN}
 
     recorder.hangup_after_data = None
-    assert runner.run(utc(2026, 3, 3, 10))[1] == set()  # welcome is not sent again
+    later, sent = runner.run(utc(2026, 3, 3, 10))
+    assert sent == set()  # welcome is not sent again
+    # ... and bob stays reported unknown (exit 75) until his next step goes out.
+    assert (later.unknown, later.exit_code) == (1, ExitCode.TEMPFAIL)
     assert runner.run(utc(2026, 3, 4, 9, 59))[1] == set()
     # Two days after bob's welcome was handed over (10:00), as for ann.
-    assert runner.run(utc(2026, 3, 4, 10))[1] == {
-        ("ann@example.com", "tips"),
-        ("bob@example.com", "tips"),
+    tips, sent = runner.run(utc(2026, 3, 4, 10))
+    assert sent == {("ann@example.com", "tips"), ("bob@example.com", "tips")}
+    assert (tips.unknown, tips.exit_code) == (0, ExitCode.OK)
+
+
+def test_retry_unknown_never_sends_a_step_after_a_later_one_went_out(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """--retry-unknown sends an unknown step again only while it is the recipient's last: once
+    a later step went out, the earlier one stays as it is (steps in order), and the dry run
+    with the flag predicts the same."""
+    yaml = write_sequence(
+        tmp_path / "retry",
+        [row("ann@example.com"), row("bob@example.com")],
+        step("one", "0d") + step("two", "1d"),
+        extra='start: "2026-03-02"\n',
+    )
+    runner = Runner(yaml, smtp_server, recorder)
+    recorder.hangup_after_data = lambda envelope: True
+    runner.run(utc(2026, 3, 2, 10))
+    recorder.hangup_after_data = None
+    assert records(yaml, "ann@example.com") == {"one": DeliveryStatus.UNKNOWN}
+    # bob's step one is sent again by --retry-unknown; ann has had step two meanwhile.
+    _, sent = runner.run(utc(2026, 3, 3, 11))
+    assert sent == {("ann@example.com", "two"), ("bob@example.com", "two")}
+    at = utc(2026, 3, 4, 11)
+    dry = dry_run(load_campaign(yaml), at=at, retry_unknown=True)
+    _, sent = runner.run(at, retry_unknown=True)
+    assert sent == set() and dry.would_send == 0
+    assert records(yaml, "ann@example.com") == {
+        "one": DeliveryStatus.UNKNOWN,
+        "two": DeliveryStatus.SENT,
     }
+
+
+def test_retry_unknown_resends_a_last_unknown_step_as_the_dry_run_predicts(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    yaml = write_sequence(
+        tmp_path / "again",
+        [row("ann@example.com")],
+        step("one", "0d") + step("two", "2d"),
+        extra='start: "2026-03-02"\n',
+    )
+    runner = Runner(yaml, smtp_server, recorder)
+    recorder.hangup_after_data = lambda envelope: True
+    runner.run(utc(2026, 3, 2, 10))
+    recorder.hangup_after_data = None
+    at = utc(2026, 3, 2, 12)
+    plain = dry_run(load_campaign(yaml), at=at)
+    asked = dry_run(load_campaign(yaml), at=at, retry_unknown=True)
+    assert (plain.would_send, asked.would_send) == (0, 1)
+    summary, sent = runner.run(at, retry_unknown=True)
+    assert sent == {("ann@example.com", "one")} and summary.exit_code == ExitCode.OK
+
+
+@pytest.mark.parametrize(
+    ("cell", "zone"), [("9999-12-31", "UTC"), ("0001-01-01", "Asia/Tokyo"), ("1850-01-01", "UTC")]
+)
+def test_a_start_out_of_range_is_an_invalid_row_not_a_crash(
+    tmp_path: Path, cell: str, zone: str
+) -> None:
+    yaml = write_sequence(
+        tmp_path / "range",
+        [row("ann@example.com", su="2026-03-02"), row("bob@example.com", su=cell)],
+        step("one", "0d") + step("two", "2d"),
+        extra=f'start: "{{{{ su }}}}"\ntimezone: {zone}\n',
+    )
+    summary = dry_run(load_campaign(yaml), at=utc(2026, 3, 2, 12))
+    assert summary.exit_code == ExitCode.DATAERR
+    assert [(p.row, "out of range" in p.problem) for p in summary.problems] == [(2, True)]
+
+
+def test_an_after_beyond_a_hundred_years_is_refused(tmp_path: Path) -> None:
+    yaml = write_sequence(tmp_path / "far", [row("ann@example.com")], step("one", "99999999999h"))
+    with pytest.raises(ConfigError, match="hundred years"):
+        load_campaign(yaml)
+
+
+def test_status_counts_each_step_over_the_list_as_it_is_now_and_exports_per_step(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """Per step, `pending` counts the recipients of the list now who have not had the step
+    (those who left do not make it smaller); the export has a row per recipient and step."""
+    folder = tmp_path / "status"
+    yaml = write_sequence(
+        folder,
+        [row(f"u{i}@example.com") for i in range(4)],
+        step("one", "0d") + step("two", "2d"),
+        extra='start: "2026-03-02"\n',
+    )
+    Runner(yaml, smtp_server, recorder).run(utc(2026, 3, 2, 10))
+    write_csv(
+        folder / "list.csv",
+        [row("u2@example.com"), row("u3@example.com"), row("n1@example.com")],
+    )
+    report = mailcli.campaign_status(yaml).to_json(with_recipients=False)
+    assert report["steps"]["one"] == {
+        "sent": 4,
+        "pending": 1,
+        "skipped": 0,
+        "failed": 0,
+        "deferred": 0,
+        "unknown": 0,
+    }
+    assert report["steps"]["two"]["pending"] == 3
+    out = tmp_path / "export.csv"
+    mailcli.export_status(yaml, out)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("email,step,row,status,")
+    cells = [line.split(",") for line in lines[1:]]
+    had = {(c[0], c[1], c[3]) for c in cells}
+    assert ("u0@example.com", "one", "sent") in had
+    assert ("n1@example.com", "one", "pending") in had
+    assert ("u2@example.com", "two", "pending") in had
+    assert not any(step_name == "" for _, step_name, _ in had)
+
+
+def test_a_state_of_the_other_kind_is_refused_by_runs_and_by_status(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder
+) -> None:
+    """A one-message campaign edited into a sequence under the same name: its run and its
+    status are refused (exit 78), and nothing is written to the state first."""
+    yaml = write_sequence(
+        tmp_path / "kind",
+        [row("ann@example.com")],
+        step("one", "0d"),
+        extra='start: "2026-03-02"\n',
+    )
+    text = yaml.read_text(encoding="utf-8")
+    one_message = text.split("steps:")[0].replace('start: "2026-03-02"\n', "")
+    yaml.write_text(one_message + 'subject: "Hi"\n', encoding="utf-8")
+    one = load_campaign(yaml)
+    assert send_batch(one, connect_to(smtp_server), sleep=no_sleep).sent == 1
+    history = SqliteState.read_only(one.state_path)
+    assert history is not None
+    entries = len(history.fingerprints())
+    history.close()
+    yaml.write_text(text, encoding="utf-8")
+    sequence = load_campaign(yaml)
+    with pytest.raises(ConfigError, match="one-message campaign") as refused:
+        send_batch(sequence, connect_to(smtp_server), sleep=no_sleep, clock=lambda: utc(2026, 3, 3))
+    assert refused.value.exit_code == ExitCode.CONFIG
+    with pytest.raises(ConfigError, match="one-message campaign"):
+        mailcli.campaign_status(sequence)
+    history = SqliteState.read_only(one.state_path)
+    assert history is not None
+    assert len(history.fingerprints()) == entries  # nothing recorded by the refused run
+    history.close()
 
 
 def test_a_limited_run_leaves_the_rest_of_the_due_steps_for_the_next(

@@ -442,7 +442,15 @@ def batch(
     )
     if dry_run_:
         with display.running():
-            summary = dry_run(campaign, limit=limit, progress=display, jobs=jobs, at=moment)
+            summary = dry_run(
+                campaign,
+                limit=limit,
+                progress=display,
+                jobs=jobs,
+                at=moment,
+                retry_unknown=retry_unknown,
+                resend_failed=resend_failed,
+            )
         _report(summary, json_=json_, quiet=quiet)
         raise typer.Exit(summary.exit_code)
     mailer = None
