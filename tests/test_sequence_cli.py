@@ -370,3 +370,63 @@ def test_dry_run_at_reads_an_offset_or_the_machines_local_time(tmp_path: Path) -
         dry = mailcli("batch", yaml, "--dry-run", "--at", at, "--json", tz=tz)
         assert dry.returncode == 0, dry.stderr
         assert json.loads(dry.stdout)["steps"]["welcome"]["would_send"] == due, (at, tz)
+
+
+@pytest.mark.faketime
+def test_a_window_holds_steps_to_local_hours_in_two_zones_across_a_dst_change(
+    tmp_path: Path, smtp_server: SmtpServer, recorder: Recorder, mailcli: Mailcli
+) -> None:
+    """Must-show 3 with real processes: two recipients, in Paris and New York, a window of
+    09:00-17:00 local and a step a day; cron-like runs every hour over New York's change to
+    summer time (2026-03-08). Each step goes with the first run inside the recipient's local
+    window: 09:00 local both before and after the change, so at 13:00 UTC before it and 12:00
+    UTC after it for New York, and at 08:00 UTC for Paris (whose change is on 29 March)."""
+    folder = tmp_path / "dst"
+    folder.mkdir()
+    (folder / "body.txt.j2").write_text("Hi {{ first_name }}\n", encoding="utf-8")
+    write_csv(
+        folder / "list.csv",
+        [
+            {"email": "paris@example.com", "first_name": "P", "tz": "Europe/Paris"},
+            {"email": "ny@example.com", "first_name": "N", "tz": "America/New_York"},
+        ],
+    )
+    steps = "".join(
+        f'  - {{name: d{day}, after: {day}d, subject: "[d{day}] {{{{ first_name }}}}"}}\n'
+        for day in range(4)
+    )
+    yaml = folder / "campaign.yaml"
+    yaml.write_text(
+        "name: dst\n"
+        'from: "Test Sender <sender@example.com>"\n'
+        "recipients: list.csv\n"
+        'start: "2026-03-06"\n'
+        'timezone: "{{ tz }}"\n'
+        'window: "09:00-17:00"\n'
+        "text: body.txt.j2\n"
+        "steps:\n" + steps,
+        encoding="utf-8",
+    )
+    sent_at: dict[Pair, datetime] = {}
+    # The hours around each opening of the window (in UTC), each day: a run an hour before it
+    # finds the step held.
+    for day in range(6, 10):
+        for hour in (7, 8, 12, 13, 14):
+            moment = datetime(2026, 3, day, hour, tzinfo=UTC)
+            before = len(recorder.messages)
+            run = mailcli("batch", yaml, *server_args(smtp_server), "--json", at=moment)
+            assert run.returncode == 0, run.stderr
+            for pair in received(recorder, before):
+                assert pair not in sent_at, f"{pair} went twice"
+                sent_at[pair] = moment
+    hours = {pair: f"{at:%m-%d %H:%M}" for pair, at in sent_at.items()}
+    assert hours == {
+        ("paris@example.com", "d0"): "03-06 08:00",
+        ("paris@example.com", "d1"): "03-07 08:00",
+        ("paris@example.com", "d2"): "03-08 08:00",
+        ("paris@example.com", "d3"): "03-09 08:00",
+        ("ny@example.com", "d0"): "03-06 14:00",  # EST: 09:00 local is 14:00 UTC
+        ("ny@example.com", "d1"): "03-07 14:00",
+        ("ny@example.com", "d2"): "03-08 13:00",  # EDT from 8 March: 09:00 local is 13:00 UTC
+        ("ny@example.com", "d3"): "03-09 13:00",
+    }
