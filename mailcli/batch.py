@@ -383,7 +383,9 @@ def send_batch(
                         seq, summary, cache=cache, progress=progress, suppression=blocklist
                     )
                 else:
-                    state.clock = None if clock is system_clock else clock
+                    # A sequence's steps are timed by the hosts' clock (what the due rule
+                    # reads), not the database's; leases stay on the database's.
+                    state.clock = clock
                     valid = _check_and_import_members(
                         seq, state, summary, progress, skip=skip_invalid, suppression=blocklist
                     )

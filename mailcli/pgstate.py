@@ -655,6 +655,15 @@ class PgState:
         ).fetchone()
         return row is not None
 
+    def look_again(self, emails: Collection[str]) -> None:
+        """Members this run looked at but could not send (another run held their step): this
+        run takes them again in its next pass (the holder's lease may run out meanwhile)."""
+        self.conn.execute(
+            "UPDATE mailcli_recipients SET seq_run = NULL WHERE campaign = %s AND key = ANY(%s) "
+            "AND seq_run = %s",
+            (self.campaign_id, [address_key(e) for e in emails], self.run_id),
+        )
+
     def settle_member(self, email: str, look_again: float | None) -> None:
         """Give back a member this run has looked at: the next look is at `look_again` (an
         epoch; None: by the next run; inf: never, its sequence is over)."""
@@ -668,15 +677,17 @@ class PgState:
         """What the store holds of each step of a sequence for one member, by step name."""
         key = address_key(email)
         rows = self.conn.execute(
-            f"SELECT key, {_ENTRY}, COALESCE(sent_at, updated) FROM mailcli_recipients "
+            f"SELECT key, {_ENTRY}, COALESCE(sent_at, updated), lease_run IS NOT NULL "
+            "AND lease_run IS DISTINCT FROM %s AND lease_until >= now() FROM mailcli_recipients "
             "WHERE campaign = %s AND key > %s AND key < %s",
-            (self.campaign_id, key + UNIT_SEP, key + chr(ord(UNIT_SEP) + 1)),
+            (self.run_id, self.campaign_id, key + UNIT_SEP, key + chr(ord(UNIT_SEP) + 1)),
         )
         records = {}
         for r in rows:
             if r[1] == "pending" and r[2] == 0:
                 continue  # leased, never tried
-            records[r[0][len(key) + 1 :]] = Timing(Entry(DeliveryStatus(r[1]), *r[2:7]), r[7])
+            entry = Entry(DeliveryStatus(r[1]), *r[2:7])
+            records[r[0][len(key) + 1 :]] = Timing(entry, r[7], bool(r[8]))
         return records
 
     def met(self, emails: Collection[str]) -> dict[str, datetime]:
@@ -1279,10 +1290,15 @@ class _Heartbeat:
             try:
                 if conn is None or conn.closed:
                     conn = _connect(self.url)
+                # SKIP LOCKED: a row the run's own connection is writing now is renewed by the
+                # next beat. Waiting for it instead could deadlock with that transaction (each
+                # holding rows the other wants), which would fail the run.
                 conn.execute(
-                    "UPDATE mailcli_recipients SET lease_until = now() + make_interval(secs => "
-                    "%s) WHERE lease_run = %s",
-                    (self.lease_s, self.run),
+                    "UPDATE mailcli_recipients AS t SET lease_until = now() + make_interval("
+                    "secs => %(lease)s) FROM (SELECT campaign, key FROM mailcli_recipients "
+                    "WHERE lease_run = %(run)s FOR UPDATE SKIP LOCKED) AS mine "
+                    "WHERE t.campaign = mine.campaign AND t.key = mine.key",
+                    {"lease": self.lease_s, "run": self.run},
                 )
                 conn.execute("UPDATE mailcli_runs SET heartbeat = now() WHERE id = %s", (self.run,))
             except Exception as exc:  # the next beat tries again; the lease is 4 beats long

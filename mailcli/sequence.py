@@ -283,15 +283,19 @@ class Decision:
     # The last step that went out, if it is `unknown` (its answer lost in an earlier run): a
     # run reports it (exit 75) until the recipient's next step goes out.
     unknown: Step | None = None
+    # Another live run is sending the recipient's last step now (a shared store): what comes
+    # of it is not known yet.
+    held: bool = False
 
 
 class Timing:
-    """A step record's status and time, as the due rule reads it from the state."""
+    """A step record's status and time, as the due rule reads it from the state; `held`:
+    another live run holds it (on a shared store: an `unknown` step it is sending now)."""
 
-    __slots__ = ("at", "entry")
+    __slots__ = ("at", "entry", "held")
 
-    def __init__(self, entry: Entry, at: datetime | None) -> None:
-        self.entry, self.at = entry, at
+    def __init__(self, entry: Entry, at: datetime | None, held: bool = False) -> None:
+        self.entry, self.at, self.held = entry, at, held
 
 
 # Statuses of a step that went out (or may have: `unknown` was handed over).
@@ -325,13 +329,15 @@ def decide(
             reached = index
     last: tuple[Step, datetime] | None = None
     skips: list[Step] = []
-    # The last step that went out, when its answer was lost in an earlier run (reported).
+    # The last step that went out, when its answer was lost in an earlier run (reported), or
+    # whether another live run is sending it now.
     lost: Step | None = None
+    held = False
 
     def decision(
         action: Action, step: Step | None, entry: Entry | None = None, due: datetime | None = None
     ) -> Decision:
-        return Decision(action, step, entry, due, tuple(skips), lost)
+        return Decision(action, step, entry, due, tuple(skips), lost, held)
 
     for index, step in enumerate(steps):
         record = records.get(step.name)
@@ -348,7 +354,9 @@ def decide(
                 if entry.run == run_id and run_id is not None:
                     # One step per recipient per run: the next waits for the next run.
                     return decision(Action.WAITING, _next(steps, index))
-                lost = step if status == DeliveryStatus.UNKNOWN else None
+                # (Another run's step in flight is not lost: its answer is on its way.)
+                lost = step if status == DeliveryStatus.UNKNOWN and not record.held else None
+                held = record.held
                 if record.at is not None:
                     # Spacing counts from the minute it went out: a run that cron starts at
                     # the same minute two days later finds the step due, though the previous

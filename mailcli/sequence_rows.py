@@ -407,6 +407,7 @@ class SequenceClaims:
         self.smtputf8, self.stop, self.sleep = smtputf8, stop, sleep
         self.suppression = suppression
         self.produced = 0
+        self.busy: list[str] = []  # members whose due step another run held
 
     def first_pass(self) -> Iterator[Queued]:
         """Each member's due step once, the members shared with the other hosts."""
@@ -414,10 +415,15 @@ class SequenceClaims:
         while self.limit is None or self.produced < self.limit:
             claimed = self.state.claim_members(self.group_size, now)
             if not claimed:
-                return
+                break
             blocked = self._blocked(claimed)
             for c in claimed:
                 yield from self._look_at(c, c.recipient.key in blocked)
+        if self.busy:
+            # Looked at again by the next pass, which the engine makes while another run
+            # holds anything (or once the holder's lease has run out).
+            self.state.look_again(self.busy)
+            self.busy = []
 
     def _look_at(self, c: Claimed, blocked: bool) -> Iterator[Queued]:
         r = c.recipient
@@ -431,15 +437,24 @@ class SequenceClaims:
             self.summary.problem(decision)
             self.state.settle_member(r.email, None)
             return
+        if decision.held:
+            # Another run is sending this member's last step: looked at again once that run
+            # is done with it (or its lease has run out: it died, and the step is unknown).
+            self.state.settle_member(r.email, None)
+            self.busy.append(r.email)
+            return
         for step in decision.skips:
             self.state.record_skip(r.email, r.row, step.name)
         count_decision(self.summary, decision)
         count_lost(self.summary, decision)
         if decision.action is not Action.SEND:
             self.summary.skipped += 1
-            # Not before its next step's due time (a finished member: by every run, which
-            # finds a step added since). Edits of the schedule clear these (see PgState).
-            later = decision.due_at if decision.action is not Action.DONE else None
+            # Not before its next step's due time (a finished member, or one whose last step
+            # is unknown: by every run, which finds a step added since, or reports it). Edits
+            # of the schedule clear these (see PgState).
+            later = decision.due_at
+            if decision.action is Action.DONE or decision.unknown is not None:
+                later = None
             self.state.settle_member(r.email, later.timestamp() if later is not None else None)
             return
         assert decision.step is not None
@@ -450,7 +465,10 @@ class SequenceClaims:
             self.state.settle_member(r.email, None)
             return
         if not self.state.lease_unit(r.email, name):
-            self.state.settle_member(r.email, None)  # another run is sending it
+            # Another run holds the step: this run looks again once that run is done with
+            # it (sent, or its lease run out when it died).
+            self.state.settle_member(r.email, None)
+            self.busy.append(r.email)
             return
         self.state.settle_member(r.email, None)
         queued = queue_row(

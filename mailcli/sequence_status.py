@@ -169,6 +169,8 @@ def sequence_place(
         email = address.strip()
     recipient = _find(campaign, email)
     state = _reader(campaign)
+    from mailcli.pgstate import PgState
+
     if recipient is None and isinstance(state, PgState):
         recipient = state.member(email)  # the store is the list of a shared sequence
     try:
