@@ -44,6 +44,7 @@ from mailcli.sequence_rows import (
     SequenceRows,
     check_sequence_rows,
     count_decision,
+    counted,
     schedule_digest,
 )
 from mailcli.state import (
@@ -209,27 +210,17 @@ def _dry_sequence(
             pipeline, state, now=at, write=False, retry_unknown=flags[0], resend_failed=flags[1]
         )
         rows = screened(pipeline.items(render=False), _email_of, blocklist)
-        for item, blocked, decision in seq.plan(rows):
-            summary.total += 1
-            if progress is not None:
-                progress(summary)
-            if isinstance(item, RowProblem):
-                summary.problem(item)
-            elif isinstance(item, Duplicate):
-                summary.duplicates += 1
-            elif isinstance(decision, RowProblem):
-                summary.problem(decision)
-            elif isinstance(item, Ready) and decision is not None:
-                if limit is not None and summary.would_send >= limit:
-                    continue
-                count_decision(summary, decision)
-                if decision.action is not Action.SEND or decision.step is None:
-                    summary.skipped += 1
-                elif blocked:
-                    summary.suppressed += 1
-                    summary.step_count(decision.step.name, "suppressed")
-                else:
-                    _dry_step(pipeline, summary, item, decision.step.name, on_message)
+        for item, blocked, decision in counted(summary, seq.plan(rows), progress):
+            if limit is not None and summary.would_send >= limit:
+                continue
+            count_decision(summary, decision)
+            if decision.action is not Action.SEND or decision.step is None:
+                summary.skipped += 1
+            elif blocked:
+                summary.suppressed += 1
+                summary.step_count(decision.step.name, "suppressed")
+            else:
+                _dry_step(pipeline, summary, item, decision.step.name, on_message)
     finally:
         if state is not None:
             state.close()
@@ -265,31 +256,22 @@ def _dry_every_step(
     summary.for_steps([s.name for s in steps])
     seq = Sequencer(pipeline, None, now=system_clock(), write=False)
     rows = screened(pipeline.items(render=False), _email_of, blocklist)
-    for item, blocked, decision in seq.plan(rows):
-        summary.total += 1
-        if progress is not None:
-            progress(summary)
-        if isinstance(item, RowProblem):
-            summary.problem(item)
-        elif isinstance(item, Duplicate):
-            summary.duplicates += 1
-        elif isinstance(decision, RowProblem):
-            summary.problem(decision)
-        elif blocked:
+    for item, blocked, _ in counted(summary, seq.plan(rows), progress):
+        if blocked:
             summary.suppressed += 1
-        elif isinstance(item, Ready):
-            context = pipeline.context(item.recipient)
-            for step in steps:
-                try:
-                    wanted = step.condition is None or seq.clock.condition(step, context)
-                except RenderError as exc:
-                    r = item.recipient
-                    summary.problem(RowProblem(r.row, r.line, str(exc), r.email))
-                    break
-                if wanted:
-                    _dry_step(pipeline, summary, item, step.name, on_message)
-                else:
-                    summary.step_count(step.name, "skipped")
+            continue
+        context = pipeline.context(item.recipient)
+        for step in steps:
+            try:
+                wanted = step.condition is None or seq.clock.condition(step, context)
+            except RenderError as exc:
+                r = item.recipient
+                summary.problem(RowProblem(r.row, r.line, str(exc), r.email))
+                break
+            if wanted:
+                _dry_step(pipeline, summary, item, step.name, on_message)
+            else:
+                summary.step_count(step.name, "skipped")
 
 
 def _dry_step(

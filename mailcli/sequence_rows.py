@@ -26,7 +26,7 @@ from mailcli.campaign import Campaign, Retry, is_template
 from mailcli.delivery import DeliveryStatus
 from mailcli.pipeline import Duplicate, Item, Pipeline, Ready
 from mailcli.recipients import Recipient, RowProblem
-from mailcli.render import RenderError
+from mailcli.render import Rendered, RenderError
 from mailcli.selection import Queued, RenderCache, queue_row
 from mailcli.sequence import (
     Action,
@@ -37,7 +37,7 @@ from mailcli.sequence import (
     parse_start,
     unit_key,
 )
-from mailcli.state import Outcome, SqliteState
+from mailcli.state import Entry, Outcome, SqliteState
 
 if TYPE_CHECKING:
     from mailcli.pgstate import Claimed, PgState
@@ -229,6 +229,25 @@ def count_lost(summary: Summary, decision: Decision) -> None:
         summary.step_count(decision.unknown.name, "unknown")
 
 
+def counted(
+    summary: Summary, planned: Iterable[Planned], progress: Progress | None
+) -> Iterator[tuple[Ready, bool, Decision]]:
+    """Count every planned row (a duplicate, an invalid row, one whose start or zone does not
+    work); yield the others, with whether they are suppressed and what is due for them."""
+    for item, blocked, decision in planned:
+        summary.total += 1
+        if progress is not None:
+            progress(summary)
+        if isinstance(item, RowProblem):
+            summary.problem(item)
+        elif isinstance(item, Duplicate):
+            summary.duplicates += 1
+        elif isinstance(decision, RowProblem):
+            summary.problem(decision)
+        elif isinstance(item, Ready) and decision is not None:
+            yield item, blocked, decision
+
+
 def check_sequence_rows(
     seq: Sequencer,
     summary: Summary,
@@ -241,20 +260,8 @@ def check_sequence_rows(
     when no row is invalid (a start or zone that does not work counts, due or not)."""
     pipeline = seq.pipeline
     rows = screened(pipeline.items(render=False), _address, suppression)
-    for item, blocked, decision in seq.plan(rows):
-        summary.total += 1
-        if progress is not None:
-            progress(summary)
-        if isinstance(item, RowProblem):
-            summary.problem(item)
-        elif isinstance(item, Duplicate):
-            summary.duplicates += 1
-        elif isinstance(decision, RowProblem):
-            summary.problem(decision)
-        elif blocked or decision is None or decision.action is not Action.SEND:
-            continue
-        else:
-            assert decision.step is not None
+    for item, blocked, decision in counted(summary, seq.plan(rows), progress):
+        if not blocked and decision.action is Action.SEND and decision.step is not None:
             r = item.recipient
             try:
                 cache.put(r.row, r.email, pipeline.render(r, decision.step.name))
@@ -269,9 +276,53 @@ def _address(item: Item) -> str | None:
     return item.recipient.email if isinstance(item, Ready) else None
 
 
-class SequenceRows:
+class _Steps:
+    """What the two sources of a sequence's messages share: queueing a due step, and a step
+    deferred earlier in the run whose recipient was suppressed since."""
+
+    pipeline: Pipeline
+    state: SqliteState | PgState
+    summary: Summary
+    smtputf8: Callable[[], bool]
+
+    def _queued(
+        self,
+        r: Recipient,
+        entry: Entry | None,
+        rendered: Rendered | None,
+        step: str,
+        *,
+        again: bool = False,
+    ) -> Queued | None:
+        """A step rendered (unless it was) and built; `again`: a retry round's (deferred)."""
+        counted_as = DeliveryStatus.DEFERRED if again else None
+        return queue_row(
+            self.pipeline,
+            self.state,
+            self.summary,
+            r,
+            entry,
+            rendered,
+            counted_as,
+            self.smtputf8(),
+            step=step,
+        )
+
+    def _suppressed_since(self, r: Recipient, step: str) -> None:
+        """A step deferred earlier in this run whose recipient was suppressed while it waited
+        (an unsubscribe): never sent, pending again, counted as suppressed."""
+        self.state.record(Outcome(unit_key(r.key, step), DeliveryStatus.PENDING))
+        self.summary.deferred -= 1
+        self.summary.suppressed += 1
+        self.summary.step_count(step, "deferred", -1)
+        self.summary.step_count(step, "suppressed")
+
+
+class SequenceRows(_Steps):
     """The messages of a sequence due in each pass of a run, in list order: at most one step
     per recipient, at most `limit` in the run (the interface of `selection.DueRows`)."""
+
+    state: SqliteState
 
     def __init__(
         self,
@@ -320,18 +371,7 @@ class SequenceRows:
                 self.summary.suppressed += 1
                 self.summary.step_count(name, "suppressed")
                 continue
-            rendered = self.cache.take(r.row, r.email)
-            queued = queue_row(
-                self.pipeline,
-                self.state,
-                self.summary,
-                r,
-                decision.entry,
-                rendered,
-                None,
-                self.smtputf8(),
-                step=name,
-            )
+            queued = self._queued(r, decision.entry, self.cache.take(r.row, r.email), name)
             if queued is not None:
                 self.produced += 1
                 yield queued
@@ -346,25 +386,10 @@ class SequenceRows:
             for name, record in self.state.step_records(r.email).items():
                 if not policy.due_again(record.entry, run_id, self.retry, now):
                     continue
-                if blocked:  # suppressed while this run waited: never sent, pending again
-                    key = unit_key(r.key, name)
-                    self.state.record(Outcome(key, DeliveryStatus.PENDING))
-                    self.summary.deferred -= 1
-                    self.summary.suppressed += 1
-                    self.summary.step_count(name, "deferred", -1)
-                    self.summary.step_count(name, "suppressed")
+                if blocked:
+                    self._suppressed_since(r, name)
                     continue
-                queued = queue_row(
-                    self.pipeline,
-                    self.state,
-                    self.summary,
-                    r,
-                    record.entry,
-                    None,
-                    DeliveryStatus.DEFERRED,
-                    self.smtputf8(),
-                    step=name,
-                )
+                queued = self._queued(r, record.entry, None, name, again=True)
                 if queued is not None:
                     yield queued
 
@@ -394,7 +419,7 @@ class SequenceRows:
         return left
 
 
-class SequenceClaims:
+class SequenceClaims(_Steps):
     """The messages of a sequence whose state is shared by several hosts (PostgreSQL): the
     interface of `SequenceRows`, but the rows come from the store, a group of members at a
     time.
@@ -407,6 +432,7 @@ class SequenceClaims:
     campaign (`selection.ClaimedRows`).
     """
 
+    state: PgState
     WAIT_S = 0.25
 
     def __init__(
@@ -492,17 +518,7 @@ class SequenceClaims:
             self.busy.append(r.email)
             return
         self.state.settle_member(r.email, None)
-        queued = queue_row(
-            self.pipeline,
-            self.state,
-            self.summary,
-            r,
-            decision.entry,
-            None,
-            None,
-            self.smtputf8(),
-            step=name,
-        )
+        queued = self._queued(r, decision.entry, None, name)
         if queued is not None:
             self.produced += 1
             yield queued
@@ -517,24 +533,9 @@ class SequenceClaims:
                 if c.step is None:
                     continue
                 if c.recipient.key in blocked:
-                    key = unit_key(c.recipient.key, c.step)
-                    self.state.record(Outcome(key, DeliveryStatus.PENDING))
-                    self.summary.deferred -= 1
-                    self.summary.suppressed += 1
-                    self.summary.step_count(c.step, "deferred", -1)
-                    self.summary.step_count(c.step, "suppressed")
+                    self._suppressed_since(c.recipient, c.step)
                     continue
-                queued = queue_row(
-                    self.pipeline,
-                    self.state,
-                    self.summary,
-                    c.recipient,
-                    c.entry,
-                    None,
-                    DeliveryStatus.DEFERRED,
-                    self.smtputf8(),
-                    step=c.step,
-                )
+                queued = self._queued(c.recipient, c.entry, None, c.step, again=True)
                 if queued is not None:
                     yield queued
 
