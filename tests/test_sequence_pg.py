@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import Recorder, server_args, write_csv
+from faketimed import Mailcli
 from typer.testing import CliRunner
 
 import mailcli
@@ -194,42 +194,6 @@ def pg_rows(url: str, query: str, *params: object) -> list[tuple[Any, ...]]:
 
 
 # --- faketime'd `mailcli` processes -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mailcli:
-    """Real `mailcli` processes whose clock starts at a chosen moment (and ticks on), TZ=UTC."""
-
-    faketime: str
-
-    def command(self, args: tuple[str | Path, ...], at: datetime) -> list[str]:
-        clock = [self.faketime, "-f", f"@{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}"]
-        return [*clock, sys.executable, "-m", "mailcli", *(str(a) for a in args)]
-
-    def __call__(self, *args: str | Path, at: datetime) -> Any:
-        result = subprocess.run(
-            self.command(args, at),
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "TZ": "UTC"},
-            timeout=120,
-        )
-        assert "Traceback" not in result.stderr, result.stderr
-        return result
-
-    def spawn(self, *args: str | Path, at: datetime) -> subprocess.Popen[str]:
-        """A process in a session of its own: faketime forks the command, and kill -9 of the
-        session (its process group) kills both."""
-        return subprocess.Popen(
-            self.command(args, at),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "TZ": "UTC"},
-            start_new_session=True,
-        )
 
 
 @pytest.fixture
