@@ -429,6 +429,7 @@ def send_batch(
                     stop=stopping,
                     sleep=sleep,
                     suppression=blocklist,
+                    clock=clock,
                 )
             elif seq is not None:
                 assert isinstance(state, SqliteState)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -112,6 +113,8 @@ CREATE TABLE IF NOT EXISTS mailcli_recipients (
 CREATE INDEX IF NOT EXISTS mailcli_recipients_due ON mailcli_recipients (campaign, status, row);
 CREATE INDEX IF NOT EXISTS mailcli_recipients_lease ON mailcli_recipients (lease_run)
     WHERE lease_run IS NOT NULL;
+CREATE INDEX IF NOT EXISTS mailcli_recipients_members ON mailcli_recipients
+    (campaign, seq_due, row) WHERE met IS NOT NULL AND listed;
 """
 # The send log (`status --recipient`): one row per recorded outcome.
 ATTEMPTS = """
@@ -127,6 +130,11 @@ CREATE TABLE IF NOT EXISTS mailcli_attempts (
 );
 CREATE INDEX IF NOT EXISTS mailcli_attempts_key ON mailcli_attempts (campaign, key);
 """
+# The index that finds a sequence's members due for a look (see _MEMBER_DUE).
+MEMBERS_INDEX = (
+    "CREATE INDEX IF NOT EXISTS mailcli_recipients_members ON mailcli_recipients "
+    "(campaign, seq_due, row) WHERE met IS NOT NULL AND listed;"
+)
 # What a store of schema 1 or 2 lacks (ADD COLUMN without a volatile default only changes the
 # catalogue). A sequence's (recipient, step) records are rows keyed `address key, \x1f, step`;
 # its list's rows (the members) carry whether the list still has them, when a run first met
@@ -137,7 +145,9 @@ UPGRADE = (
     "ADD COLUMN IF NOT EXISTS met TIMESTAMPTZ, ADD COLUMN IF NOT EXISTS seq_run BIGINT, "
     "ADD COLUMN IF NOT EXISTS seq_due DOUBLE PRECISION, "
     "DROP CONSTRAINT IF EXISTS mailcli_recipients_status_check, "
-    f"ADD CONSTRAINT mailcli_recipients_status_check CHECK ({STATUS_CHECK});" + ATTEMPTS
+    f"ADD CONSTRAINT mailcli_recipients_status_check CHECK ({STATUS_CHECK});"
+    + ATTEMPTS
+    + MEMBERS_INDEX
 )
 # Schema 2 at least (what a reader needs to know), and schema 3.
 _UPGRADED = (
@@ -149,13 +159,16 @@ _CURRENT = (
     "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'mailcli_recipients'::regclass"
     " AND attname = 'seq_due' AND NOT attisdropped)"
 )
-# The members of a sequence worth a look by this run now: listed, not looked at by this run, due
-# for a look, and held by no live run.
+# The members of a sequence (rows with a `met`) worth a look by a run now: listed, their next
+# look (`seq_due`, an epoch of the hosts' clock) has come, and no run as recent as this one
+# has looked at them (`seq_run`: run ids grow, so of two runs at once only the newer takes a
+# member back from the older, never the other way: no member goes back and forth), held by no
+# live run. A look sets the next: the next step's due time, now (for the next run), or never.
+# An index holds them in that order.
 _MEMBER_DUE = """
-    campaign = %(campaign)s AND strpos(key, chr(31)) = 0 AND listed
+    campaign = %(campaign)s AND met IS NOT NULL AND listed AND seq_due <= %(now)s
+    AND (seq_run IS NULL OR seq_run < %(run)s)
     AND (lease_until IS NULL OR lease_until < now())
-    AND seq_run IS DISTINCT FROM %(run)s
-    AND (seq_due IS NULL OR seq_due <= %(now)s)
 """
 
 # A recipient is due for a run's first pass when it was never tried, is deferred and its backoff
@@ -326,6 +339,7 @@ class PgState:
         # False: a schema-1 store opened by a reader (no first_at, no send log to read yet).
         self.upgraded = True
         self._skips: list[tuple[str, str]] = []  # (member key, step) of skipped steps
+        self.writable = True  # False: opened by a reader (status), which writes nothing
         # The clock of the times it records: the database's (None), or one a library caller
         # gives the run (a sequence's steps are timed by them).
         self.clock: Clock | None = None
@@ -396,6 +410,7 @@ class PgState:
             )
         state = cls(conn, url, int(row[0]), lease_s)
         state.upgraded = upgraded
+        state.writable = create
         return state
 
     def close(self) -> None:
@@ -459,22 +474,25 @@ class PgState:
             with self.conn.cursor().copy(
                 "COPY mailcli_import (key, email, name, row, line, fields) FROM STDIN"
             ) as copy:
+                digest = 0  # the set of keys, whatever their order
                 for r in recipients:
                     copy.write_row(
                         (r.key, r.email, r.mailbox.name, r.row, r.line, json.dumps(r.fields))
                     )
+                    found = hashlib.blake2b(r.key.encode("utf-8"), digest_size=8).digest()
+                    digest = (digest + int.from_bytes(found, "big")) % 2**64
             # New rows only: DO NOTHING takes no lock on a row already there, so an import never
             # waits on (or deadlocks with) a host that is sending those rows.
             cur = self.conn.execute(
                 "INSERT INTO mailcli_recipients (campaign, key, email, name, row, line, fields, "
-                "met) SELECT DISTINCT ON (key) %s, key, email, name, row, line, fields, "
-                "CASE WHEN %s THEN COALESCE(%s, now()) END "
+                "met, seq_due) SELECT DISTINCT ON (key) %s, key, email, name, row, line, fields, "
+                "CASE WHEN %s THEN COALESCE(%s, now()) END, CASE WHEN %s THEN 0 END "
                 "FROM mailcli_import ORDER BY key, row "
                 "ON CONFLICT (campaign, key) DO NOTHING RETURNING 1",
-                (self.campaign_id, members, met),
+                (self.campaign_id, members, met, members),
             )
             added = len(cur.fetchall())
-            if members:
+            if members and self._list_changed(digest):
                 self._relist()
             # Rows still pending take the list's new data; a row another run holds or is
             # refreshing (locked) is skipped, never waited for.
@@ -486,7 +504,9 @@ class PgState:
                 "IS DISTINCT FROM (i.fields, i.row, i.line, i.name, i.email) "
                 "FOR UPDATE OF t SKIP LOCKED) "
                 "UPDATE mailcli_recipients AS t SET email = i.email, name = i.name, "
-                "row = i.row, line = i.line, fields = i.fields, seq_due = NULL "
+                "row = i.row, line = i.line, fields = i.fields, "
+                # A member's new data (a start, a zone) is looked at by the next run.
+                "seq_due = CASE WHEN t.met IS NOT NULL THEN 0 END "
                 "FROM stale, (SELECT DISTINCT ON (key) * FROM mailcli_import ORDER BY key, row)"
                 " AS i WHERE t.campaign = %(campaign)s AND t.key = stale.key AND i.key = t.key",
                 {"campaign": self.campaign_id},
@@ -541,6 +561,22 @@ class PgState:
 
     # -- a sequence's members and steps ---------------------------------------------------
 
+    def _list_changed(self, digest: int) -> bool:
+        """Inside an import: whether the set of the list's keys differs from the last import's
+        (recorded now); an unchanged list needs no new look at which members it has."""
+        key = f"list:{self.campaign_id}"
+        found = self.conn.execute(
+            "SELECT value FROM mailcli_meta WHERE key = %s FOR UPDATE", (key,)
+        ).fetchone()
+        if found is not None and found[0] == str(digest):
+            return False
+        self.conn.execute(
+            "INSERT INTO mailcli_meta VALUES (%s, %s) ON CONFLICT (key) "
+            "DO UPDATE SET value = excluded.value",
+            (key, str(digest)),
+        )
+        return True
+
     def _relist(self) -> None:
         """Inside an import: members the imported list has are listed, the others not (a
         member that left the list gets no further step)."""
@@ -568,8 +604,8 @@ class PgState:
             if found is not None and found[0] == digest:
                 return
             self.conn.execute(
-                "UPDATE mailcli_recipients SET seq_due = NULL WHERE campaign = %s "
-                "AND seq_due IS NOT NULL",
+                "UPDATE mailcli_recipients SET seq_due = 0 WHERE campaign = %s "
+                "AND met IS NOT NULL AND seq_due > 0",
                 (self.campaign_id,),
             )
             self.conn.execute(
@@ -579,12 +615,13 @@ class PgState:
             )
 
     def claim_members(self, count: int, now: float) -> list[Claimed]:
-        """Take the lease of up to `count` members of a sequence worth a look now, in list
-        order, marked as looked at by this run (it takes each at most once)."""
+        """Take the lease of up to `count` members of a sequence worth a look at `now` (an
+        epoch of the hosts' clock), those due longest first; until this run settles them (or
+        its lease runs out) no run looks at them again."""
         rows = self.conn.execute(
             "WITH due AS MATERIALIZED (SELECT key FROM mailcli_recipients WHERE "
             + _MEMBER_DUE
-            + " ORDER BY row LIMIT %(count)s FOR UPDATE SKIP LOCKED) "
+            + " ORDER BY seq_due, row LIMIT %(count)s FOR UPDATE SKIP LOCKED) "
             "UPDATE mailcli_recipients AS t SET lease_run = %(run)s, seq_run = %(run)s, "
             "lease_until = now() + make_interval(secs => %(lease)s) "
             "FROM due WHERE t.campaign = %(campaign)s AND t.key = due.key "
@@ -607,9 +644,9 @@ class PgState:
         """Members of a sequence a run would look at now (leases ignored)."""
         row = self.conn.execute(
             "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %(campaign)s "
-            "AND strpos(key, chr(31)) = 0 AND listed AND seq_run IS DISTINCT FROM %(run)s "
-            "AND (seq_due IS NULL OR seq_due <= %(now)s)",
-            {"campaign": self.campaign_id, "run": self.run_id, "now": now},
+            "AND met IS NOT NULL AND listed AND seq_due <= %(now)s "
+            "AND (seq_run IS NULL OR seq_run < %(run)s)",
+            {"campaign": self.campaign_id, "now": now, "run": self.run_id},
         ).fetchone()
         return int(row[0]) if row else 0
 
@@ -628,14 +665,15 @@ class PgState:
         """The members a sequence's list has (listed)."""
         row = self.conn.execute(
             "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %s "
-            "AND strpos(key, chr(31)) = 0 AND listed",
+            "AND met IS NOT NULL AND listed",
             (self.campaign_id,),
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def lease_unit(self, email: str, step: str) -> bool:
+    def lease_unit(self, email: str, step: str, entry: Entry | None) -> bool:
         """Take the lease of one step of a member this run holds, making its record if it
-        has none; False when another live run holds that step (it is sending it)."""
+        has none; False when another live run holds that step (it is sending it), or when
+        the step is no longer what this run read (`entry`: another run has sent it since)."""
         member = address_key(email)
         row = self.conn.execute(
             "INSERT INTO mailcli_recipients (campaign, key, email, name, row, line, fields, "
@@ -643,32 +681,41 @@ class PgState:
             "fields, false, %(run)s, now() + make_interval(secs => %(lease)s) "
             "FROM mailcli_recipients WHERE campaign = %(campaign)s AND key = %(member)s "
             "ON CONFLICT (campaign, key) DO UPDATE SET lease_run = excluded.lease_run, "
-            "lease_until = excluded.lease_until WHERE mailcli_recipients.lease_until IS NULL "
-            "OR mailcli_recipients.lease_until < now() RETURNING 1",
+            "lease_until = excluded.lease_until WHERE (mailcli_recipients.lease_until IS NULL "
+            "OR mailcli_recipients.lease_until < now()) "
+            "AND mailcli_recipients.status = %(status)s "
+            "AND mailcli_recipients.attempts = %(attempts)s RETURNING 1",
             {
                 "unit": unit_key(member, step),
                 "member": member,
                 "run": self.run_id,
                 "lease": self.lease_s,
                 "campaign": self.campaign_id,
+                "status": str(entry.status) if entry is not None else "pending",
+                "attempts": entry.attempts if entry is not None else 0,
             },
         ).fetchone()
         return row is not None
 
     def look_again(self, emails: Collection[str]) -> None:
         """Members this run looked at but could not send (another run held their step): this
-        run takes them again in its next pass (the holder's lease may run out meanwhile)."""
+        run (or another) takes them again in its next pass (the holder may be done by then,
+        or its lease run out)."""
         self.conn.execute(
-            "UPDATE mailcli_recipients SET seq_run = NULL WHERE campaign = %s AND key = ANY(%s) "
-            "AND seq_run = %s",
-            (self.campaign_id, [address_key(e) for e in emails], self.run_id),
+            "UPDATE mailcli_recipients SET seq_due = 0, seq_run = NULL WHERE campaign = %s "
+            "AND key = ANY(%s) AND lease_run IS NULL",
+            (self.campaign_id, [address_key(e) for e in emails]),
         )
 
-    def settle_member(self, email: str, look_again: float | None) -> None:
+    def settle_member(self, email: str, look_again: float, *, keep: bool = False) -> None:
         """Give back a member this run has looked at: the next look is at `look_again` (an
-        epoch; None: by the next run; inf: never, its sequence is over)."""
+        epoch of the hosts' clock; inf: never, its sequence is over). `keep`: the run keeps
+        the member's lease while it sends its step (given back when the run ends, or running
+        out with the step's if it dies), so no run looks at the member before the step's fate
+        is known."""
+        release = "" if keep else "lease_run = NULL, lease_until = NULL, "
         self.conn.execute(
-            "UPDATE mailcli_recipients SET lease_run = NULL, lease_until = NULL, seq_due = %s "
+            f"UPDATE mailcli_recipients SET {release}seq_due = %s "
             "WHERE campaign = %s AND key = %s AND lease_run = %s",
             (look_again, self.campaign_id, address_key(email), self.run_id),
         )
@@ -730,7 +777,27 @@ class PgState:
 
     def check_kind(self, sequence: bool) -> None:
         """A store holds one kind of campaign under a name: a sequence's steps, or a
-        one-message campaign's recipients (see SqliteState.check_kind)."""
+        one-message campaign's recipients (see SqliteState.check_kind). The kind is recorded
+        by the first run that finds it (a reader only reads), so later runs look it up."""
+        key = f"kind:{self.campaign_id}"
+        wanted = "sequence" if sequence else "message"
+        recorded = self.conn.execute(
+            "SELECT value FROM mailcli_meta WHERE key = %s", (key,)
+        ).fetchone()
+        if recorded is not None:
+            if recorded[0] != wanted:
+                self._refuse_kind(sequence)
+            return
+        self._scan_kind(sequence)
+        if self.writable:
+            self.conn.execute(
+                "INSERT INTO mailcli_meta VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                (key, wanted),
+            )
+
+    def _scan_kind(self, sequence: bool) -> None:
+        """The kind of what the store holds, when none is recorded yet (a store of an older
+        mailcli): refused when it is the other one."""
         if sequence:
             found = self.conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM mailcli_recipients WHERE campaign = %s "
@@ -744,13 +811,16 @@ class PgState:
                 (self.campaign_id,),
             ).fetchone()
         if found and found[0]:
-            what = ("a one-message campaign", "a sequence (steps:)")
-            raise ConfigError(
-                f"the state holds the progress of {what[not sequence]}, and the campaign is now "
-                f"{what[sequence]}",
-                path=self.url,
-                hint="give the campaign a new `name`: its progress cannot carry over",
-            )
+            self._refuse_kind(sequence)
+
+    def _refuse_kind(self, sequence: bool) -> None:
+        what = ("a one-message campaign", "a sequence (steps:)")
+        raise ConfigError(
+            f"the state holds the progress of {what[not sequence]}, and the campaign is now "
+            f"{what[sequence]}",
+            path=self.url,
+            hint="give the campaign a new `name`: its progress cannot carry over",
+        )
 
     def claimable(self, *, retry_unknown: bool, resend_failed: bool = False) -> bool:
         """Some recipient a `claim` of this run would take now."""
@@ -914,6 +984,7 @@ class PgState:
                         for o in self._pending
                     ],
                 )
+                self._release_members([o.key for o in self._pending], cur)
                 # The send log (`status --recipient`), in the same transaction.
                 cur.executemany(
                     "INSERT INTO mailcli_attempts (campaign, key, run, at, status, code, reply, "
@@ -952,8 +1023,28 @@ class PgState:
                         for key, e in self._reverts
                     ],
                 )
+                self._release_members([key for key, _ in self._reverts], cur)
         self._pending.clear()
         self._reverts.clear()
+
+    def _release_members(self, keys: Iterable[str], cur: Any) -> None:
+        """A sequence's steps whose fate is recorded (or that never left): their members,
+        which this run kept while it sent them, are given back (see `settle_member`)."""
+        members = sorted({key.split(UNIT_SEP)[0] for key in keys if UNIT_SEP in key})
+        if members:
+            # Next worth a look by the next run (this one has looked).
+            ts = self._ts()
+            cur.execute(
+                "UPDATE mailcli_recipients SET lease_run = NULL, lease_until = NULL, "
+                "seq_due = COALESCE(%s, extract(epoch FROM now())) "
+                "WHERE campaign = %s AND key = ANY(%s) AND lease_run = %s",
+                (
+                    ts.timestamp() if ts is not None else None,
+                    self.campaign_id,
+                    members,
+                    self.run_id,
+                ),
+            )
 
     # -- reading --------------------------------------------------------------------------
 

@@ -271,7 +271,8 @@ class Action(StrEnum):
 class Decision:
     """The outcome of the due rule for one recipient at one moment.
 
-    `step` is the step to send (SEND), the next one (WAITING, HELD), or None (DONE); `skips`
+    `step` is the step to send (SEND), the next one (WAITING, HELD), the refused one that
+    ended the sequence (DONE), or None (DONE: every step went out or was skipped); `skips`
     are the steps whose `if:` was false as they came due: recorded `skipped` by a real run.
     """
 
@@ -351,12 +352,12 @@ def decide(
             # --retry-unknown sends an unknown step again, unless a later one went out since.
             again = status == DeliveryStatus.UNKNOWN and retry_unknown and index >= reached
             if status in _WENT_OUT and not again:
-                if entry.run == run_id and run_id is not None:
-                    # One step per recipient per run: the next waits for the next run.
-                    return decision(Action.WAITING, _next(steps, index))
                 # (Another run's step in flight is not lost: its answer is on its way.)
                 lost = step if status == DeliveryStatus.UNKNOWN and not record.held else None
                 held = record.held
+                if entry.run == run_id and run_id is not None:
+                    # One step per recipient per run: the next waits for the next run.
+                    return decision(Action.WAITING, _next(steps, index))
                 if record.at is not None:
                     # Spacing counts from the minute it went out: a run that cron starts at
                     # the same minute two days later finds the step due, though the previous
@@ -364,7 +365,7 @@ def decide(
                     last = (step, record.at.replace(second=0, microsecond=0))
                 continue
             if status == DeliveryStatus.FAILED and entry.rejected and not resend_failed:
-                return decision(Action.DONE, None)
+                return decision(Action.DONE, step)  # the refused step ends the sequence
             # pending, deferred, an invalid row's failure, or asked to be sent again
         due = step.after.after(start, zone)
         if last is not None:

@@ -30,11 +30,14 @@ from mailcli.render import Rendered, RenderError
 from mailcli.selection import Queued, RenderCache, queue_row
 from mailcli.sequence import (
     Action,
+    Clock,
     Decision,
     Step,
+    aware,
     decide,
     load_zone,
     parse_start,
+    system_clock,
     unit_key,
 )
 from mailcli.state import Entry, Outcome, SqliteState
@@ -448,19 +451,26 @@ class SequenceClaims(_Steps):
         stop: Callable[[], bool],
         sleep: Callable[[float], None],
         suppression: SuppressionList | None = None,
+        clock: Clock = system_clock,
     ) -> None:
         self.seq, self.pipeline, self.state, self.summary = seq, seq.pipeline, state, summary
         self.retry, self.limit, self.group_size = retry, limit, group_size
         self.smtputf8, self.stop, self.sleep = smtputf8, stop, sleep
+        # The moment moves on as the run goes: a member comes due for a look while the run
+        # waits (a dead run's lease running out), and its step is judged at that moment.
+        self.clock = clock
         self.suppression = suppression
         self.produced = 0
         self.busy: list[str] = []  # members whose due step another run held
 
+    def _now(self) -> float:
+        self.seq.now = aware(self.clock())
+        return self.seq.now.timestamp()
+
     def first_pass(self) -> Iterator[Queued]:
         """Each member's due step once, the members shared with the other hosts."""
-        now = self.seq.now.timestamp()
         while self.limit is None or self.produced < self.limit:
-            claimed = self.state.claim_members(self.group_size, now)
+            claimed = self.state.claim_members(self.group_size, self._now())
             if not claimed:
                 break
             blocked = self._blocked(claimed)
@@ -474,50 +484,63 @@ class SequenceClaims(_Steps):
 
     def _look_at(self, c: Claimed, blocked: bool) -> Iterator[Queued]:
         r = c.recipient
+        now = self.seq.now.timestamp()
+        # When a member is next worth a look: by the next run (now: this run has looked), the
+        # next step's due time, or never (its sequence is over; an edit of the schedule or of
+        # its row brings it back).
+        next_run = now
         if self.limit is not None and self.produced >= self.limit:
-            self.state.settle_member(r.email, None)  # left for the next run
+            self.state.settle_member(r.email, 0.0)  # left for the next run
             return
         decision = self.seq.decide(r, c.met)
         if isinstance(decision, RowProblem):
             # The row as the store has it cannot be scheduled (imported with --skip-invalid):
-            # counted, looked at again by the next run.
+            # counted, and looked at again by the next run.
             self.summary.problem(decision)
-            self.state.settle_member(r.email, None)
+            self.state.settle_member(r.email, next_run)
             return
         if decision.held:
             # Another run is sending this member's last step: looked at again once that run
             # is done with it (or its lease has run out: it died, and the step is unknown).
-            self.state.settle_member(r.email, None)
+            self.state.settle_member(r.email, next_run)
             self.busy.append(r.email)
             return
         for step in decision.skips:
             self.state.record_skip(r.email, r.row, step.name)
+        if decision.skips:
+            self.state.flush()  # recorded before the member's next look is
         count_decision(self.summary, decision)
         count_lost(self.summary, decision)
         if decision.action is not Action.SEND:
             self.summary.skipped += 1
-            # Not before its next step's due time (a finished member, or one whose last step
-            # is unknown: by every run, which finds a step added since, or reports it). Edits
-            # of the schedule clear these (see PgState).
-            later = decision.due_at
-            if decision.action is Action.DONE or decision.unknown is not None:
-                later = None
-            self.state.settle_member(r.email, later.timestamp() if later is not None else None)
+            if decision.unknown is not None or (
+                decision.action is Action.DONE and decision.step is not None
+            ):
+                later = next_run  # reported again; a refusal may be resent (--resend-failed)
+            elif decision.action is Action.DONE:
+                later = float("inf")
+            elif decision.due_at is None:
+                later = next_run  # its step went out in this run: the next waits for the next
+            else:
+                later = decision.due_at.timestamp()
+            self.state.settle_member(r.email, later)
             return
         assert decision.step is not None
         name = decision.step.name
         if blocked:
             self.summary.suppressed += 1
             self.summary.step_count(name, "suppressed")
-            self.state.settle_member(r.email, None)
+            self.state.settle_member(r.email, next_run)
             return
-        if not self.state.lease_unit(r.email, name):
-            # Another run holds the step: this run looks again once that run is done with
-            # it (sent, or its lease run out when it died).
-            self.state.settle_member(r.email, None)
+        if not self.state.lease_unit(r.email, name, decision.entry):
+            # Another run holds the step, or has sent it since this run read it: looked at
+            # again once that run is done with it (sent, or its lease run out when it died).
+            self.state.settle_member(r.email, next_run)
             self.busy.append(r.email)
             return
-        self.state.settle_member(r.email, None)
+        # Held by this run while it sends the step: looked at again by the next run (the next
+        # step waits for its spacing), or, if this run dies, once its lease runs out.
+        self.state.settle_member(r.email, 0.0, keep=True)
         queued = self._queued(r, decision.entry, None, name)
         if queued is not None:
             self.produced += 1
@@ -547,11 +570,11 @@ class SequenceClaims(_Steps):
         if self.state.held_by_others():
             self.sleep(self.WAIT_S)
             return not self.stop()
-        return self.state.members_due(self.seq.now.timestamp()) > 0 and not self.stop()
+        return self.state.members_due(self._now()) > 0 and not self.stop()
 
     def count_left(self) -> int:
-        """Members this run has not looked at yet that are worth a look now."""
-        return self.state.members_due(self.seq.now.timestamp())
+        """Members that are worth a look now and no run has looked at."""
+        return self.state.members_due(self._now())
 
     def _blocked(self, claimed: list[Claimed]) -> set[str]:
         if self.suppression is None:

@@ -104,7 +104,8 @@ class SequencePlace:
     suppressed: bool
     steps: list[StepPlace]
     # What the next run does for the recipient: its next step, whether it is due (`due`),
-    # not yet (`waiting`), due outside the window (`held`), or nothing is left (`done`).
+    # not yet (`waiting`), due outside the window (`held`), nothing is left (`done`), or the
+    # sequence ended at a refused step (`stopped`, with that step).
     next_step: str | None = None
     next_action: str | None = None
     next_at: datetime | None = None
@@ -233,6 +234,8 @@ def _with_next(
     except RenderError as exc:
         return replace(place, problem=str(exc))
     action = "due" if decision.action is Action.SEND else decision.action.value
+    if decision.action is Action.DONE and decision.step is not None:
+        action = "stopped"  # that step was refused: no later one goes out
     step = decision.step.name if decision.step is not None else None
     return replace(place, next_step=step, next_action=action, next_at=decision.due_at)
 

@@ -34,10 +34,12 @@ import mailcli
 from mailcli.batch import dry_run
 from mailcli.campaign import load_campaign
 from mailcli.cli import app
-from mailcli.delivery import WINDOW
+from mailcli.delivery import WINDOW, DeliveryStatus
 from mailcli.errors import ConfigError, ExitCode
+from mailcli.pgstate import PgState
 from mailcli.preview import Preview
 from mailcli.sandbox import SmtpServer
+from mailcli.state import Flight, Outcome
 from mailcli.summary import Summary
 
 DAY0 = datetime(2026, 3, 2, tzinfo=UTC)  # the first run's day (a Monday)
@@ -450,7 +452,8 @@ def test_kill_9_of_one_of_three_hosts_loses_nobody_and_sends_no_step_twice(
     # What the killed run held: its group in flight (unknown), and members or steps it had
     # claimed but not sent, which the others take once the lease runs out.
     in_flight = {email_of(k) for k, s in at_kill["held"] if "\x1f" in k and s == "unknown"}
-    claimed = {email_of(k) for k, s in at_kill["held"] if s == "pending"}
+    # (A member stays held while its step is in flight: those are not sent again.)
+    claimed = {email_of(k) for k, s in at_kill["held"] if s == "pending"} - in_flight
     assert 1 <= len(in_flight) <= WINDOW
     assert claimed, at_kill["held"]
 
@@ -460,7 +463,15 @@ def test_kill_9_of_one_of_three_hosts_loses_nobody_and_sends_no_step_twice(
     assert claimed <= survivors, sorted(claimed - survivors)
 
     after_kill = len(relays[1][1].messages)
-    rerun = faked("batch", campaigns[1], *server_args(relays[1][0]), "--json", at=moment)
+    # (A minute on: each process's clock starts at the moment it is given, and the others ran
+    # for seconds past `moment`; a host's clock does not go back.)
+    rerun = faked(
+        "batch",
+        campaigns[1],
+        *server_args(relays[1][0]),
+        "--json",
+        at=moment + timedelta(minutes=1),
+    )
     got = [pair for _, r in relays for pair in received(r)]
     assert {step for _, step in got} == {"welcome"}
     assert set(Counter(got).values()) == {1}, "a welcome went out twice"
@@ -718,3 +729,88 @@ def test_a_sequences_state_is_refused_to_a_one_message_campaign_of_its_name(
             mailcli.Mailer(host="127.0.0.1", port=smtp_server.port, security="none"),
         )
     assert len(recorder.messages) == 3
+
+
+# --- 7. races between runs (found by review) ------------------------------------------------
+
+
+def test_two_runs_at_once_over_many_finished_members_both_end_and_send_the_due_step(
+    tmp_path: Path, pg_url: str, smtp_server: SmtpServer, recorder: Recorder, monkeypatch: Any
+) -> None:
+    """Two runs started together (two hosts' cron in the same minute) over 3,000 members
+    whose sequence is over and one new member whose welcome is due: each member is looked at
+    once (a newer run may take one back from an older one, never the other way), so both
+    runs end, and the welcome goes out once."""
+    rows = [member(i, -1, plan="free") for i in range(1, 3001)]
+    first = write_sequence(
+        tmp_path / "drip",
+        rows,
+        state=pg_url,
+        steps={"welcome": 0},
+        conditions={"welcome": "plan == 'paid'"},
+    )
+    mailer = mailcli.Mailer(host="127.0.0.1", port=smtp_server.port, security="none")
+    assert mailcli.send_campaign(load_campaign(first), mailer, clock=lambda: day(0, 10)).sent == 0
+    write_csv(first.parent / "list.csv", [*rows, member(9999, 1, plan="paid")])
+    a, b = copies(first, 2)
+    barrier = threading.Barrier(2)
+    start_run = PgState.start_run
+
+    def together(self: PgState) -> int:
+        barrier.wait(timeout=30)
+        return start_run(self)
+
+    monkeypatch.setattr(PgState, "start_run", together)
+    stopping = threading.Event()
+    results: dict[str, Summary] = {}
+
+    def run(name: str, yaml: Path) -> None:
+        campaign = load_campaign(yaml)
+        moment = day(1, 10)
+        results[name] = mailcli.send_campaign(
+            campaign, mailer, clock=lambda: moment, stop=stopping.is_set
+        )
+
+    threads = [
+        threading.Thread(target=run, args=(n, y), daemon=True) for n, y in (("a", a), ("b", b))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    alive = [thread.is_alive() for thread in threads]
+    stopping.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert alive == [False, False], "two runs at once never ended"
+    assert received(recorder) == [("user9999@example.com", "welcome")]
+    assert sum(s.sent for s in results.values()) == 1
+
+
+def test_a_step_another_run_has_sent_since_it_was_read_is_not_leased_again(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Run A leases a member's welcome and records it sent; run B, which read the member's
+    steps before that (no record of the welcome), asks for the step's lease: refused, since the
+    step is no longer what B read, so B cannot send it a second time."""
+    rows = [member(1, -1)]
+    yaml = write_sequence(tmp_path / "drip", rows, state=pg_url, steps={"welcome": 0})
+    campaign = load_campaign(yaml)
+    email = rows[0]["email"]
+    with PgState.open(pg_url, campaign.name) as a, PgState.open(pg_url, campaign.name) as b:
+        a.import_rows([r.recipient for r in _ready(campaign)], members=True, met=day(0))
+        a.start_run()
+        b.start_run()
+        assert a.claim_members(10, day(0, 10).timestamp())
+        assert a.lease_unit(email, "welcome", None)
+        a.begin_flight([Flight(email, 1, None, "welcome")])
+        a.record(Outcome(f"{email}\x1fwelcome", DeliveryStatus.SENT, 250, "ok"))
+        a.flush()
+        assert not b.lease_unit(email, "welcome", None)
+        assert b.step_records(email)["welcome"].entry.status is DeliveryStatus.SENT
+
+
+def _ready(campaign: Any) -> list[Any]:
+    from mailcli.pipeline import Pipeline, Ready
+
+    return [i for i in Pipeline(campaign).items(render=False) if isinstance(i, Ready)]

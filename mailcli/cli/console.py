@@ -452,6 +452,13 @@ def sequence_view(place: SequencePlace, *, terminal: bool) -> Group:
         blocks.append(Text(f"Its row cannot be scheduled: {place.problem}"))
     elif place.next_action == "done":
         blocks.append(Text("Done: no step is left for this recipient."))
+    elif place.next_action == "stopped":
+        blocks.append(
+            Text(
+                f"Stopped: step '{place.next_step}' was refused, so no later step goes out "
+                "(`batch --resend-failed` sends it again once the cause is fixed)."
+            )
+        )
     elif place.next_step is not None:
         when = place.next_at.isoformat(timespec="minutes") if place.next_at else ""
         text = {
