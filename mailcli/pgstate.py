@@ -163,11 +163,12 @@ _CURRENT = (
 # look (`seq_due`, an epoch of the hosts' clock) has come, and no run as recent as this one
 # has looked at them (`seq_run`: run ids grow, so of two runs at once only the newer takes a
 # member back from the older, never the other way: no member goes back and forth), held by no
-# live run. A look sets the next: the next step's due time, now (for the next run), or never.
+# live run. A member whose holder died (its lease ran out unrenewed) is any run's. A look sets
+# the next: the next step's due time, now (for the next run), or never.
 # An index holds them in that order.
 _MEMBER_DUE = """
     campaign = %(campaign)s AND met IS NOT NULL AND listed AND seq_due <= %(now)s
-    AND (seq_run IS NULL OR seq_run < %(run)s)
+    AND (seq_run IS NULL OR seq_run < %(run)s OR lease_run IS NOT NULL)
     AND (lease_until IS NULL OR lease_until < now())
 """
 
@@ -645,7 +646,7 @@ class PgState:
         row = self.conn.execute(
             "SELECT COUNT(*) FROM mailcli_recipients WHERE campaign = %(campaign)s "
             "AND met IS NOT NULL AND listed AND seq_due <= %(now)s "
-            "AND (seq_run IS NULL OR seq_run < %(run)s)",
+            "AND (seq_run IS NULL OR seq_run < %(run)s OR lease_run IS NOT NULL)",
             {"campaign": self.campaign_id, "now": now, "run": self.run_id},
         ).fetchone()
         return int(row[0]) if row else 0

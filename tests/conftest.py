@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import email.policy
+import glob
 import os
 import shutil
 import subprocess
@@ -502,11 +503,17 @@ def imap_server(ca: trustme.CA, trust_ca: Path) -> Iterator[ImapServer]:
 
 @pytest.fixture(scope="session")
 def faketime() -> str:
-    """libfaketime's `faketime` (it runs a command with the system clock moved to a chosen
-    moment, for the sequence tests' real mailcli processes)."""
-    binary = shutil.which("faketime")
-    if binary is None:
+    """libfaketime (Debian package faketime), which moves the clock of the sequence tests' real
+    mailcli processes to a chosen moment: the library to preload. (Not the `faketime` wrapper:
+    it keeps a named semaphore per process, which a kill -9 leaves behind, and a later wrapper
+    given the same pid then fails.)"""
+    found = [
+        *sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")),
+        *glob.glob("/usr/lib/faketime/libfaketime.so.1"),
+        *glob.glob("/usr/local/lib/faketime/libfaketime.so.1"),
+    ]
+    if not found or shutil.which("faketime") is None:
         if os.environ.get("MAILCLI_REQUIRE_FAKETIME"):
             pytest.fail("faketime is required here (MAILCLI_REQUIRE_FAKETIME) but not installed")
-        pytest.skip("needs libfaketime's faketime (Debian package faketime)")
-    return binary
+        pytest.skip("needs libfaketime (Debian package faketime)")
+    return found[0]
