@@ -232,7 +232,7 @@ def _read_store(campaign: Campaign) -> SqliteState | PgState | None:
     if campaign.state_url is None:
         return SqliteState.read_only(campaign.state_path)
     try:
-        return PgState.open(campaign.state_url, campaign.name, create=False)
+        shared = PgState.open(campaign.state_url, campaign.name, create=False)
     except InputFileError:
         return None
     except TempFailError as exc:
@@ -241,6 +241,8 @@ def _read_store(campaign: Campaign) -> SqliteState | PgState | None:
             exc.message,
         )
         return None
+    shared.steps = tuple(s.name for s in campaign.steps)
+    return shared
 
 
 def _dry_every_step(
@@ -349,6 +351,8 @@ def send_batch(
             seq: Sequencer | None = None
             if campaign.is_sequence:
                 summary.for_steps([s.name for s in campaign.steps])
+                if isinstance(state, PgState):
+                    state.steps = tuple(s.name for s in campaign.steps)
                 cache = RenderCache()
                 seq = Sequencer(
                     pipeline,

@@ -341,6 +341,10 @@ class PgState:
         self.upgraded = True
         self._skips: list[tuple[str, str]] = []  # (member key, step) of skipped steps
         self.writable = True  # False: opened by a reader (status), which writes nothing
+        # A sequence's step names: its (member, step) records are looked up by their exact keys
+        # (a range of keys would depend on the database's collation, which may ignore the
+        # separator: ICU and glibc locales do).
+        self.steps: tuple[str, ...] = ()
         # The clock of the times it records: the database's (None), or one a library caller
         # gives the run (a sequence's steps are timed by them).
         self.clock: Clock | None = None
@@ -698,6 +702,85 @@ class PgState:
         ).fetchone()
         return row is not None
 
+    def lease_units(self, wanted: Sequence[tuple[str, str, Entry | None]]) -> set[str]:
+        """`lease_unit` for a group, in one statement: (email, step, what the run read of the
+        step); returns the keys of the members whose step this run now holds."""
+        if not wanted:
+            return set()
+        members = [address_key(email) for email, _, _ in wanted]
+        rows = self.conn.execute(
+            "INSERT INTO mailcli_recipients AS t (campaign, key, email, name, row, line, fields, "
+            "listed, lease_run, lease_until) SELECT m.campaign, w.unit, m.email, m.name, m.row, "
+            "m.line, m.fields, false, %(run)s, now() + make_interval(secs => %(lease)s) "
+            "FROM unnest(%(members)s::text[], %(units)s::text[], %(statuses)s::text[], "
+            "%(attempts)s::int[]) AS w(member, unit, status, attempts) "
+            "JOIN mailcli_recipients AS m ON m.campaign = %(campaign)s AND m.key = w.member "
+            "ON CONFLICT (campaign, key) DO UPDATE SET lease_run = excluded.lease_run, "
+            "lease_until = excluded.lease_until WHERE (t.lease_until IS NULL "
+            "OR t.lease_until < now()) AND (t.status, t.attempts) = (SELECT w2.status, "
+            "w2.attempts FROM unnest(%(units)s::text[], %(statuses)s::text[], "
+            "%(attempts)s::int[]) AS w2(unit, status, attempts) WHERE w2.unit = t.key) "
+            "RETURNING t.key",
+            {
+                "run": self.run_id,
+                "lease": self.lease_s,
+                "campaign": self.campaign_id,
+                "members": members,
+                "units": [
+                    unit_key(m, step) for m, (_, step, _) in zip(members, wanted, strict=True)
+                ],
+                "statuses": [str(e.status) if e is not None else "pending" for _, _, e in wanted],
+                "attempts": [e.attempts if e is not None else 0 for _, _, e in wanted],
+            },
+        ).fetchall()
+        return {key.split(UNIT_SEP)[0] for (key,) in rows}
+
+    def settle_members(self, settled: Sequence[tuple[str, float, bool]]) -> None:
+        """`settle_member` for a group (email, next look, keep), in one round trip."""
+        if not settled:
+            return
+        # One transaction: one commit (an fsync) for the group, not one per member.
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE mailcli_recipients SET seq_due = %(due)s, "
+                "lease_run = CASE WHEN %(keep)s THEN lease_run END, "
+                "lease_until = CASE WHEN %(keep)s THEN lease_until END "
+                "WHERE campaign = %(campaign)s AND key = %(key)s AND lease_run = %(run)s",
+                [
+                    {
+                        "due": due,
+                        "keep": keep,
+                        "campaign": self.campaign_id,
+                        "key": address_key(email),
+                        "run": self.run_id,
+                    }
+                    for email, due, keep in settled
+                ],
+            )
+
+    def steps_of(self, emails: Collection[str]) -> dict[str, dict[str, Timing]]:
+        """`step_records` of a group of members, by member key, in one round trip (a range of
+        the key index each)."""
+        keys = sorted({address_key(e) for e in emails})
+        rows = self.conn.execute(
+            f"SELECT key, {_ENTRY}, COALESCE(sent_at, updated), lease_run IS NOT NULL "
+            "AND lease_run IS DISTINCT FROM %(run)s AND lease_until >= now() "
+            "FROM mailcli_recipients WHERE campaign = %(campaign)s AND key = ANY(%(units)s)",
+            {
+                "run": self.run_id,
+                "campaign": self.campaign_id,
+                "units": [unit_key(k, step) for k in keys for step in self.steps],
+            },
+        )
+        found: dict[str, dict[str, Timing]] = {key: {} for key in keys}
+        for key, status, attempts, *rest in rows:
+            if status == "pending" and attempts == 0:
+                continue  # leased, never tried
+            member, _, step = key.partition(UNIT_SEP)
+            entry = Entry(DeliveryStatus(status), attempts, *rest[:4])
+            found[member][step] = Timing(entry, rest[4], bool(rest[5]))
+        return found
+
     def look_again(self, emails: Collection[str]) -> None:
         """Members this run looked at but could not send (another run held their step): this
         run (or another) takes them again in its next pass (the holder may be done by then,
@@ -723,20 +806,7 @@ class PgState:
 
     def step_records(self, email: str) -> dict[str, Timing]:
         """What the store holds of each step of a sequence for one member, by step name."""
-        key = address_key(email)
-        rows = self.conn.execute(
-            f"SELECT key, {_ENTRY}, COALESCE(sent_at, updated), lease_run IS NOT NULL "
-            "AND lease_run IS DISTINCT FROM %s AND lease_until >= now() FROM mailcli_recipients "
-            "WHERE campaign = %s AND key > %s AND key < %s",
-            (self.run_id, self.campaign_id, key + UNIT_SEP, key + chr(ord(UNIT_SEP) + 1)),
-        )
-        records = {}
-        for r in rows:
-            if r[1] == "pending" and r[2] == 0:
-                continue  # leased, never tried
-            entry = Entry(DeliveryStatus(r[1]), *r[2:7])
-            records[r[0][len(key) + 1 :]] = Timing(entry, r[7], bool(r[8]))
-        return records
+        return self.steps_of([email])[address_key(email)]
 
     def met(self, emails: Collection[str]) -> dict[str, datetime]:
         """When the store first had each of these members (by key)."""

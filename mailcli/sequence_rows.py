@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from mailcli.sequence import (
     Clock,
     Decision,
     Step,
+    Timing,
     aware,
     decide,
     load_zone,
@@ -165,13 +166,19 @@ class Sequencer:
                     continue
                 yield item, blocked, self.decide(item.recipient, met.get(item.recipient.key))
 
-    def decide(self, r: Recipient, met: datetime | None) -> Decision | RowProblem:
-        """What is due for one row now, or the row's problem (its start or zone)."""
+    def decide(
+        self, r: Recipient, met: datetime | None, records: Mapping[str, Timing] | None = None
+    ) -> Decision | RowProblem:
+        """What is due for one row now, or the row's problem (its start or zone); `records`:
+        its steps' records when the caller has read them already."""
         context = self.pipeline.context(r)
         try:
             zone = self.clock.zone(context)
             start = self.clock.start(context, zone, met or self.now)
-            records = {} if self.fresh or self.state is None else self.state.step_records(r.email)
+            if records is None:
+                records = (
+                    {} if self.fresh or self.state is None else self.state.step_records(r.email)
+                )
             return decide(
                 self.campaign.steps,
                 records,
@@ -211,6 +218,19 @@ def schedule_digest(campaign: Campaign) -> str:
         campaign.window.text if campaign.window is not None else None,
     ]
     return hashlib.sha256(json.dumps(what).encode("utf-8")).hexdigest()
+
+
+def _next_look(decision: Decision, now: float) -> float:
+    """When a member with nothing to send now is next worth a look (an epoch)."""
+    if decision.unknown is not None or (
+        decision.action is Action.DONE and decision.step is not None
+    ):
+        return now  # reported again by the next run; a refusal may be resent (--resend-failed)
+    if decision.action is Action.DONE:
+        return float("inf")
+    if decision.due_at is None:
+        return now  # its step went out in this run: the next waits for the next run
+    return decision.due_at.timestamp()
 
 
 def count_decision(summary: Summary, decision: Decision) -> None:
@@ -468,83 +488,87 @@ class SequenceClaims(_Steps):
         return self.seq.now.timestamp()
 
     def first_pass(self) -> Iterator[Queued]:
-        """Each member's due step once, the members shared with the other hosts."""
+        """Each member's due step once, the members shared with the other hosts: a group of
+        members at a time, each step of the group read, leased and its member given back in
+        one round trip to the store."""
         while self.limit is None or self.produced < self.limit:
             claimed = self.state.claim_members(self.group_size, self._now())
             if not claimed:
                 break
-            blocked = self._blocked(claimed)
-            for c in claimed:
-                yield from self._look_at(c, c.recipient.key in blocked)
+            yield from self._look_at(claimed)
         if self.busy:
             # Looked at again by the next pass, which the engine makes while another run
             # holds anything (or once the holder's lease has run out).
             self.state.look_again(self.busy)
             self.busy = []
 
-    def _look_at(self, c: Claimed, blocked: bool) -> Iterator[Queued]:
-        r = c.recipient
+    def _look_at(self, claimed: list[Claimed]) -> Iterator[Queued]:
         now = self.seq.now.timestamp()
+        blocked = self._blocked(claimed)
+        records = self.state.steps_of([c.recipient.email for c in claimed])
         # When a member is next worth a look: by the next run (now: this run has looked), the
         # next step's due time, or never (its sequence is over; an edit of the schedule or of
         # its row brings it back).
-        next_run = now
-        if self.limit is not None and self.produced >= self.limit:
-            self.state.settle_member(r.email, 0.0)  # left for the next run
-            return
-        decision = self.seq.decide(r, c.met)
-        if isinstance(decision, RowProblem):
-            # The row as the store has it cannot be scheduled (imported with --skip-invalid):
-            # counted, and looked at again by the next run.
-            self.summary.problem(decision)
-            self.state.settle_member(r.email, next_run)
-            return
-        if decision.held:
-            # Another run is sending this member's last step: looked at again once that run
-            # is done with it (or its lease has run out: it died, and the step is unknown).
-            self.state.settle_member(r.email, next_run)
-            self.busy.append(r.email)
-            return
-        for step in decision.skips:
-            self.state.record_skip(r.email, r.row, step.name)
-        if decision.skips:
-            self.state.flush()  # recorded before the member's next look is
-        count_decision(self.summary, decision)
-        count_lost(self.summary, decision)
-        if decision.action is not Action.SEND:
-            self.summary.skipped += 1
-            if decision.unknown is not None or (
-                decision.action is Action.DONE and decision.step is not None
-            ):
-                later = next_run  # reported again; a refusal may be resent (--resend-failed)
-            elif decision.action is Action.DONE:
-                later = float("inf")
-            elif decision.due_at is None:
-                later = next_run  # its step went out in this run: the next waits for the next
+        settle: list[tuple[str, float, bool]] = []
+        wanted: list[tuple[Claimed, Decision]] = []
+        for c in claimed:
+            r = c.recipient
+            if self.limit is not None and self.produced + len(wanted) >= self.limit:
+                settle.append((r.email, 0.0, False))  # left for the next run
+                continue
+            decision = self.seq.decide(r, c.met, records.get(r.key, {}))
+            if isinstance(decision, RowProblem):
+                # The row as the store has it cannot be scheduled (imported with
+                # --skip-invalid): counted, and looked at again by the next run.
+                self.summary.problem(decision)
+                settle.append((r.email, now, False))
+                continue
+            if decision.held:
+                # Another run is sending this member's last step: looked at again once that
+                # run is done with it (or its lease has run out: it died, and it is unknown).
+                settle.append((r.email, now, False))
+                self.busy.append(r.email)
+                continue
+            for step in decision.skips:
+                self.state.record_skip(r.email, r.row, step.name)
+            count_decision(self.summary, decision)
+            count_lost(self.summary, decision)
+            if decision.action is not Action.SEND:
+                self.summary.skipped += 1
+                settle.append((r.email, _next_look(decision, now), False))
+                continue
+            assert decision.step is not None
+            if r.key in blocked:
+                self.summary.suppressed += 1
+                self.summary.step_count(decision.step.name, "suppressed")
+                settle.append((r.email, now, False))
+                continue
+            wanted.append((c, decision))
+        leased = self.state.lease_units(
+            [(c.recipient.email, d.step.name, d.entry) for c, d in wanted if d.step is not None]
+        )
+        sending: list[tuple[Claimed, Decision]] = []
+        for c, decision in wanted:
+            if c.recipient.key in leased:
+                # Held by this run while it sends the step: looked at again by the next run
+                # (the next step waits for its spacing), or, if this run dies, once its
+                # lease runs out.
+                settle.append((c.recipient.email, 0.0, True))
+                sending.append((c, decision))
             else:
-                later = decision.due_at.timestamp()
-            self.state.settle_member(r.email, later)
-            return
-        assert decision.step is not None
-        name = decision.step.name
-        if blocked:
-            self.summary.suppressed += 1
-            self.summary.step_count(name, "suppressed")
-            self.state.settle_member(r.email, next_run)
-            return
-        if not self.state.lease_unit(r.email, name, decision.entry):
-            # Another run holds the step, or has sent it since this run read it: looked at
-            # again once that run is done with it (sent, or its lease run out when it died).
-            self.state.settle_member(r.email, next_run)
-            self.busy.append(r.email)
-            return
-        # Held by this run while it sends the step: looked at again by the next run (the next
-        # step waits for its spacing), or, if this run dies, once its lease runs out.
-        self.state.settle_member(r.email, 0.0, keep=True)
-        queued = self._queued(r, decision.entry, None, name)
-        if queued is not None:
-            self.produced += 1
-            yield queued
+                # Another run holds the step, or has sent it since this run read it: looked
+                # at again once that run is done with it.
+                settle.append((c.recipient.email, now, False))
+                self.busy.append(c.recipient.email)
+        # The skips are written before the members' next looks are.
+        self.state.flush()
+        self.state.settle_members(settle)
+        for c, decision in sending:
+            assert decision.step is not None
+            queued = self._queued(c.recipient, decision.entry, None, decision.step.name)
+            if queued is not None:
+                self.produced += 1
+                yield queued
 
     def retry_round(self, now: float) -> Iterator[Queued]:
         """This run's deferred steps whose backoff has passed."""

@@ -254,6 +254,7 @@ def _reader(campaign: Campaign) -> SqliteState | PgState | None:
     except InputFileError:
         return None
     _checked(shared, lambda: shared.check_kind(True))
+    shared.steps = tuple(s.name for s in campaign.steps)
     return shared
 
 

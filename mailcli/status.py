@@ -467,6 +467,7 @@ def _reader(campaign: Campaign) -> Iterator[SqliteState | PgState | None]:
             return
         with shared:
             shared.check_kind(campaign.is_sequence)
+            shared.steps = tuple(s.name for s in campaign.steps)
             yield shared
     elif campaign.state_path.exists():
         with open_state(campaign.state_path, campaign.name, create=False) as state:

@@ -138,9 +138,11 @@ class PgCluster:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, *, icu_locale: str | None = None) -> str:
         """A LOGIN role `name` (password `password`, no other privilege) owning a new database
-        `name`; returns its libpq URL without the password."""
+        `name`; returns its libpq URL without the password. `icu_locale` (e.g. "en-US"): the
+        database sorts text by that ICU collation, as a production database often does,
+        rather than byte by byte."""
         # Imported here so that conftest, which imports this module, loads without psycopg.
         import psycopg
         from psycopg import sql
@@ -158,7 +160,12 @@ class PgCluster:
             )
             # Owning the database is all the store needs: since PostgreSQL 15 the schema public
             # belongs to pg_database_owner, so the owner (and no one else) may CREATE in it.
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(role, role))
+            create = sql.SQL("CREATE DATABASE {} OWNER {}").format(role, role)
+            if icu_locale is not None:
+                create += sql.SQL(
+                    " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE {} LOCALE 'C.UTF-8'"
+                ).format(sql.Literal(icu_locale))
+            conn.execute(create)
         return f"postgresql://{name}@127.0.0.1:{self.port}/{name}"
 
     def __enter__(self) -> PgCluster:

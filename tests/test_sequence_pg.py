@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -799,6 +800,7 @@ def test_a_step_another_run_has_sent_since_it_was_read_is_not_leased_again(
     email = rows[0]["email"]
     with PgState.open(pg_url, campaign.name) as a, PgState.open(pg_url, campaign.name) as b:
         a.import_rows([r.recipient for r in _ready(campaign)], members=True, met=day(0))
+        a.steps = b.steps = ("welcome",)
         a.start_run()
         b.start_run()
         assert a.claim_members(10, day(0, 10).timestamp())
@@ -814,3 +816,23 @@ def _ready(campaign: Any) -> list[Any]:
     from mailcli.pipeline import Pipeline, Ready
 
     return [i for i in Pipeline(campaign).items(render=False) if isinstance(i, Ready)]
+
+
+def test_a_database_that_sorts_by_an_icu_collation_finds_each_step_once(
+    tmp_path: Path, pg_cluster: Any, library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A production database often sorts text by a locale (ICU's or glibc's), which ignores
+    the separator between an address and its step: the steps' records are looked up by their
+    exact keys, so a run finds what went out and sends nothing twice."""
+    url = pg_cluster.create_database(f"icu_{uuid.uuid4().hex[:10]}", icu_locale="en-US")
+    monkeypatch.setenv("PGPASSWORD", pg_cluster.password)
+    rows = [member(1, -1), member(2, 0)]
+    yaml = write_sequence(tmp_path / "icu", rows, state=url)
+    _, got = library.run(yaml, day(0, 10))
+    assert sorted(got) == [("user001@example.com", "welcome"), ("user002@example.com", "welcome")]
+    assert library.run(yaml, day(0, 11))[1] == []  # nothing twice
+    _, got = library.run(yaml, day(2, 10))
+    # Tips only (two days after each welcome), not the welcome again.
+    assert sorted(got) == [("user001@example.com", "tips"), ("user002@example.com", "tips")]
+    state = json.loads(cli("status", yaml, "--json").stdout)
+    assert state["steps"]["welcome"]["sent"] == 2 and state["steps"]["welcome"]["pending"] == 0
