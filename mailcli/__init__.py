@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from mailcli.outbox import Outbox as Outbox
     from mailcli.outbox import SentMessage as SentMessage
     from mailcli.outbox import record_messages as record_messages
+    from mailcli.sequence_status import SequencePlace as SequencePlace
+    from mailcli.sequence_status import sequence_place as sequence_place
     from mailcli.status import RecipientHistory as RecipientHistory
     from mailcli.status import Status as Status
     from mailcli.status import StatusExport as StatusExport
@@ -78,6 +80,8 @@ _EXPORTS = {
     "StatusExport": "mailcli.status",
     "recipient_history": "mailcli.status",
     "RecipientHistory": "mailcli.status",
+    "sequence_place": "mailcli.sequence_status",
+    "SequencePlace": "mailcli.sequence_status",
     "MailcliError": "mailcli.errors",
     "BadHeaderError": "mailcli.errors",
     "ConfigError": "mailcli.errors",

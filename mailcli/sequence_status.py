@@ -12,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
 
 from mailcli.addresses import AddressError, address_key, parse_mailbox
-from mailcli.campaign import Campaign
+from mailcli.campaign import Campaign, load_campaign
 from mailcli.delivery import RECIPIENT_STATUSES, DeliveryStatus
-from mailcli.errors import DataError, InputFileError, MailcliError
+from mailcli.errors import DataError, InputFileError, MailcliError, UsageError
 from mailcli.pipeline import row_context
 from mailcli.recipients import Recipient, RecipientReader, RowProblem, SeenAddresses
 from mailcli.render import BoundedSandbox, RenderError
@@ -156,14 +157,23 @@ class SequencePlace:
 
 
 def sequence_place(
-    campaign: Campaign,
+    campaign: Campaign | str | Path,
     address: str,
     *,
     suppression: Location | bool = True,
     now: datetime | None = None,
 ) -> SequencePlace:
     """Where one address is in a sequence: each step's status and time, and what the next run
-    does for it. DataError (65) when neither the state nor the list has the address."""
+    does for it (`now`: at that moment, default the system's). DataError (65) when neither
+    the state nor the list has the address."""
+    if not isinstance(campaign, Campaign):
+        # Like `status`: the state and the list are read; a missing template does not stop it.
+        campaign = load_campaign(campaign, check_files=False)
+    if not campaign.is_sequence:
+        raise UsageError(
+            f"campaign '{campaign.name}' is not a sequence: recipient_history() shows where a "
+            "recipient of a one-message campaign stands"
+        )
     try:
         email = parse_mailbox(address).addr
     except AddressError:

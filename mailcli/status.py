@@ -414,6 +414,11 @@ def recipient_history(
     """
     if not isinstance(campaign, Campaign):
         campaign = load_campaign(campaign, check_files=False)
+    if campaign.is_sequence:
+        raise UsageError(
+            f"campaign '{campaign.name}' is a sequence: sequence_place() shows where a "
+            "recipient stands in it, step by step"
+        )
     try:
         email = parse_mailbox(address).addr
     except AddressError:
